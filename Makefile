@@ -1,0 +1,59 @@
+# rlpost — the two commands a user needs are `make run-example` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv system-deps cluster-bins cluster cluster-down crds lint test test-unit test-e2e \
+        test-gpu run-example bench clean
+
+# Python environment with every role, the operator and the test tools.
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+venv: $(BIN)/.installed
+
+# Debian packages the tests use for real (Prometheus scrapes the operator and roles).
+system-deps:
+	@bash e2e/system_deps.sh
+
+# Control-plane binaries built from Go modules, cached outside the repo (see e2e/cluster).
+cluster-bins:
+	@bash e2e/cluster/build.sh >/dev/null
+
+cluster: venv cluster-bins
+	$(BIN)/python -m e2e.cluster up
+cluster-down: venv
+	$(BIN)/python -m e2e.cluster down
+
+crds: venv
+	$(BIN)/python -m rlpost.crdgen --out crds/
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+run-example: venv
+	$(BIN)/rlpost run examples/copy-first-letter.yaml
+
+# The whole suite: unit, integration and e2e against the local control plane (not GPU).
+test: venv system-deps cluster-bins
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+test-unit: venv
+	$(BIN)/python -m pytest tests -m 'not cluster and not slow'
+
+test-e2e: venv system-deps cluster-bins
+	$(BIN)/python -m pytest e2e
+
+# On a GPU machine only: Megatron backend, NCCL/IPC weight sync, GPU benchmarks.
+test-gpu:
+	$(PY) -m pytest -m gpu -o addopts='-ra' tests
+	$(PY) benchmarks/weight_sync.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -1,0 +1,367 @@
+"""The RLPostTrainJob API (rlpost.dev/v1alpha1) as pydantic models.
+
+This module is the single source of truth for the job spec: the CRD in crds/ is generated
+from it (`python -m rlpost.crdgen`), the operator parses custom objects with it, and every
+role (`rlpost run`, buffer, engines, trainer) reads its config as these models.
+
+Field names are snake_case in Python and camelCase on the wire (Kubernetes style).
+Cross-field rules that the API server can enforce are written as CEL (`x-kubernetes-
+validations`) next to the model they constrain; `semantic_errors()` holds the checks that
+need more than CEL (they surface as the InvalidSpec condition in the operator and as a
+clear error in `rlpost run`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "rlpost.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "RLPostTrainJob"
+PLURAL = "rlposttrainjobs"
+SHORT_NAME = "rljob"
+
+
+def cel(rule: str, message: str) -> dict[str, str]:
+    """One CEL rule as the API server expects it in `x-kubernetes-validations`."""
+    return {"rule": rule, "message": message}
+
+
+class Model(BaseModel):
+    """Base: camelCase aliases, unknown fields rejected (a typo is an error, not a no-op)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it appears in YAML / on the API server."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ---------------------------------------------------------------------------- enums
+
+
+class Mode(StrEnum):
+    DISAGGREGATED = "disaggregated"  # trainer GPUs and rollout GPUs are separate pods
+    COLOCATED = "colocated"  # one worker pod runs trainer ranks and an engine on the same GPUs
+
+
+class RouterPolicy(StrEnum):
+    CACHE_AWARE = "cache_aware"
+    ROUND_ROBIN = "round_robin"
+    RANDOM = "random"
+    POWER_OF_TWO = "power_of_two"
+    MANUAL = "manual"  # sticky sessions by the X-SMG-Routing-Key header
+
+
+class Algorithm(StrEnum):
+    GRPO = "grpo"
+
+
+class RewardType(StrEnum):
+    EXACT_MATCH = "exact_match"  # response (stripped) equals the label
+    MATH = "math"  # last number / \\boxed{} answer equals the label numerically
+    REMOTE = "remote"  # POST to reward.url
+    CUSTOM = "custom"  # python path "pkg.module:function"
+
+
+class Transport(StrEnum):
+    AUTO = "auto"  # nccl when disaggregated, ipc when colocated (gloo on CPU)
+    NCCL = "nccl"
+    GLOO = "gloo"
+    IPC = "ipc"
+    DISK = "disk"
+
+
+class TrainerBackend(StrEnum):
+    TORCH = "torch"
+    MEGATRON = "megatron"
+
+
+class EngineKind(StrEnum):
+    SGLANG = "sglang"  # python -m sglang.launch_server (the images)
+    REFERENCE = "reference"  # rlpost's torch engine with the same HTTP contract (CPU, tests)
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    INVALID = "Invalid"
+
+
+# ---------------------------------------------------------------------------- spec parts
+
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")]
+
+
+class Resources(Model):
+    """CPU / memory per pod (GPUs are set by gpusPerPod / gpusPerEngine)."""
+
+    cpu: Quantity = "1"
+    memory: Quantity = "4Gi"
+
+
+class ModelSource(Model):
+    """Where weights come from. Nothing is downloaded from a hub by rlpost itself.
+
+    `path` is a directory inside `pvc` (mounted read-only at /models) in a cluster, or a
+    local directory for `rlpost run`. `config` builds a random-init model instead (tests,
+    toy examples): a dict of the model's config fields.
+    """
+
+    path: str | None = None
+    tokenizer: str | None = None
+    pvc: str | None = None
+    config: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    dtype: Annotated[str, Field(pattern=r"^(float32|bfloat16|float16)$")] = "bfloat16"
+
+
+class Parallelism(Model):
+    tensor: Annotated[int, Field(ge=1, le=64)] = 1
+    pipeline: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class TrainerSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "(self.replicas * self.gpusPerPod) % "
+                    "(self.parallelism.tensor * self.parallelism.pipeline) == 0",
+                    "trainer.parallelism.tensor * pipeline must divide "
+                    "trainer.replicas * gpusPerPod",
+                ),
+            ]
+        }
+    )
+
+    replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    gpus_per_pod: Annotated[int, Field(ge=0, le=16)] = 8
+    parallelism: Parallelism = Parallelism()
+    backend: TrainerBackend = TrainerBackend.TORCH
+    image: str = "ghcr.io/rlpost/trainer:0.1.0"
+    resources: Resources = Resources(cpu="8", memory="64Gi")
+
+
+class RouterSpec(Model):
+    policy: RouterPolicy = RouterPolicy.CACHE_AWARE
+    image: str = "ghcr.io/rlpost/rollout:0.1.0"
+
+
+class RolloutSpec(Model):
+    engines: Annotated[int, Field(ge=1, le=1024)] = 1
+    gpus_per_engine: Annotated[int, Field(ge=0, le=16)] = 1
+    engine: EngineKind = EngineKind.SGLANG
+    image: str = "ghcr.io/rlpost/rollout:0.1.0"
+    sglang_args: list[str] = Field(default_factory=list, max_length=64)
+    router: RouterSpec = RouterSpec()
+    # 0 = synchronous (every sample comes from the live weights); k > 0 = a sample made with
+    # weight version v may train step s only if s - v <= k.
+    max_staleness: Annotated[int, Field(ge=0, le=64)] = 0
+    max_new_tokens: Annotated[int, Field(ge=1, le=65536)] = 512
+    temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    resources: Resources = Resources(cpu="8", memory="64Gi")
+
+
+class AlgorithmSpec(Model):
+    name: Algorithm = Algorithm.GRPO
+    group_size: Annotated[int, Field(ge=2, le=1024)] = 8
+    rollout_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64  # prompts per step
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-6
+    kl_coef: Annotated[float, Field(ge=0.0)] = 0.0
+    clip: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+    dynamic_sampling: bool = True  # drop groups whose rewards have zero std, refill
+    # -1 flips the advantage sign: a control run that must NOT learn (proves the gradient).
+    advantage_sign: Annotated[int, Field(ge=-1, le=1)] = 1
+
+
+class DataSpec(Model):
+    prompts: Annotated[str, Field(min_length=1)]  # JSONL path (in the data PVC, or local)
+    pvc: str | None = None
+    prompt_key: str = "prompt"
+    label_key: str = "label"
+
+
+class RewardSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.type != 'remote' || has(self.url)", "reward.url is required for remote"),
+                cel(
+                    "self.type != 'custom' || has(self.function)",
+                    "reward.function (\"pkg.module:function\") is required for custom",
+                ),
+            ]
+        }
+    )
+
+    type: RewardType = RewardType.EXACT_MATCH
+    url: str | None = None
+    function: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+
+class WeightSyncSpec(Model):
+    transport: Transport = Transport.AUTO
+    bucket_mb: Annotated[int, Field(ge=1, le=16384)] = 512
+
+
+class CheckpointSpec(Model):
+    path: str | None = None  # directory in `pvc` (cluster) or local
+    pvc: str | None = None
+    interval_steps: Annotated[int, Field(ge=1)] = 50
+
+
+class FailurePolicy(Model):
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 3
+
+
+class RLPostTrainJobSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.mode != 'colocated' || self.rollout.maxStaleness == 0",
+                    "colocated mode is synchronous: set rollout.maxStaleness to 0",
+                ),
+                cel(
+                    "self.mode != 'colocated' || self.weightSync.transport in ['auto', 'ipc', "
+                    "'disk']",
+                    "colocated mode syncs weights in-process: weightSync.transport must be "
+                    "auto, ipc or disk",
+                ),
+                cel(
+                    "self.mode != 'disaggregated' || self.weightSync.transport != 'ipc'",
+                    "ipc weight sync needs colocated mode; use nccl or auto",
+                ),
+            ]
+        }
+    )
+
+    queue_name: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    priority_class_name: str | None = None
+    mode: Mode = Mode.DISAGGREGATED
+    suspend: bool = False
+    model: ModelSource
+    trainer: TrainerSpec = TrainerSpec()
+    rollout: RolloutSpec = RolloutSpec()
+    algorithm: AlgorithmSpec = AlgorithmSpec()
+    data: DataSpec
+    reward: RewardSpec = RewardSpec()
+    weight_sync: WeightSyncSpec = WeightSyncSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    steps: Annotated[int, Field(ge=1, le=10_000_000)] = 1000
+    seed: int = 0
+    failure_policy: FailurePolicy = FailurePolicy()
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+
+
+# ---------------------------------------------------------------------------- status
+
+
+class Condition(Model):
+    """metav1.Condition."""
+
+    type: str
+    status: Annotated[str, Field(pattern=r"^(True|False|Unknown)$")]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Admission(Model):
+    cluster_queue: str | None = None
+    flavors: dict[str, str] = Field(default_factory=dict)  # podSet -> flavor (gpu resource)
+
+
+class RLPostTrainJobStatus(Model):
+    model_config = ConfigDict(extra="allow")
+
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    workload_name: str | None = None
+    admission: Admission | None = None
+    step: int | None = None
+    weight_version: int | None = None
+    last_checkpoint_step: int | None = None
+    restarts: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    observed_generation: int | None = None
+
+
+class ObjectMeta(Model):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: str = "rljob"
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class RLPostTrainJob(Model):
+    """The whole object, as `kubectl apply -f` or `rlpost run` reads it."""
+
+    api_version: Annotated[str, Field(pattern=rf"^{GROUP}/{VERSION}$")] = API_VERSION
+    kind: Annotated[str, Field(pattern=rf"^{KIND}$")] = KIND
+    metadata: ObjectMeta = ObjectMeta()
+    spec: RLPostTrainJobSpec
+    status: RLPostTrainJobStatus | None = None
+
+
+# ---------------------------------------------------------------------------- semantics
+
+
+def semantic_errors(spec: RLPostTrainJobSpec) -> list[str]:
+    """Checks the API server cannot do (or that `rlpost run` must do without one).
+
+    Each message says what to change. CEL rules above are repeated here so that `rlpost run`
+    (no API server) rejects the same specs with the same words.
+    """
+    errors: list[str] = []
+    if spec.mode == Mode.COLOCATED and spec.rollout.max_staleness != 0:
+        errors.append("colocated mode is synchronous: set rollout.maxStaleness to 0")
+    if spec.mode == Mode.COLOCATED and spec.weight_sync.transport not in (
+        Transport.AUTO,
+        Transport.IPC,
+        Transport.DISK,
+    ):
+        errors.append(
+            "colocated mode syncs weights in-process: weightSync.transport must be auto, ipc "
+            "or disk"
+        )
+    if spec.mode == Mode.DISAGGREGATED and spec.weight_sync.transport == Transport.IPC:
+        errors.append("ipc weight sync needs colocated mode; use nccl or auto")
+    tp_pp = spec.trainer.parallelism.tensor * spec.trainer.parallelism.pipeline
+    if (spec.trainer.replicas * spec.trainer.gpus_per_pod) % tp_pp:
+        errors.append(
+            "trainer.parallelism.tensor * pipeline must divide trainer.replicas * gpusPerPod "
+            f"({tp_pp} does not divide {spec.trainer.replicas * spec.trainer.gpus_per_pod})"
+        )
+    if spec.reward.type == RewardType.REMOTE and not spec.reward.url:
+        errors.append("reward.url is required for remote")
+    if spec.reward.type == RewardType.CUSTOM and not spec.reward.function:
+        errors.append('reward.function ("pkg.module:function") is required for custom')
+    if spec.model.path is None and spec.model.config is None:
+        errors.append("model: set model.path (weights directory) or model.config (random init)")
+    if spec.algorithm.rollout_batch_size * spec.algorithm.group_size > 1_000_000:
+        errors.append("algorithm.rolloutBatchSize * groupSize must be at most 1,000,000")
+    return errors
