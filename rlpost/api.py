@@ -206,7 +206,7 @@ class RewardSpec(Model):
                 cel("self.type != 'remote' || has(self.url)", "reward.url is required for remote"),
                 cel(
                     "self.type != 'custom' || has(self.function)",
-                    "reward.function (\"pkg.module:function\") is required for custom",
+                    'reward.function ("pkg.module:function") is required for custom',
                 ),
             ]
         }

@@ -1,0 +1,494 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, controller-manager,
+scheduler, Kueue (with its webhooks) and kwok fake GPU nodes.
+
+Every process is started by pid and recorded in `<state>/cluster.json`; `down()` ends
+exactly those processes and removes the state directory. Ports are picked free at start,
+so two clusters can run side by side.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import kueue_manifests
+from .certs import make_certs
+from .paths import REPO, bin_dir, missing_binaries, module_dir
+
+ADMIN_TOKEN_NAME = "admin-token"
+GPU = "nvidia.com/gpu"
+# Two node groups that two ResourceFlavors select: 2 nodes x 8 GPUs each.
+NODE_GROUPS = {"a": 2, "b": 2}
+GPUS_PER_NODE = 8
+# Nodes of kind b carry a taint; flavor gpu-b tolerates it (tests that tolerations flow).
+GPU_B_TAINT = {"key": "rlpost.dev/gpu-kind", "value": "b", "effect": "NoSchedule"}
+
+
+def log(msg: str) -> None:
+    print(f"[cluster {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("RLPOST_CLUSTER_DIR", REPO / ".cluster"))
+
+
+@dataclass
+class LocalCluster:
+    state: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def token(self) -> str:
+        return (self.state / ADMIN_TOKEN_NAME).read_text().strip()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses that talk to this cluster (kubectl, helm, operator)."""
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{bin_dir()}:{os.environ.get('PATH', '')}",
+            "HELM_CACHE_HOME": str(self.state / "helm" / "cache"),
+            "HELM_CONFIG_HOME": str(self.state / "helm" / "config"),
+            "HELM_DATA_HOME": str(self.state / "helm" / "data"),
+        }
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(bin_dir() / "kubectl"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+        return proc
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 120):
+        proc = subprocess.run(
+            [str(bin_dir() / "helm"), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed:\n{proc.stderr}")
+        return proc
+
+    def apply(self, manifest: str | dict | list, server_side: bool = True) -> str:
+        if not isinstance(manifest, str):
+            docs = manifest if isinstance(manifest, list) else [manifest]
+            manifest = yaml.safe_dump_all(docs)
+        args = ["apply", "-f", "-"]
+        if server_side:
+            args += ["--server-side", "--force-conflicts", "--field-manager=rlpost-tests"]
+        return self.kubectl(*args, input=manifest).stdout
+
+    def get_json(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def create_token(self, service_account: str, namespace: str, duration: str = "1h") -> str:
+        return self.kubectl(
+            "create", "token", service_account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+
+    def kubeconfig_for_token(self, token: str, path: Path) -> Path:
+        """A kubeconfig that authenticates with `token` (e.g. a ServiceAccount's)."""
+        path.write_text(yaml.safe_dump(self._kubeconfig_doc(token)))
+        return path
+
+    def wait_for(self, what: str, predicate, timeout: float = 60, interval: float = 0.5):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+            except Exception as exc:  # the object may not exist yet
+                last = exc
+            if last and not isinstance(last, Exception):
+                return last
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+    # ------------------------------------------------------------------ lifecycle
+    def up(self) -> LocalCluster:
+        missing = missing_binaries()
+        if missing:
+            raise RuntimeError(
+                f"control-plane binaries missing in {bin_dir()}: {missing}. "
+                "Run `make cluster-bins` (bash e2e/cluster/build.sh) first."
+            )
+        if (self.state / "cluster.json").exists():
+            raise RuntimeError(
+                f"a cluster is already recorded in {self.state}; run `make cluster-down` first"
+            )
+        self.state.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            self._start_all()
+        except BaseException:
+            log("start failed; stopping what was started")
+            self.down()
+            raise
+        log(f"cluster ready in {time.monotonic() - t0:.1f}s; KUBECONFIG={self.kubeconfig}")
+        return self
+
+    def _start_all(self) -> None:
+        for name in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "webhook", "health"):
+            self.ports[name] = free_port()
+        certs = make_certs(self.state / "pki")
+        token = os.urandom(16).hex()
+        (self.state / ADMIN_TOKEN_NAME).write_text(token)
+        (self.state / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+        self.kubeconfig.write_text(yaml.safe_dump(self._kubeconfig_doc(token)))
+        self._save()
+
+        log("starting etcd")
+        self._spawn("etcd", self._etcd_args())
+        log("starting kube-apiserver")
+        self._spawn("kube-apiserver", self._apiserver_args(certs))
+        self._wait_http(f"{self.server}/readyz", "kube-apiserver", timeout=90)
+        log("starting kube-controller-manager and kube-scheduler")
+        self._spawn("kube-controller-manager", self._kcm_args(certs))
+        self._spawn("kube-scheduler", self._scheduler_args())
+        self._install_kueue(certs)
+        self._start_kwok(certs)
+        self.wait_for(
+            "the default ServiceAccount",
+            lambda: (
+                self.kubectl("get", "sa", "default", "-n", "default", check=False).returncode == 0
+            ),
+            timeout=60,
+        )
+
+    def down(self) -> None:
+        """Stop exactly the processes this cluster started, then remove its state."""
+        data = self._load()
+        pids = data.get("pids", self.pids)
+        for name in reversed(list(pids)):
+            _stop_pid(pids[name], name)
+        if self.state.exists():
+            subprocess.run(["rm", "-rf", str(self.state)], check=False)
+        log(f"cluster in {self.state} stopped")
+
+    @classmethod
+    def load(cls, state: Path) -> LocalCluster:
+        data = json.loads((state / "cluster.json").read_text())
+        return cls(state=state, ports=data["ports"], pids=data["pids"])
+
+    # ------------------------------------------------------------------ components
+    def _etcd_args(self) -> list[str]:
+        client = f"http://127.0.0.1:{self.ports['etcd']}"
+        peer = f"http://127.0.0.1:{self.ports['etcd_peer']}"
+        return [
+            "--name=default",
+            f"--data-dir={self.state / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--unsafe-no-fsync",
+            "--quota-backend-bytes=4294967296",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self, c: dict[str, Path]) -> list[str]:
+        return [
+            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.ports['apiserver']}",
+            f"--tls-cert-file={c['cert']}",
+            f"--tls-private-key-file={c['key']}",
+            f"--client-ca-file={c['ca']}",
+            f"--token-auth-file={self.state / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={c['sa_pub']}",
+            f"--service-account-signing-key-file={c['sa_key']}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            "--v=0",
+        ]
+
+    def _manager_common(self) -> list[str]:
+        k = str(self.kubeconfig)
+        return [
+            f"--kubeconfig={k}",
+            f"--authentication-kubeconfig={k}",
+            f"--authorization-kubeconfig={k}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+        ]
+
+    def _kcm_args(self, c: dict[str, Path]) -> list[str]:
+        return [
+            *self._manager_common(),
+            f"--secure-port={self.ports['kcm']}",
+            f"--service-account-private-key-file={c['sa_key']}",
+            f"--root-ca-file={c['ca']}",
+            f"--cluster-signing-cert-file={c['ca']}",
+            f"--cluster-signing-key-file={c['ca'].with_name('ca.key')}",
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
+            "--concurrent-statefulset-syncs=10",
+            "--concurrent-deployment-syncs=10",
+        ]
+
+    def _scheduler_args(self) -> list[str]:
+        return [*self._manager_common(), f"--secure-port={self.ports['scheduler']}"]
+
+    def _install_kueue(self, c: dict[str, Path]) -> None:
+        log("installing Kueue CRDs")
+        wh = self.ports["webhook"]
+        self.kubectl("create", "namespace", "kueue-system")
+        self.apply(kueue_manifests.crds(wh, c["ca"]))
+        self.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/workloads.kueue.x-k8s.io", "crd/clusterqueues.kueue.x-k8s.io",
+        )  # fmt: skip
+        _ensure_kueue_metrics_certs(c["webhook_dir"])
+        config = self.state / "kueue-config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                kueue_manifests.manager_config(wh, self.ports["health"], c["webhook_dir"])
+            )
+        )
+        log("starting Kueue (manager with webhooks)")
+        self._spawn("kueue", [f"--config={config}", "--zap-log-level=info"])
+        self._wait_http(f"http://127.0.0.1:{self.ports['health']}/readyz", "kueue", timeout=90)
+        self._wait_tcp(wh, "kueue webhook server", timeout=60)
+        # failurePolicy Fail: register the webhooks only once Kueue answers them.
+        self.apply(kueue_manifests.webhook_configurations(wh, c["ca"]))
+
+    def _start_kwok(self, c: dict[str, Path]) -> None:
+        stages_dir = module_dir("sigs.k8s.io/kwok", "KWOK_VERSION") / "kustomize" / "stage"
+        stage_files = [
+            stages_dir / "node" / "fast" / "node-initialize.yaml",
+            *sorted((stages_dir / "node" / "heartbeat-with-lease").glob("*.yaml")),
+            stages_dir / "pod" / "fast" / "pod-ready.yaml",
+            stages_dir / "pod" / "fast" / "pod-complete.yaml",
+            stages_dir / "pod" / "fast" / "pod-delete.yaml",
+            stages_dir / "pod" / "chaos" / "pod-container-running-failed.yaml",
+        ]
+        docs = []
+        for f in stage_files:
+            docs.extend(d for d in yaml.safe_load_all(f.read_text()) if d)
+        config = self.state / "kwok-stages.yaml"
+        config.write_text(yaml.safe_dump_all(docs))
+        log("starting kwok and creating fake GPU nodes")
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={config}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=127.0.0.1",
+                f"--server-address=127.0.0.1:{free_port()}",
+                f"--tls-cert-file={c['cert']}",
+                f"--tls-private-key-file={c['key']}",
+            ],
+        )
+        self.apply([fake_gpu_node(g, i) for g, n in NODE_GROUPS.items() for i in range(n)])
+        total = sum(NODE_GROUPS.values())
+        self.wait_for(
+            f"{total} Ready kwok nodes",
+            lambda: (
+                sum(
+                    1
+                    for n in self.get_json("nodes")["items"]
+                    for cond in n["status"].get("conditions", [])
+                    if cond["type"] == "Ready" and cond["status"] == "True"
+                )
+                == total
+            ),
+            timeout=60,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _kubeconfig_doc(self, token: str) -> dict:
+        ca = (self.state / "pki" / "ca.crt").read_bytes()
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "rlpost-local",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": base64.b64encode(ca).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": "user", "user": {"token": token}}],
+            "contexts": [
+                {"name": "rlpost-local", "context": {"cluster": "rlpost-local", "user": "user"}}
+            ],
+            "current-context": "rlpost-local",
+        }
+
+    def _spawn(self, binary: str, args: list[str]) -> None:
+        logs = self.state / "logs"
+        logs.mkdir(exist_ok=True)
+        out = open(logs / f"{binary}.log", "ab")  # noqa: SIM115 - the child keeps it open
+        proc = subprocess.Popen(
+            [str(bin_dir() / binary), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            cwd=self.state,
+            start_new_session=True,  # survives `make cluster` returning; stopped by pid
+        )
+        self.pids[binary] = proc.pid
+        self._save()
+        time.sleep(0.2)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{binary} exited at once; see {logs / (binary + '.log')}")
+
+    def _wait_http(self, url: str, what: str, timeout: float) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.state / "pki" / "ca.crt"))
+        headers = {"Authorization": f"Bearer {self.token}"} if url.startswith("https") else {}
+
+        def ok() -> bool:
+            self._check_alive()
+            req = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as r:
+                return r.status == 200
+
+        self.wait_for(what, ok, timeout=timeout)
+
+    def _wait_tcp(self, port: int, what: str, timeout: float) -> None:
+        def ok() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+
+        self.wait_for(what, ok, timeout=timeout)
+
+    def _check_alive(self) -> None:
+        for name, pid in self.pids.items():
+            if not _alive(pid):
+                tail = (self.state / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} (pid {pid}) died:\n{tail}")
+
+    def _save(self) -> None:
+        (self.state / "cluster.json").write_text(
+            json.dumps({"ports": self.ports, "pids": self.pids, "bin": str(bin_dir())}, indent=1)
+        )
+
+    def _load(self) -> dict:
+        try:
+            return json.loads((self.state / "cluster.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+
+def fake_gpu_node(group: str, index: int) -> dict:
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": f"gpu-{group}-{index}",
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": f"gpu-{group}-{index}",
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "rlpost.dev/gpu-kind": group,
+                "nvidia.com/gpu.product": {"a": "NVIDIA-H100", "b": "NVIDIA-H200"}[group],
+            },
+        },
+        "spec": {"taints": [GPU_B_TAINT] if group == "b" else []},
+        "status": {
+            "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", GPU: str(GPUS_PER_NODE)},
+            "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", GPU: str(GPUS_PER_NODE)},
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
+        },
+    }
+    return node
+
+
+def _ensure_kueue_metrics_certs(src: Path) -> None:
+    """Kueue reads /etc/kueue/metrics/certs even with its metrics server off (v0.19)."""
+    dst = Path("/etc/kueue/metrics/certs")
+    if (dst / "tls.crt").exists() and (dst / "tls.key").exists():
+        return
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("tls.crt", "tls.key"):
+            (dst / name).write_bytes((src / name).read_bytes())
+    except PermissionError as exc:
+        raise RuntimeError(
+            "Kueue needs /etc/kueue/metrics/certs/tls.{crt,key} to exist (any valid pair); "
+            "create it once as root"
+        ) from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child counts as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _stop_pid(pid: int, name: str, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL; only if /proc says the pid is still our binary."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except FileNotFoundError:
+        return
+    if Path(cmdline).name != name:
+        return  # the pid was reused by something else: not ours to kill
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
