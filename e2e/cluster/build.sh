@@ -72,15 +72,29 @@ GO
   step "kubernetes + etcd built"
 fi
 
-gobin_install() { # name module version
-  local name=$1 mod=$2
+# Kueue, kwok and Helm: each in its own small wrapper module (its own dependency graph).
+# `go install mod@version` is not used: it asks the proxy for the module's version list,
+# which the proxy here refuses.
+wrapper_build() { # name module version package
+  local name=$1 mod=$2 version=$3 pkg=$4
   if have "$name"; then return 0; fi
-  step "building $name ($mod)"
-  GOBIN="$bin" go install -trimpath -ldflags "-s -w" "$mod"
+  local w="$cache/wrapper/$name-$version"
+  mkdir -p "$w"
+  printf 'module rlpost.dev/build/%s\n\ngo 1.26\n\nrequire %s %s\n' "$name" "$mod" "$version" > "$w/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" > "$w/tools.go"
+  step "resolving $name ($mod $version)"
+  # Seed go.sum with the module's own: some of its dependencies (e.g. Kueue's
+  # scheduler-library pre-release) are unknown to the checksum database.
+  local src
+  src=$(cd "$w" && go mod download -json "$mod@$version" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
+  [ -f "$src/go.sum" ] && cp "$src/go.sum" "$w/go.sum"
+  (cd "$w" && go mod tidy -e >/dev/null 2>&1 || true; cd "$w" && go mod download)
+  step "building $name"
+  (cd "$w" && go build -trimpath -ldflags "-s -w" -o "$bin/$name" "$pkg")
 }
-gobin_install kueue "sigs.k8s.io/kueue/cmd/kueue@${KUEUE_VERSION}"
-gobin_install kwok "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
-gobin_install helm "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
+wrapper_build kueue sigs.k8s.io/kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue
+wrapper_build kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+wrapper_build helm helm.sh/helm/v4 "$HELM_VERSION" helm.sh/helm/v4/cmd/helm
 
 # Kueue's and kwok's manifests come from their module sources (CRDs, webhooks, stages).
 for m in "sigs.k8s.io/kueue@${KUEUE_VERSION}" "sigs.k8s.io/kwok@${KWOK_VERSION}"; do
