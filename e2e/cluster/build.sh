@@ -75,8 +75,8 @@ fi
 # Kueue, kwok and Helm: each in its own small wrapper module (its own dependency graph).
 # `go install mod@version` is not used: it asks the proxy for the module's version list,
 # which the proxy here refuses.
-wrapper_build() { # name module version package
-  local name=$1 mod=$2 version=$3 pkg=$4
+wrapper_build() { # name module version package [extra ldflags]
+  local name=$1 mod=$2 version=$3 pkg=$4 ldx=${5:-}
   if have "$name"; then return 0; fi
   local w="$cache/wrapper/$name-$version"
   mkdir -p "$w"
@@ -90,11 +90,13 @@ wrapper_build() { # name module version package
   [ -f "$src/go.sum" ] && cp "$src/go.sum" "$w/go.sum"
   (cd "$w" && go mod tidy -e >/dev/null 2>&1 || true; cd "$w" && go mod download)
   step "building $name"
-  (cd "$w" && go build -trimpath -ldflags "-s -w" -o "$bin/$name" "$pkg")
+  (cd "$w" && go build -trimpath -ldflags "-s -w $ldx" -o "$bin/$name" "$pkg")
 }
-wrapper_build kueue sigs.k8s.io/kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue
+wrapper_build kueue sigs.k8s.io/kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue \
+  "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
 wrapper_build kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
-wrapper_build helm helm.sh/helm/v4 "$HELM_VERSION" helm.sh/helm/v4/cmd/helm
+wrapper_build helm helm.sh/helm/v4 "$HELM_VERSION" helm.sh/helm/v4/cmd/helm \
+  "-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
 
 # Kueue's and kwok's manifests come from their module sources (CRDs, webhooks, stages).
 for m in "sigs.k8s.io/kueue@${KUEUE_VERSION}" "sigs.k8s.io/kwok@${KWOK_VERSION}"; do

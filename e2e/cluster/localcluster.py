@@ -278,10 +278,8 @@ class LocalCluster:
         wh = self.ports["webhook"]
         self.kubectl("create", "namespace", "kueue-system")
         self.apply(kueue_manifests.crds(wh, c["ca"]))
-        self.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/workloads.kueue.x-k8s.io", "crd/clusterqueues.kueue.x-k8s.io",
-        )  # fmt: skip
+        for crd in ("workloads", "clusterqueues", "localqueues", "resourceflavors"):
+            self.wait_for(f"CRD {crd} Established", lambda c=crd: self._established(c), 60)
         _ensure_kueue_metrics_certs(c["webhook_dir"])
         config = self.state / "kueue-config.yaml"
         config.write_text(
@@ -295,6 +293,11 @@ class LocalCluster:
         self._wait_tcp(wh, "kueue webhook server", timeout=60)
         # failurePolicy Fail: register the webhooks only once Kueue answers them.
         self.apply(kueue_manifests.webhook_configurations(wh, c["ca"]))
+
+    def _established(self, plural: str) -> bool:
+        crd = self.get_json("crd", f"{plural}.kueue.x-k8s.io")
+        conds = crd.get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
 
     def _start_kwok(self, c: dict[str, Path]) -> None:
         stages_dir = module_dir("sigs.k8s.io/kwok", "KWOK_VERSION") / "kustomize" / "stage"

@@ -117,7 +117,7 @@ def test_workload_admitted_within_quota_second_waits_then_admitted(cluster, name
 
     qr = cluster.wait_for("second workload pending with a reason", pending_reason, timeout=30)
     assert qr["reason"] == "Pending"
-    assert "insufficient quota" in qr["message"], qr["message"]
+    assert "insufficient unused quota for nvidia.com/gpu" in qr["message"], qr["message"]
     assert not admitted("second")
 
     cluster.kubectl("delete", "workload", "first", "-n", namespace)
@@ -237,3 +237,23 @@ def test_server_and_tools_report_pinned_versions(cluster):
 
 def _yaml(doc: dict) -> str:
     return yaml.safe_dump(doc)
+
+
+def test_second_cluster_side_by_side_and_down_ends_exactly_its_processes(cluster, tmp_path):
+    from e2e.cluster import LocalCluster
+    from e2e.cluster.localcluster import _alive
+
+    other = LocalCluster(state=tmp_path / "other").up()
+    try:
+        assert set(other.ports.values()).isdisjoint(cluster.ports.values())
+        nodes = other.get_json("nodes")["items"]
+        assert len(nodes) == 4
+        pids = dict(other.pids)
+        assert all(_alive(p) for p in pids.values())
+    finally:
+        other.down()
+    assert not any(_alive(p) for p in pids.values())
+    assert not (tmp_path / "other").exists()
+    # the session's cluster is untouched
+    assert all(_alive(p) for p in cluster.pids.values())
+    assert cluster.kubectl("get", "nodes").returncode == 0
