@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv system-deps cluster-bins cluster cluster-down crds lint test test-unit test-e2e \
-        test-gpu run-example bench clean
+        test-gpu run-example bench clean chart-sync chart-lint
 
 # Python environment with every role, the operator and the test tools.
 $(BIN)/.installed: pyproject.toml
@@ -54,6 +54,20 @@ test-e2e: venv system-deps cluster-bins
 test-gpu:
 	$(PY) -m pytest -m gpu -o addopts='-ra' tests
 	$(PY) benchmarks/weight_sync.py
+
+# Helm chart (charts/rlpost): Helm reads only files inside the chart, so it carries copies
+# of the generated CRDs and of the dashboard; tests/chart checks the copies are current.
+HELM = $(shell $(BIN)/python -c 'from e2e.cluster.paths import bin_dir; print(bin_dir() / "helm")')
+chart-sync: crds
+	$(BIN)/python dashboards/generate.py
+	rm -f charts/rlpost/crds/*.yaml && cp crds/*.yaml charts/rlpost/crds/
+	cp dashboards/rlpost.json charts/rlpost/dashboards/rlpost.json
+
+chart-lint: venv cluster-bins
+	$(HELM) lint --strict charts/rlpost
+	$(HELM) template rlpost charts/rlpost --namespace team-a >/dev/null
+	$(HELM) template rlpost charts/rlpost --namespace team-a --set watch.clusterWide=true >/dev/null
+	$(BIN)/python -m pytest tests/chart -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs
