@@ -1,0 +1,1 @@
+"""Rollout role: reference engine, SGLang and sglang-router launchers, data buffer + driver."""

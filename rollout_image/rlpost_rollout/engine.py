@@ -1,0 +1,531 @@
+"""Reference rollout engine: SGLang's HTTP contract served by a torch model on CPU or GPU.
+
+`python -m rlpost_rollout.engine --port P` reads the job spec ($RLPOST_CONFIG), builds the
+model and tokenizer with rlpost.models, and generates with its *current* weights (batched,
+KV cache; see scheduler.py / generator.py). Weight updates go through
+rlpost.weightsync.receiver, exactly as the trainer drives SGLang. Control endpoints (state
+changes) need the job token; generation and health do not, because the router forwards them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import torch
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from rlpost.logs import setup_logging
+from rlpost.models import build_model, build_tokenizer
+from rlpost_rollout import config
+from rlpost_rollout.auth import require_token
+from rlpost_rollout.generator import Generator, GenRequest, GenResult
+from rlpost_rollout.metrics import metrics_response
+from rlpost_rollout.protocol import (
+    AbortReq,
+    ChatCompletionRequest,
+    ContinueGenerationReqInput,
+    DestroyWeightsUpdateGroupReqInput,
+    GenerateReqInput,
+    InitWeightsUpdateGroupReqInput,
+    MemoryOccupationReqInput,
+    PauseGenerationReqInput,
+    SamplingParams,
+    UpdateWeightFromDiskReqInput,
+    UpdateWeightsFromDistributedReqInput,
+    UpdateWeightsFromTensorReqInput,
+    UpdateWeightVersionReqInput,
+)
+from rlpost_rollout.scheduler import Scheduler
+
+log = logging.getLogger("rlpost_rollout.engine")
+
+# Paths the engine serves that SGLang 0.5.x does not (the contract test allows exactly these).
+RLPOST_EXTENSIONS = {("GET", "/get_weight_version"), ("GET", "/metrics"), ("GET", "/v1/loads")}
+
+
+class Engine:
+    """The model, its weight version and memory state, and the batching scheduler."""
+
+    def __init__(self, job, max_batch: int = 32):
+        spec = job.spec
+        self.job_name = config.job_name(job)
+        self.model_path = spec.model.path or "rlpost:config"
+        self.tokenizer = build_tokenizer(spec.model)
+        self.model = build_model(spec.model, self.tokenizer.vocab_size, seed=spec.seed).eval()
+        self.max_positions = int(self.model.config.max_position_embeddings)
+        self.generator = Generator(self.model, self.tokenizer, self.max_positions)
+        self.scheduler = Scheduler(self.generator, max_batch=max_batch)
+        self.weight_version = os.environ.get("RLPOST_WEIGHT_VERSION", "0")
+        self.released: set[str] = set()
+        self.receiver = None
+        self.requests_total = 0
+        self.started = time.time()
+        self.registry = CollectorRegistry()
+        labels = ["job"]
+        self.m_requests = Counter(
+            "rlpost_engine_requests", "generate requests served", labels, registry=self.registry
+        ).labels(self.job_name)
+        self.m_tokens = Counter(
+            "rlpost_engine_generated_tokens", "tokens generated", labels, registry=self.registry
+        ).labels(self.job_name)
+        self.m_tps = Gauge(
+            "rlpost_tokens_per_second",
+            "generated tokens per busy second",
+            labels,
+            registry=self.registry,
+        ).labels(self.job_name)
+        self.m_version = Gauge(
+            "rlpost_engine_weight_version", "live weight version", labels, registry=self.registry
+        ).labels(self.job_name)
+        self.m_sync = Histogram(
+            "rlpost_weight_sync_seconds",
+            "time to apply one weight update on the engine",
+            labels,
+            registry=self.registry,
+        ).labels(self.job_name)
+        self._set_version(self.weight_version)
+
+    def _set_version(self, version: str | None) -> None:
+        if version is None:
+            return
+        self.weight_version = version
+        with suppress(ValueError):
+            self.m_version.set(float(version))
+
+    # ------------------------------------------------------------------ generation
+
+    def to_gen_request(self, ids: list[int], sp: SamplingParams, logprob_start: int) -> GenRequest:
+        stop = [sp.stop] if isinstance(sp.stop, str) else list(sp.stop or [])
+        req = GenRequest(
+            input_ids=ids,
+            max_new_tokens=sp.max_new_tokens,
+            temperature=sp.temperature,
+            top_p=sp.top_p,
+            top_k=sp.top_k,
+            min_new_tokens=sp.min_new_tokens,
+            stop=stop,
+            stop_token_ids=set(sp.stop_token_ids or []),
+            ignore_eos=sp.ignore_eos,
+            seed=sp.sampling_seed,
+            logprob_start_len=logprob_start,
+        )
+        self.generator.check(req)
+        return req
+
+    def render(
+        self, rid: str, req: GenRequest, res: GenResult, sp: SamplingParams, logprob: bool
+    ) -> dict[str, Any]:
+        text = self.tokenizer.decode(res.output_ids, skip_special_tokens=sp.skip_special_tokens)
+        matched = res.finish_reason.get("matched")
+        if isinstance(matched, str) and not sp.no_stop_trim and text.endswith(matched):
+            text = text[: len(text) - len(matched)]
+        meta: dict[str, Any] = {
+            "id": rid,
+            "prompt_tokens": len(req.input_ids),
+            "completion_tokens": len(res.output_ids),
+            "cached_tokens": 0,
+            "finish_reason": res.finish_reason,
+            "weight_version": self.weight_version,
+        }
+        if logprob:
+            meta["output_token_logprobs"] = [
+                [lp, tok, None] for lp, tok in zip(res.output_logprobs, res.output_ids, strict=True)
+            ]
+            if req.logprob_start_len >= 0:
+                start = min(req.logprob_start_len, len(req.input_ids))
+                meta["input_token_logprobs"] = [
+                    [lp, tok, None]
+                    for lp, tok in zip(res.input_logprobs, req.input_ids[start:], strict=True)
+                ]
+        return {"text": text, "output_ids": res.output_ids, "meta_info": meta}
+
+    async def generate_one(
+        self, ids: list[int], sp: SamplingParams, logprob: bool, start: int, rid: str
+    ) -> dict[str, Any]:
+        if self.released & {"weights", "all"}:
+            raise HTTPException(503, "weights are released (call /resume_memory_occupation)")
+        try:
+            req = self.to_gen_request(ids, sp, start if logprob else -1)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        self.requests_total += 1
+        self.m_requests.inc()
+        res = await self.scheduler.submit(req, rid)
+        self.m_tokens.inc(len(res.output_ids))
+        if self.scheduler.busy_seconds > 0:
+            self.m_tps.set(self.scheduler.generated_tokens / self.scheduler.busy_seconds)
+        return self.render(rid, req, res, sp, logprob)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return self.tokenizer.encode(text)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    # ------------------------------------------------------------------ weights
+
+    def _receiver(self):
+        if self.receiver is None:
+            from rlpost.weightsync.receiver import WeightReceiver
+
+            self.receiver = WeightReceiver(self.model)
+        return self.receiver
+
+    def locked(self, fn, *args):
+        """Run `fn` with generation stopped between batches (the scheduler's model lock)."""
+        with self.scheduler.model_lock:
+            return fn(*args)
+
+    def load_from_disk(self, path: str) -> None:
+        from transformers import LlamaForCausalLM
+
+        src = LlamaForCausalLM.from_pretrained(path, local_files_only=True)
+        state = src.state_dict()
+        missing = [n for n, _ in self.model.named_parameters() if n not in state]
+        if missing:
+            raise ValueError(f"{path}: missing parameters {missing[:5]}")
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                p.copy_(state[name].to(p.dtype))
+
+    def release(self, tags: set[str]) -> None:
+        """Free the weights' storage (shapes kept); they must be pushed again after resume,
+        as with SGLang's memory saver. kv_cache: the engine keeps no cache between batches."""
+        if "weights" in tags and "weights" not in self.released:
+            for p in self.model.parameters():
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        self.released |= tags
+
+    def resume(self, tags: set[str]) -> None:
+        if "weights" in tags and "weights" in self.released:
+            shapes = getattr(self, "_shapes", None) or {}
+            for name, p in self.model.named_parameters():
+                p.data = torch.zeros(shapes[name], dtype=p.dtype, device=p.device)
+        self.released -= tags
+
+    def remember_shapes(self) -> None:
+        self._shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
+
+
+def decode_named_tensors(serialized: list[str]) -> list[tuple[str, torch.Tensor]]:
+    """SGLang's serialized_named_tensors: one ForkingPickler payload per TP rank (we have one)."""
+    from rlpost.weightsync.tensor_ipc import deserialize_named_tensors
+
+    if len(serialized) != 1:
+        raise ValueError(f"the reference engine has one TP rank; got {len(serialized)} payloads")
+    named = deserialize_named_tensors(serialized[0])
+    if isinstance(named, dict):
+        named = list(named.items())
+    return [(str(n), t) for n, t in named]
+
+
+def create_app(engine: Engine, token: str | None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        engine.scheduler.start()
+        yield
+        engine.scheduler.stop()
+
+    app = FastAPI(title="rlpost reference engine", lifespan=lifespan)
+    control = [Depends(require_token(token))]
+
+    def ok(message: str) -> dict[str, Any]:
+        return {"success": True, "message": message}
+
+    async def run_locked(fn, *args):
+        return await asyncio.to_thread(engine.locked, fn, *args)
+
+    # ---------------------------------------------------------------- health & info
+    @app.get("/health")
+    async def health():
+        return JSONResponse({})
+
+    @app.get("/health_generate")
+    async def health_generate():
+        if not engine.scheduler.unpaused.is_set() or engine.released:
+            return JSONResponse({})  # paused/released on purpose: alive, just not generating
+        sp = SamplingParams(max_new_tokens=1, temperature=0.0)
+        await engine.generate_one([engine.tokenizer.BOS], sp, False, -1, f"health-{uuid.uuid4()}")
+        return JSONResponse({})
+
+    def model_info() -> dict[str, Any]:
+        return {
+            "model_path": engine.model_path,
+            "tokenizer_path": engine.model_path,
+            "is_generation": True,
+            "weight_version": engine.weight_version,
+            "served_model_name": engine.model_path,
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+        }
+
+    @app.get("/get_model_info")
+    async def get_model_info():
+        return model_info()
+
+    @app.get("/model_info")
+    async def model_info_route():
+        return model_info()
+
+    @app.get("/server_info")
+    async def server_info():
+        return {
+            "model_path": engine.model_path,
+            "tp_size": 1,
+            "dp_size": 1,
+            "max_total_num_tokens": engine.max_positions * engine.scheduler.max_batch,
+            "context_length": engine.max_positions,
+            "version": "rlpost-reference",
+            "weight_version": engine.weight_version,
+            "startup_time": engine.started,
+            "internal_states": [
+                {
+                    "requests_total": engine.requests_total,
+                    "batches": engine.scheduler.batches,
+                    "generated_tokens": engine.scheduler.generated_tokens,
+                    "paused": not engine.scheduler.unpaused.is_set(),
+                    "released": sorted(engine.released),
+                }
+            ],
+        }
+
+    @app.get("/get_weight_version")
+    async def get_weight_version():
+        return {"weight_version": engine.weight_version}
+
+    @app.get("/v1/loads")
+    async def loads():
+        return {
+            "timestamp": time.time(),
+            "loads": [
+                {
+                    "dp_rank": 0,
+                    "num_running_reqs": len(engine.scheduler.running),
+                    "num_waiting_reqs": engine.scheduler.queue_depth,
+                }
+            ],
+        }
+
+    @app.get("/metrics")
+    async def metrics():
+        return metrics_response(engine.registry)
+
+    # ---------------------------------------------------------------- generation
+    @app.api_route("/generate", methods=["POST", "PUT"])
+    async def generate(obj: GenerateReqInput):
+        if obj.stream:
+            raise HTTPException(400, "stream=true is not supported by the reference engine")
+        if (obj.text is None) == (obj.input_ids is None):
+            raise HTTPException(400, "give exactly one of text or input_ids")
+        batch = isinstance(obj.text, list) or (
+            obj.input_ids is not None and obj.input_ids and isinstance(obj.input_ids[0], list)
+        )
+        if batch:
+            raise HTTPException(400, "batched /generate is not supported; send one per request")
+        ids = obj.input_ids if obj.input_ids is not None else engine.encode(obj.text)
+        rid = obj.rid or uuid.uuid4().hex
+        return await engine.generate_one(
+            ids, obj.sampling_params, obj.return_logprob, obj.logprob_start_len, rid
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat(obj: ChatCompletionRequest):
+        # The char tokenizer has no chat template: the conversation is the concatenation of
+        # the messages' contents, and the model continues it.
+        ids = engine.encode("".join(m.content for m in obj.messages))
+        sp = SamplingParams(
+            max_new_tokens=obj.max_completion_tokens or obj.max_tokens or 128,
+            temperature=obj.temperature,
+            top_p=obj.top_p,
+            stop=obj.stop,
+            sampling_seed=obj.seed,
+        )
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        out = await engine.generate_one(ids, sp, obj.logprobs, -1, rid)
+        meta = out["meta_info"]
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": out["text"]},
+            "finish_reason": meta["finish_reason"]["type"],
+        }
+        if obj.logprobs:
+            choice["logprobs"] = {
+                "content": [
+                    {"token": engine.tokenizer.decode([t], False), "logprob": lp}
+                    for lp, t, _ in meta["output_token_logprobs"]
+                ]
+            }
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": obj.model or engine.model_path,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": meta["prompt_tokens"],
+                "completion_tokens": meta["completion_tokens"],
+                "total_tokens": meta["prompt_tokens"] + meta["completion_tokens"],
+            },
+            "metadata": {"weight_version": engine.weight_version},
+        }
+
+    # ---------------------------------------------------------------- control
+    @app.api_route("/flush_cache", methods=["GET", "POST"], dependencies=control)
+    async def flush_cache():
+        # No prefix cache survives a batch, so there is nothing stale to drop.
+        return JSONResponse({"success": True, "message": "Cache flushed."})
+
+    @app.post("/pause_generation", dependencies=control)
+    async def pause_generation(obj: PauseGenerationReqInput | None = None):
+        obj = obj or PauseGenerationReqInput()
+        engine.scheduler.pause(abort_running=obj.mode == "abort")
+        return {"message": "Generation paused successfully.", "status": "ok"}
+
+    @app.post("/continue_generation", dependencies=control)
+    async def continue_generation(obj: ContinueGenerationReqInput | None = None):
+        engine.scheduler.resume()
+        return {"message": "Generation continued successfully.", "status": "ok"}
+
+    @app.post("/abort_request", dependencies=control)
+    async def abort_request(obj: AbortReq):
+        n = engine.scheduler.abort(obj.abort_all, obj.rid)
+        return {"success": True, "message": f"aborted {n} request(s)"}
+
+    @app.post("/update_weight_version", dependencies=control)
+    async def update_weight_version(obj: UpdateWeightVersionReqInput):
+        if obj.abort_all_requests:
+            engine.scheduler.abort(True, None)
+        engine._set_version(obj.new_version)
+        return {"success": True, "message": "ok", "new_version": obj.new_version}
+
+    @app.post("/init_weights_update_group", dependencies=control)
+    async def init_weights_update_group(obj: InitWeightsUpdateGroupReqInput):
+        try:
+            # Blocks until the trainer joins the group: off the event loop, not under the lock.
+            await asyncio.to_thread(
+                engine._receiver().init_group,
+                obj.master_address,
+                obj.master_port,
+                obj.rank_offset,
+                obj.world_size,
+                obj.group_name,
+                obj.backend,
+            )
+        except Exception as exc:
+            log.exception("init_weights_update_group failed")
+            return JSONResponse({"success": False, "message": str(exc)}, status_code=400)
+        return ok(f"joined group {obj.group_name} at rank {obj.rank_offset}")
+
+    @app.post("/destroy_weights_update_group", dependencies=control)
+    async def destroy_weights_update_group(obj: DestroyWeightsUpdateGroupReqInput):
+        try:
+            await asyncio.to_thread(engine._receiver().destroy)
+        except Exception as exc:
+            return JSONResponse({"success": False, "message": str(exc)}, status_code=400)
+        return ok(f"left group {obj.group_name}")
+
+    async def apply_update(kind: str, fn, *args, version: str | None, abort: bool):
+        if abort:
+            engine.scheduler.abort(True, None)
+        started = time.monotonic()
+        try:
+            await run_locked(fn, *args)
+        except Exception as exc:
+            log.exception("weight update failed", extra={"kind": kind})
+            return JSONResponse({"success": False, "message": f"{kind}: {exc}"}, status_code=400)
+        engine.m_sync.observe(time.monotonic() - started)
+        engine._set_version(version)
+        log.info("weights updated", extra={"kind": kind, "weight_version": version})
+        return ok(f"weights updated ({kind}); weight_version={engine.weight_version}")
+
+    @app.post("/update_weights_from_distributed", dependencies=control)
+    async def update_weights_from_distributed(obj: UpdateWeightsFromDistributedReqInput):
+        if not (len(obj.names) == len(obj.dtypes) == len(obj.shapes)):
+            raise HTTPException(400, "names, dtypes and shapes must have the same length")
+        return await apply_update(
+            "distributed",
+            engine._receiver().receive,
+            obj.names,
+            obj.dtypes,
+            obj.shapes,
+            version=obj.weight_version,
+            abort=obj.abort_all_requests,
+        )
+
+    @app.post("/update_weights_from_tensor", dependencies=control)
+    async def update_weights_from_tensor(obj: UpdateWeightsFromTensorReqInput):
+        try:
+            named = decode_named_tensors(obj.serialized_named_tensors)
+        except Exception as exc:
+            raise HTTPException(400, f"serialized_named_tensors: {exc}") from exc
+        return await apply_update(
+            "tensor",
+            engine._receiver().load_tensors,
+            named,
+            version=obj.weight_version,
+            abort=obj.abort_all_requests,
+        )
+
+    @app.post("/update_weights_from_disk", dependencies=control)
+    async def update_weights_from_disk(obj: UpdateWeightFromDiskReqInput):
+        return await apply_update(
+            "disk",
+            engine.load_from_disk,
+            obj.model_path,
+            version=obj.weight_version,
+            abort=obj.abort_all_requests,
+        )
+
+    @app.api_route("/release_memory_occupation", methods=["GET", "POST"], dependencies=control)
+    async def release_memory_occupation(request: Request):
+        obj = MemoryOccupationReqInput.model_validate(await _json_or_empty(request))
+        await run_locked(engine.release, set(obj.tags or ["weights", "kv_cache"]))
+        return JSONResponse({})
+
+    @app.api_route("/resume_memory_occupation", methods=["GET", "POST"], dependencies=control)
+    async def resume_memory_occupation(request: Request):
+        obj = MemoryOccupationReqInput.model_validate(await _json_or_empty(request))
+        await run_locked(engine.resume, set(obj.tags or ["weights", "kv_cache"]))
+        return JSONResponse({})
+
+    return app
+
+
+async def _json_or_empty(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body:
+        return {}
+    import json
+
+    return json.loads(body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--config", default=None, help="job.yaml (default $RLPOST_CONFIG)")
+    parser.add_argument("--max-batch", type=int, default=32)
+    args = parser.parse_args(argv)
+    setup_logging("engine")
+    torch.set_num_threads(int(os.environ.get("RLPOST_TORCH_THREADS", "1")))
+    job = config.load_job(args.config)
+    engine = Engine(job, max_batch=args.max_batch)
+    engine.remember_shapes()
+    app = create_app(engine, config.token())
+    log.info("engine ready", extra={"port": args.port, "weight_version": engine.weight_version})
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
