@@ -1,0 +1,150 @@
+"""Engine side of weight sync: receive HF-named tensors and load them into the model.
+
+The reference engine (and anything else holding a torch model with HF parameter names)
+calls this from its SGLang-compatible endpoints:
+
+    /init_weights_update_group      -> WeightReceiver.init_group(...)
+    /update_weights_from_distributed-> WeightReceiver.receive(names, dtypes, shapes)
+    /update_weights_from_tensor     -> WeightReceiver.load_tensors(deserialize(...))
+    /destroy_weights_update_group   -> WeightReceiver.destroy()
+
+Loading is all-or-nothing per call: every tensor of an update is received (or given) into a
+staging buffer and checked first; the model changes only when the whole call is valid. A
+call whose metadata names an unknown parameter or a wrong shape still drains the broadcast
+(so the trainer does not hang) and then raises WeightSyncError, leaving the model untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from rlpost.weightsync.dtypes import dtype_from_wire
+from rlpost.weightsync.group import SyncGroup, create_sync_group
+
+
+class WeightSyncError(ValueError):
+    """A weight update that was refused; the model is unchanged."""
+
+
+class WeightReceiver:
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.group: SyncGroup | None = None
+        # Parameters and persistent buffers, by HF name (what the trainer sends).
+        self._targets: dict[str, torch.Tensor] = dict(model.named_parameters())
+        self._targets.update(
+            {n: b for n, b in model.named_buffers() if n not in self._nonpersistent(model)}
+        )
+        self._lock = threading.Lock()  # one update at a time touches the weights
+
+    @staticmethod
+    def _nonpersistent(model: torch.nn.Module) -> set[str]:
+        out: set[str] = set()
+        for prefix, module in model.named_modules():
+            for b in getattr(module, "_non_persistent_buffers_set", ()):
+                out.add(f"{prefix}.{b}" if prefix else b)
+        return out
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._targets)
+
+    # ------------------------------------------------------------------ group lifecycle
+
+    def init_group(
+        self,
+        master_address: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        group_name: str,
+        backend: str = "gloo",
+        timeout_s: float = 120.0,
+    ) -> None:
+        """Join the trainer's group as rank `rank_offset` (the trainer is rank 0)."""
+        if self.group is not None:
+            raise WeightSyncError(
+                f"weight-sync group {self.group.name!r} already initialised; destroy it first"
+            )
+        if rank_offset < 1:
+            raise WeightSyncError("rank_offset must be >= 1 (rank 0 is the trainer)")
+        self.group = create_sync_group(
+            master_address, master_port, rank_offset, world_size, group_name, backend, timeout_s
+        )
+
+    def destroy(self, group_name: str | None = None) -> None:
+        if self.group is None:
+            return
+        if group_name is not None and group_name != self.group.name:
+            raise WeightSyncError(f"no weight-sync group {group_name!r} (have {self.group.name!r})")
+        self.group.destroy()
+        self.group = None
+
+    # ------------------------------------------------------------------ updates
+
+    def problems(
+        self, names: Sequence[str], shapes: Sequence[Sequence[int]] | None = None
+    ) -> list[str]:
+        """Why these names/shapes cannot be loaded (empty list: they can)."""
+        errors = []
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                errors.append(f"{name!r} sent twice")
+            seen.add(name)
+            target = self._targets.get(name)
+            if target is None:
+                errors.append(f"unknown parameter {name!r}")
+            elif shapes is not None and tuple(shapes[i]) != tuple(target.shape):
+                errors.append(f"{name!r}: shape {list(shapes[i])} != model's {list(target.shape)}")
+        return errors
+
+    def receive(
+        self,
+        names: Sequence[str],
+        dtypes: Sequence[str],
+        shapes: Sequence[Sequence[int]],
+        group_name: str | None = None,
+    ) -> None:
+        """Receive one bucket by broadcast from rank 0 and load it into the model."""
+        if self.group is None:
+            raise WeightSyncError("no weight-sync group: call /init_weights_update_group first")
+        if group_name is not None and group_name != self.group.name:
+            raise WeightSyncError(f"no weight-sync group {group_name!r} (have {self.group.name!r})")
+        if not len(names) == len(dtypes) == len(shapes):
+            raise WeightSyncError("names, dtypes and shapes must have the same length")
+        try:
+            wire_dtypes = [dtype_from_wire(d) for d in dtypes]
+        except ValueError as e:
+            raise WeightSyncError(str(e)) from e
+        device = "cuda" if self.group.backend == "nccl" else "cpu"
+        with self._lock:
+            # Receive everything first (also when invalid: the sender is already
+            # broadcasting, and skipping a tensor would desynchronise the group).
+            staged = []
+            for shape, dtype in zip(shapes, wire_dtypes, strict=True):
+                buf = torch.empty(tuple(shape), dtype=dtype, device=device)
+                self.group.broadcast(buf, src=0)
+                staged.append(buf)
+            errors = self.problems(names, shapes)
+            if errors:
+                raise WeightSyncError("weight update refused: " + "; ".join(errors))
+            self._copy_in(zip(names, staged, strict=True))
+
+    def load_tensors(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """update_weights_from_tensor: tensors given in-process (CUDA IPC / shared memory)."""
+        items = list(named_tensors)
+        errors = self.problems([n for n, _ in items], [tuple(t.shape) for _, t in items])
+        if errors:
+            raise WeightSyncError("weight update refused: " + "; ".join(errors))
+        with self._lock:
+            self._copy_in(items)
+
+    @torch.no_grad()
+    def _copy_in(self, items: Iterable[tuple[str, torch.Tensor]]) -> None:
+        for name, tensor in items:
+            target = self._targets[name]
+            target.copy_(tensor.to(device=target.device, dtype=target.dtype))

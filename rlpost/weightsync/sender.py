@@ -1,0 +1,201 @@
+"""Trainer side of weight sync (disaggregated): rank 0 of the weight-sync group.
+
+Per update, as slime drives SGLang:
+    POST /pause_generation                      (every engine)
+    for each bucket of <= bucketMB:
+        POST /update_weights_from_distributed   (every engine, concurrently ...)
+        group.broadcast(tensor) for each tensor (... with these broadcasts)
+    POST /continue_generation                   (every engine, also after a failure)
+Every control call carries `Authorization: Bearer $RLPOST_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import torch
+
+from rlpost.weightsync import payloads as P
+from rlpost.weightsync.group import SyncGroup, create_sync_group
+
+log = logging.getLogger("rlpost.weightsync")
+
+
+class WeightSyncFailed(RuntimeError):
+    pass
+
+
+def local_address_for(url: str) -> str:
+    """The address of this host as the engine at `url` sees it (the route's source IP)."""
+    host = httpx.URL(url).host or "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class WeightSender:
+    def __init__(
+        self,
+        engine_urls: Sequence[str],
+        token: str | None = None,
+        backend: str = "gloo",
+        bucket_mb: float = 512,
+        group_name: str = P.DEFAULT_GROUP,
+        master_address: str | None = None,
+        master_port: int | None = None,
+        ranks_per_engine: Sequence[int] | None = None,
+        http_timeout_s: float = 300.0,
+        group_timeout_s: float = 120.0,
+    ):
+        if not engine_urls:
+            raise ValueError("weight sync needs at least one engine URL (RLPOST_ENGINE_URLS)")
+        self.engine_urls = [u.rstrip("/") for u in engine_urls]
+        self.backend = backend
+        self.bucket_mb = bucket_mb
+        self.group_name = group_name
+        self.master_address = master_address or local_address_for(self.engine_urls[0])
+        self.master_port = master_port or free_port()
+        # SGLang engines with tensor parallelism hold several ranks each.
+        self.ranks_per_engine = list(ranks_per_engine or [1] * len(self.engine_urls))
+        self.group_timeout_s = group_timeout_s
+        token = token if token is not None else os.environ.get("RLPOST_TOKEN", "")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(headers=headers, timeout=http_timeout_s)
+        self.pool = ThreadPoolExecutor(max_workers=max(2, len(self.engine_urls)))
+        self.group: SyncGroup | None = None
+        self.last_bucket_sizes: list[int] = []
+
+    @property
+    def world_size(self) -> int:
+        return 1 + sum(self.ranks_per_engine)
+
+    # ------------------------------------------------------------------ HTTP helpers
+
+    def _post(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = self.http.post(url + path, json=body)
+        except httpx.HTTPError as e:
+            raise WeightSyncFailed(f"engine {url}{path}: {type(e).__name__}: {e}") from e
+        if r.status_code >= 400:
+            raise WeightSyncFailed(f"engine {url}{path}: HTTP {r.status_code}: {r.text[:500]}")
+        data = r.json() if r.content else {}
+        # SGLang answers some failures with 200 and {"success": false, "message": ...}.
+        if isinstance(data, dict) and data.get("success") is False:
+            raise WeightSyncFailed(f"engine {url}{path}: {data.get('message', data)}")
+        return data if isinstance(data, dict) else {"result": data}
+
+    def _post_all(self, path: str, bodies: Sequence[dict[str, Any]]) -> list[Future]:
+        return [
+            self.pool.submit(self._post, url, path, body)
+            for url, body in zip(self.engine_urls, bodies, strict=True)
+        ]
+
+    @staticmethod
+    def _wait(futures: Iterable[Future]) -> None:
+        errors = []
+        for f in futures:
+            try:
+                f.result()
+            except Exception as e:  # every engine's failure is reported, not just the first
+                errors.append(str(e))
+        if errors:
+            raise WeightSyncFailed("; ".join(errors))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def connect(self) -> None:
+        """Engines join the group (rank offsets 1..) while this process hosts rank 0."""
+        offsets, nxt = [], 1
+        for n in self.ranks_per_engine:
+            offsets.append(nxt)
+            nxt += n
+        bodies = [
+            P.init_group_payload(
+                self.master_address,
+                self.master_port,
+                off,
+                self.world_size,
+                self.group_name,
+                self.backend,
+            )
+            for off in offsets
+        ]
+        futures = self._post_all(P.PATH_INIT_GROUP, bodies)
+        try:
+            self.group = create_sync_group(
+                self.master_address,
+                self.master_port,
+                0,
+                self.world_size,
+                self.group_name,
+                self.backend,
+                self.group_timeout_s,
+            )
+        except Exception as e:
+            # The engines' answers usually say why the group did not form.
+            for f in futures:
+                if f.done() and f.exception():
+                    raise WeightSyncFailed(str(f.exception())) from e
+            raise WeightSyncFailed(f"weight-sync group did not form: {e}") from e
+        self._wait(futures)
+        log.info(
+            "weight-sync group ready",
+            extra={"world_size": self.world_size, "backend": self.backend},
+        )
+
+    def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: int) -> float:
+        """Send one full set of weights; returns the wall seconds the update took."""
+        if self.group is None:
+            self.connect()
+        assert self.group is not None
+        device = "cuda" if self.backend == "nccl" else "cpu"
+        start = time.perf_counter()
+        self._wait(self._post_all(P.PATH_PAUSE, [P.pause_payload()] * len(self.engine_urls)))
+        sizes: list[int] = []
+        try:
+            for bucket in P.buckets(named_tensors, self.bucket_mb):
+                bucket = [(n, t.detach().to(device).contiguous()) for n, t in bucket]
+                body = P.update_distributed_payload(bucket, str(weight_version), self.group_name)
+                futures = self._post_all(P.PATH_UPDATE_DISTRIBUTED, [body] * len(self.engine_urls))
+                for _, t in bucket:
+                    self.group.broadcast(t, src=0)
+                self._wait(futures)
+                sizes.append(sum(P.tensor_nbytes(t) for _, t in bucket))
+        finally:
+            self._wait(
+                self._post_all(P.PATH_CONTINUE, [P.continue_payload()] * len(self.engine_urls))
+            )
+        self.last_bucket_sizes = sizes
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        if self.group is not None:
+            try:
+                self._wait(
+                    self._post_all(
+                        P.PATH_DESTROY_GROUP,
+                        [P.destroy_group_payload(self.group_name)] * len(self.engine_urls),
+                    )
+                )
+            except WeightSyncFailed as e:
+                log.warning("destroying the weight-sync group on an engine failed: %s", e)
+            self.group.destroy()
+            self.group = None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.http.close()
