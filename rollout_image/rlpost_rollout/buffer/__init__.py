@@ -1,0 +1,1 @@
+"""Data buffer + rollout driver: the bridge between the engines and the trainer."""

@@ -1,0 +1,107 @@
+"""`python -m rlpost_rollout.buffer --port P`: the data buffer + rollout driver."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from rlpost.logs import setup_logging
+from rlpost.models import TINY_DEFAULTS, build_tokenizer
+from rlpost_rollout import config
+from rlpost_rollout.buffer.app import Buffer, batch_timeout_default, create_app
+from rlpost_rollout.buffer.dataset import DatasetError, load_jsonl
+from rlpost_rollout.buffer.driver import Driver, DriverConfig
+from rlpost_rollout.buffer.metrics import BufferMetrics
+from rlpost_rollout.buffer.store import Store
+from rlpost_rollout.rewards import make_reward
+
+log = logging.getLogger("rlpost_rollout.buffer")
+
+
+def context_length(source) -> int:
+    """The model's context (prompts that cannot fit are rejected rows, not engine errors)."""
+    if source.config is not None:
+        return int({**TINY_DEFAULTS, **source.config}["max_position_embeddings"])
+    cfg = Path(source.path or "", "config.json")
+    if cfg.exists():
+        return int(json.loads(cfg.read_text()).get("max_position_embeddings", 1 << 30))
+    return 1 << 30
+
+
+def build(job, state_dir: str, router_url: str) -> Buffer:
+    spec = job.spec
+    metrics = BufferMetrics(config.job_name(job))
+    tokenizer = build_tokenizer(spec.model)
+    max_ctx = context_length(spec.model)
+    source = load_jsonl(
+        spec.data.prompts,
+        spec.data.prompt_key,
+        spec.data.label_key,
+        tokenizer,
+        max_ctx,
+        seed=spec.seed,
+    )
+    metrics.rejected_rows.inc(len(source.rejected))
+    store = Store(state_dir)
+    cfg = DriverConfig(
+        router_url=router_url.rstrip("/"),
+        group_size=spec.algorithm.group_size,
+        batch_size=spec.algorithm.rollout_batch_size,
+        max_staleness=spec.rollout.max_staleness,
+        max_new_tokens=spec.rollout.max_new_tokens,
+        temperature=spec.rollout.temperature,
+        dynamic_sampling=spec.algorithm.dynamic_sampling,
+        max_inflight_groups=int(
+            os.environ.get("RLPOST_MAX_INFLIGHT_GROUPS", spec.algorithm.rollout_batch_size)
+        ),
+    )
+    driver = Driver(cfg, store, source, make_reward(spec.reward), tokenizer, metrics)
+    buffer = Buffer(
+        store,
+        driver,
+        cfg.batch_size,
+        cfg.max_staleness,
+        metrics,
+        source.rejected,
+        batch_timeout_default(),
+    )
+    metrics.weight_version.set(store.state.version)
+    metrics.depth.set(len(store.state.ready))
+    resume = os.environ.get("RLPOST_RESUME_STEP")
+    if resume not in (None, "") and int(resume) not in store.state.resumes:
+        # Applied once per step: a buffer restarted later with the same env keeps its state.
+        buffer.resume(int(resume), None if int(resume) in store.state.step_start_cursor else 0)
+    return buffer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--config", default=None)
+    args = parser.parse_args(argv)
+    setup_logging("buffer")
+    job = config.load_job(args.config)
+    state_dir = os.environ.get("RLPOST_STATE_DIR")
+    router = os.environ.get("RLPOST_ROUTER_URL")
+    if not state_dir or not router:
+        sys.exit("the buffer needs RLPOST_STATE_DIR (durable directory) and RLPOST_ROUTER_URL")
+    try:
+        buffer = build(job, state_dir, router)
+    except (DatasetError, ValueError) as exc:
+        log.error("buffer cannot start", extra={"error": str(exc)})
+        sys.exit(f"buffer cannot start: {exc}")
+    log.info("buffer ready", extra={"port": args.port, "router": router, "state_dir": state_dir})
+    uvicorn.run(
+        create_app(buffer, config.token()), host=args.host, port=args.port, log_level="warning"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Rollout driver: draws prompts, generates groups through the router, scores, filters.
+
+It keeps `rolloutBatchSize` groups ready (or in flight) for the next step the trainer will
+ask for, and only generates while the live weight version can still serve that step
+(version >= next_step - maxStaleness): synchronous runs wait for the new weights, async runs
+(k > 0) generate step s+1 with version s while the trainer trains step s.
+A group is accepted only when every sample generated and scored; zero-std groups are dropped
+when dynamic sampling is on (and more prompts are drawn to refill); aborted groups (weights
+being swapped) go back to the queue and are drawn again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from rlpost_rollout.buffer.dataset import PromptSource
+from rlpost_rollout.buffer.store import Store
+from rlpost_rollout.protocol import generate_payload
+from rlpost_rollout.rewards import RewardError, RewardFn
+
+log = logging.getLogger("rlpost_rollout.buffer.driver")
+
+
+class PermanentGenerateError(Exception):
+    """The engine refused the request (4xx): retrying would not help."""
+
+
+class Aborted(Exception):
+    """The engine aborted the request (weights being updated): draw the prompt again."""
+
+
+@dataclass
+class DriverConfig:
+    router_url: str
+    group_size: int
+    batch_size: int
+    max_staleness: int
+    max_new_tokens: int
+    temperature: float
+    dynamic_sampling: bool
+    max_inflight_groups: int
+    request_timeout_s: float = 300.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+
+
+class Driver:
+    def __init__(
+        self,
+        cfg: DriverConfig,
+        store: Store,
+        source: PromptSource,
+        reward: RewardFn,
+        tokenizer,
+        metrics,
+    ):
+        self.cfg = cfg
+        self.store = store
+        self.source = source
+        self.reward = reward
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self.inflight: dict[str, asyncio.Task] = {}
+        self.requeued: list[int] = store.state.unsettled()
+        self.wake = asyncio.Event()
+        self.changed = asyncio.Event()  # set whenever a group settles (batch waiters listen)
+        self.errors: dict[str, str] = {}  # cause -> last message (for /health)
+        self.router_ok: bool | None = None
+        self.http = httpx.AsyncClient(timeout=cfg.request_timeout_s)
+        self.scored_rewards: list[float] = []
+        self._stopped = False
+        if self.requeued:
+            log.info(
+                "re-drawing prompts that were in flight at the last stop",
+                extra={"prompt_indices": self.requeued[:20], "count": len(self.requeued)},
+            )
+
+    # ------------------------------------------------------------------ scheduling
+
+    def valid_ready(self, step: int) -> int:
+        s = self.store.state
+        floor = step - self.cfg.max_staleness
+        return sum(1 for g in s.ready if s.groups[g]["weight_version"] >= floor)
+
+    def wanted(self) -> int:
+        s = self.store.state
+        step = s.next_step
+        if s.version < step - self.cfg.max_staleness:
+            return 0  # anything made now would be too stale for the next step
+        missing = self.cfg.batch_size - self.valid_ready(step) - len(self.inflight)
+        return max(0, min(missing, self.cfg.max_inflight_groups - len(self.inflight)))
+
+    def kick(self) -> None:
+        self.wake.set()
+
+    async def run(self) -> None:
+        while not self._stopped:
+            for _ in range(self.wanted()):
+                index = self._draw()
+                gid = f"g{index}-{uuid.uuid4().hex[:8]}"
+                task = asyncio.create_task(self._group(index, gid), name=gid)
+                self.inflight[gid] = task
+                task.add_done_callback(self._done)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+
+    def _draw(self) -> int:
+        if self.requeued:
+            return self.requeued.pop(0)
+        s = self.store.state
+        index = s.cursor
+        s.cursor += 1  # not durable by itself: unsettled indices are re-drawn after a crash
+        return index
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.inflight.pop(task.get_name(), None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("group task crashed", exc_info=task.exception())
+        self.changed.set()
+        self.kick()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for t in list(self.inflight.values()):
+            t.cancel()
+        await asyncio.gather(*self.inflight.values(), return_exceptions=True)
+        await self.http.aclose()
+
+    # ------------------------------------------------------------------ one group
+
+    async def _group(self, index: int, gid: str) -> None:
+        row = self.source.get(index)
+        version_at_start = self.store.state.version
+        try:
+            outs = await asyncio.gather(
+                *(
+                    self._generate(list(row.prompt_ids), f"{gid}-{j}")
+                    for j in range(self.cfg.group_size)
+                )
+            )
+        except Aborted:
+            self.metrics.samples.labels(outcome="aborted").inc(self.cfg.group_size)
+            self.requeued.append(index)
+            return
+        except PermanentGenerateError as exc:
+            self._record_error("generate", f"{row.where}: {exc}")
+            self._drop(index, gid, "generate_error", [str(exc)])
+            return
+        samples, errors = [], []
+        for j, out in enumerate(outs):
+            meta = out["meta_info"]
+            response_ids = list(
+                out.get("output_ids") or [t for _, t, _ in meta["output_token_logprobs"]]
+            )
+            response = self.tokenizer.decode(response_ids)
+            sample: dict[str, Any] = {
+                "sample_id": f"{gid}-{j}",
+                "prompt_ids": list(row.prompt_ids),
+                "response_ids": response_ids,
+                "response": response,
+                "response_logprobs": [lp for lp, _, _ in meta["output_token_logprobs"]],
+                "finish_reason": meta["finish_reason"]["type"],
+                "weight_version": _version(meta.get("weight_version"), version_at_start),
+            }
+            try:
+                sample["reward"] = await self.reward(row.prompt, out["text"], row.label)
+                self.scored_rewards.append(sample["reward"])
+            except RewardError as exc:
+                sample["failed"], sample["error"] = True, str(exc)
+                errors.append(f"{sample['sample_id']}: {exc}")
+                self.metrics.reward_errors.inc()
+                log.error(
+                    "reward failed",
+                    extra={"sample_id": sample["sample_id"], "where": row.where, "error": str(exc)},
+                )
+            samples.append(sample)
+        if errors:
+            self._record_error("reward", errors[-1])
+            self._drop(index, gid, "reward_error", errors)
+            return
+        rewards = [x["reward"] for x in samples]
+        if self.cfg.dynamic_sampling and statistics.pstdev(rewards) == 0.0:
+            self._drop(index, gid, "zero_std", [])
+            return
+        group = {
+            "group_id": gid,
+            "prompt_index": index,
+            "prompt": row.prompt,
+            "label": row.label,
+            "weight_version": min(x["weight_version"] for x in samples),
+            "samples": samples,
+            "accepted_at": time.time(),
+        }
+        self.store.append({"t": "accept", "group": group})
+        self.metrics.samples.labels(outcome="accepted").inc(len(samples))
+        self.metrics.depth.set(len(self.store.state.ready))
+
+    def _drop(self, index: int, gid: str, reason: str, errors: list[str]) -> None:
+        self.store.append(
+            {
+                "t": "drop",
+                "prompt_index": index,
+                "group_id": gid,
+                "reason": reason,
+                "errors": errors[:8],
+            }
+        )
+        self.metrics.samples.labels(outcome=reason).inc(self.cfg.group_size)
+
+    def _record_error(self, cause: str, message: str) -> None:
+        self.errors[cause] = message
+
+    async def _generate(self, prompt_ids: list[int], rid: str) -> dict[str, Any]:
+        body = generate_payload(
+            prompt_ids,
+            max_new_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+            rid=rid,
+        )
+        url = f"{self.cfg.router_url}/generate"
+        delay, attempt = self.cfg.backoff_initial_s, 0
+        while True:
+            attempt += 1
+            try:
+                r = await self.http.post(url, json=body)
+            except httpx.HTTPError as exc:
+                problem = f"router {self.cfg.router_url} unreachable: {type(exc).__name__}: {exc}"
+            else:
+                if r.status_code == 200:
+                    out = r.json()
+                    if self.router_ok is False:
+                        log.info("router reachable again", extra={"router": self.cfg.router_url})
+                    self.router_ok = True
+                    self.errors.pop("router", None)
+                    if out["meta_info"]["finish_reason"]["type"] == "abort":
+                        raise Aborted(rid)
+                    return out
+                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                    raise PermanentGenerateError(f"HTTP {r.status_code}: {r.text[:300]}")
+                problem = (
+                    f"router {self.cfg.router_url} answered HTTP {r.status_code}: {r.text[:200]}"
+                )
+            self.router_ok = False
+            self.errors["router"] = problem
+            self.metrics.generate_errors.inc()
+            if attempt == 1 or attempt % 10 == 0:
+                log.error(
+                    "generate failed; retrying with backoff",
+                    extra={"rid": rid, "attempt": attempt, "retry_in_s": delay, "error": problem},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.cfg.backoff_max_s)
+
+
+def _version(reported: Any, fallback: int) -> int:
+    """The engine's weight_version (a string in SGLang); ours are ints. An engine that reports
+    none (SGLang's "default") gets the version the buffer knew when the group started."""
+    try:
+        return int(reported)
+    except (TypeError, ValueError):
+        return fallback

@@ -1,0 +1,103 @@
+"""Turning `spec.reward` into one async reward callable with uniform error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from rlpost.api import RewardSpec, RewardType
+from rlpost_rollout.rewards.builtin import exact_match, math_answer
+
+RewardFn = Callable[[str, str, Any], Awaitable[float]]
+
+
+class RewardError(Exception):
+    """A reward could not be computed for one sample (the sample is marked failed)."""
+
+
+def load_function(path: str) -> Callable[..., Any]:
+    """ "pkg.module:function" -> the function; a clear error at start if it does not exist."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"reward.function {path!r}: cannot import {module_name!r}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"reward.function {path!r}: {module_name} has no function {attr!r}")
+    return fn
+
+
+def _checked(value: Any, where: str) -> float:
+    try:
+        reward = float(value)
+    except (TypeError, ValueError) as exc:
+        raise RewardError(f"{where} returned {value!r}, not a number") from exc
+    if not math.isfinite(reward):
+        raise RewardError(f"{where} returned {reward}, not a finite number")
+    return reward
+
+
+def make_reward(spec: RewardSpec) -> RewardFn:
+    timeout = spec.timeout_seconds
+    if spec.type == RewardType.REMOTE:
+        return _remote(spec.url or "", timeout)
+    if spec.type == RewardType.CUSTOM:
+        fn, where = load_function(spec.function or ""), f"reward {spec.function}"
+    elif spec.type == RewardType.MATH:
+        fn, where = math_answer, "reward math"
+    else:
+        fn, where = exact_match, "reward exact_match"
+
+    async def call(prompt: str, response: str, label: Any) -> float:
+        try:
+            if inspect.iscoroutinefunction(fn):
+                value = await asyncio.wait_for(fn(prompt, response, label), timeout)
+            else:
+                # A thread, so a slow custom function cannot stall the driver; the timeout
+                # makes a hung one a failed sample instead of a hung run.
+                value = await asyncio.wait_for(
+                    asyncio.to_thread(fn, prompt, response, label), timeout
+                )
+        except TimeoutError as exc:
+            raise RewardError(f"{where} timed out after {timeout}s") from exc
+        except RewardError:
+            raise
+        except Exception as exc:
+            raise RewardError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+        return _checked(value, where)
+
+    return call
+
+
+def _remote(url: str, timeout: float) -> RewardFn:
+    """POST {"prompt", "response", "label"} -> {"reward": float}."""
+    client = httpx.AsyncClient(timeout=timeout)
+
+    async def call(prompt: str, response: str, label: Any) -> float:
+        where = f"remote reward {url}"
+        try:
+            r = await client.post(
+                url, json={"prompt": prompt, "response": response, "label": label}
+            )
+        except httpx.TimeoutException as exc:
+            raise RewardError(f"{where} timed out after {timeout}s") from exc
+        except httpx.HTTPError as exc:
+            raise RewardError(f"{where} unreachable: {type(exc).__name__}: {exc}") from exc
+        if r.status_code != 200:
+            raise RewardError(f"{where} answered HTTP {r.status_code}: {r.text[:200]}")
+        try:
+            body = r.json()
+        except ValueError as exc:
+            raise RewardError(f"{where} answered non-JSON: {r.text[:200]}") from exc
+        if not isinstance(body, dict) or "reward" not in body:
+            raise RewardError(f"{where} answered {str(body)[:200]} without a 'reward' field")
+        return _checked(body["reward"], where)
+
+    return call
