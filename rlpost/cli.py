@@ -1,0 +1,109 @@
+"""`rlpost`: run a job on this machine, or check a job file.
+
+rlpost run job.yaml [--steps N] [--run-dir DIR] [--max-staleness K]
+rlpost validate job.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rlpost.local.spec import SpecError, load_job_file, local_problems, resolve_local_paths
+
+
+def _load(path: str, overrides: argparse.Namespace | None = None):
+    job = resolve_local_paths(load_job_file(path), Path(path).resolve().parent)
+    if overrides is not None:
+        spec = job.spec
+        if overrides.steps is not None:
+            spec.steps = overrides.steps
+        if overrides.max_staleness is not None:
+            spec.rollout.max_staleness = overrides.max_staleness
+        # Re-validate: an override can make the spec invalid (e.g. staleness in colocated).
+        from rlpost.api import RLPostTrainJob, semantic_errors
+
+        job = RLPostTrainJob.model_validate(job.wire())
+        problems = semantic_errors(job.spec)
+        if problems:
+            raise SpecError(path, problems)
+    return job
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        job = _load(args.job)
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"{args.job}: valid RLPostTrainJob {job.metadata.name!r} ({job.spec.mode})")
+    for p in local_problems(job):
+        print(f"  note for `rlpost run` on this machine: {p}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rlpost.local.procs import RoleFailed
+    from rlpost.local.runner import LocalRun
+
+    try:
+        job = _load(args.job, args)
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 2
+    problems = local_problems(job)
+    if problems:
+        print(str(SpecError(args.job, problems)), file=sys.stderr)
+        return 2
+    run_dir = Path(
+        args.run_dir or Path("runs") / f"{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    run = LocalRun(job, run_dir)
+    # Ctrl-C and SIGTERM both end in the `finally` below, which stops every role.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    print(f"rlpost run: {job.metadata.name}, {job.spec.steps} steps, run dir {run_dir}")
+    try:
+        run.start()
+        if run.resumed_from:
+            print(f"resuming from checkpoint step {run.resumed_from}")
+        result = run.follow()
+    except RoleFailed as e:
+        print(f"rlpost run failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; stopping every role", file=sys.stderr)
+        return 130
+    finally:
+        run.stop()
+    if result.steps:
+        last = result.steps[-1]
+        print(
+            f"done: {len(result.steps)} steps in {result.wall_s:.0f}s, final reward "
+            f"{last['reward_mean']:.3f}; {run_dir / 'steps.jsonl'}, {run_dir / 'reward_curve.png'}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlpost", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job on this machine (every role a local process)")
+    run.add_argument("job", help="RLPostTrainJob YAML")
+    run.add_argument("--steps", type=int, default=None, help="override spec.steps")
+    run.add_argument("--run-dir", default=None, help="default runs/<name>-<timestamp>")
+    run.add_argument(
+        "--max-staleness", type=int, default=None, help="override spec.rollout.maxStaleness"
+    )
+    run.set_defaults(func=cmd_run)
+    val = sub.add_parser("validate", help="check a job file (schema + semantic rules)")
+    val.add_argument("job")
+    val.set_defaults(func=cmd_validate)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""`rlpost run`: one RLPostTrainJob on one machine, every role a local process."""

@@ -1,0 +1,1 @@
+"""rlpost trainer role: pulls batches from the buffer, trains GRPO, pushes weights."""

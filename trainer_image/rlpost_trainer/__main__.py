@@ -1,0 +1,36 @@
+"""`python -m rlpost_trainer`: the trainer role (same in the image and in `rlpost run`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import torch
+
+from rlpost.logs import setup_logging
+
+
+def main() -> int:
+    setup_logging("trainer")
+    torch.set_num_threads(int(os.environ.get("RLPOST_TORCH_THREADS", "1")))
+    # SIGTERM (pod deletion, `rlpost run` stopping) ends the loop through the normal
+    # exception path, so the weight-sync group is torn down and logs are flushed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from rlpost_trainer.loop import Trainer, load_job
+
+    log = logging.getLogger("rlpost_trainer")
+    trainer = Trainer(load_job())
+    try:
+        trainer.run()
+    except Exception:
+        log.exception("trainer failed")
+        return 1
+    finally:
+        trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The trainer's Prometheus metrics, served on $RLPOST_METRICS_PORT (every one has `job`)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+
+class TrainerMetrics:
+    def __init__(self, job: str):
+        self.registry = CollectorRegistry()
+        labels = ["job"]
+        self.step = Gauge(
+            "rlpost_train_step", "last trained step (0-based)", labels, registry=self.registry
+        ).labels(job)
+        self.reward = Gauge(
+            "rlpost_reward_mean", "mean reward of the last batch", labels, registry=self.registry
+        ).labels(job)
+        self.tps = Gauge(
+            "rlpost_tokens_per_second",
+            "response tokens trained per wall second of the last step",
+            labels,
+            registry=self.registry,
+        ).labels(job)
+        self.sync = Histogram(
+            "rlpost_weight_sync_seconds",
+            "wall time of one full weight update to all engines",
+            labels,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        ).labels(job)
+
+    def serve(self) -> int | None:
+        port = os.environ.get("RLPOST_METRICS_PORT")
+        if not port:
+            return None
+        start_http_server(int(port), registry=self.registry)
+        return int(port)

@@ -1,0 +1,81 @@
+"""Where the trainer reports progress.
+
+In a cluster (KUBERNETES_SERVICE_HOST set) rank 0 merge-patches the ConfigMap
+`<job>-progress` with its ServiceAccount (docs/CONTRACTS.md "Progress reporting"). Outside
+one (`rlpost run`) it writes `progress.json` and appends `steps.jsonl` in
+$RLPOST_PROGRESS_DIR. Both may be active; neither is required.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("rlpost_trainer.progress")
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class ConfigMapProgress:
+    def __init__(self, job: str):
+        host = os.environ["KUBERNETES_SERVICE_HOST"]
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        namespace = os.environ.get("RLPOST_NAMESPACE") or (SA_DIR / "namespace").read_text()
+        token = (SA_DIR / "token").read_text().strip()
+        ca = SA_DIR / "ca.crt"
+        self.url = (
+            f"https://{host}:{port}/api/v1/namespaces/{namespace.strip()}/configmaps/{job}-progress"
+        )
+        self.http = httpx.Client(
+            headers={"Authorization": f"Bearer {token}"},
+            verify=str(ca) if ca.exists() else True,
+            timeout=10.0,
+        )
+
+    def write(self, data: dict[str, str]) -> None:
+        r = self.http.patch(
+            self.url,
+            content=json.dumps({"data": data}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        if r.status_code >= 400:
+            # Progress is advisory: training goes on, the operator sees it on the next patch.
+            log.warning("progress ConfigMap patch failed: HTTP %s %s", r.status_code, r.text[:200])
+
+
+class Progress:
+    def __init__(self, job: str):
+        self.cm = ConfigMapProgress(job) if os.environ.get("KUBERNETES_SERVICE_HOST") else None
+        d = os.environ.get("RLPOST_PROGRESS_DIR")
+        self.dir = Path(d) if d else None
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "weightVersion": 0,
+            "lastCheckpointStep": None,
+            "done": False,
+        }
+
+    def update(self, record: dict[str, Any] | None = None, **fields: Any) -> None:
+        self.state.update(fields)
+        if self.dir:
+            if record is not None:
+                with open(self.dir / "steps.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            tmp = self.dir / "progress.json.tmp"
+            tmp.write_text(json.dumps(self.state))
+            tmp.replace(self.dir / "progress.json")
+        if self.cm:
+            data = {
+                k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+                for k, v in self.state.items()
+            }
+            try:
+                self.cm.write(data)
+            except httpx.HTTPError as e:
+                log.warning("progress ConfigMap unreachable: %s", e)
