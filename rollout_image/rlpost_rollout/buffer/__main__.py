@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)
     setup_logging("buffer")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     job = config.load_job(args.config)
     state_dir = os.environ.get("RLPOST_STATE_DIR")
     router = os.environ.get("RLPOST_ROUTER_URL")

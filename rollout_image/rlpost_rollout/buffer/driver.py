@@ -77,6 +77,7 @@ class Driver:
         self.router_ok: bool | None = None
         self.http = httpx.AsyncClient(timeout=cfg.request_timeout_s)
         self.scored_rewards: list[float] = []
+        self.stale_streak = 0  # consecutive groups that arrived too stale to use
         self._stopped = False
         if self.requeued:
             log.info(
@@ -104,6 +105,9 @@ class Driver:
 
     async def run(self) -> None:
         while not self._stopped:
+            if self.stale_streak:
+                # Engines keep answering with old weights: back off instead of spinning.
+                await asyncio.sleep(min(0.25 * 2 ** min(self.stale_streak, 6), 10.0))
             for _ in range(self.wanted()):
                 index = self._draw()
                 gid = f"g{index}-{uuid.uuid4().hex[:8]}"
@@ -188,6 +192,23 @@ class Driver:
             self._record_error("reward", errors[-1])
             self._drop(index, gid, "reward_error", errors)
             return
+        version = min(x["weight_version"] for x in samples)
+        floor = self.store.state.next_step - self.cfg.max_staleness
+        if version < floor:
+            # Made with weights too old for any step still to come (in flight across a weight
+            # update, or engines that never received the update): useless, dropped and counted.
+            self.stale_streak += 1
+            self._record_error(
+                "staleness",
+                f"engine answered with weight_version {version} but step "
+                f"{self.store.state.next_step} needs >= {floor} (maxStaleness "
+                f"{self.cfg.max_staleness}); {self.stale_streak} such groups in a row - are "
+                "weight updates reaching the engines?",
+            )
+            self._drop(index, gid, "stale_on_arrival", [])
+            return
+        self.stale_streak = 0
+        self.errors.pop("staleness", None)
         rewards = [x["reward"] for x in samples]
         if self.cfg.dynamic_sampling and statistics.pstdev(rewards) == 0.0:
             self._drop(index, gid, "zero_std", [])
@@ -197,7 +218,7 @@ class Driver:
             "prompt_index": index,
             "prompt": row.prompt,
             "label": row.label,
-            "weight_version": min(x["weight_version"] for x in samples),
+            "weight_version": version,
             "samples": samples,
             "accepted_at": time.time(),
         }
