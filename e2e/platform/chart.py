@@ -102,23 +102,29 @@ def kueue_docs(suffix: str = "") -> list[dict]:
         docs.extend(d for d in yaml.safe_load_all((KUEUE / rel).read_text()) if d)
     if not suffix:
         return docs
-    names = {
-        d["metadata"]["name"]
-        for d in docs
-        if d["kind"] in CLUSTER_SCOPED or d["kind"] == "LocalQueue"
-    }
-    return [_rename(d, names, suffix) for d in docs]
+    return [_rename(d, lambda n: f"{n}-{suffix}") for d in docs]
 
 
-def _rename(obj, names: set[str], suffix: str):
-    """Append `suffix` to every string value equal to one of `names` (names, refs, labels)."""
-    if isinstance(obj, dict):
-        return {k: _rename(v, names, suffix) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rename(v, names, suffix) for v in obj]
-    if isinstance(obj, str) and obj in names:
-        return f"{obj}-{suffix}"
-    return obj
+def _rename(doc: dict, new) -> dict:
+    """Rename every object name and every reference to one (never resource names)."""
+    doc = json.loads(json.dumps(doc))
+    meta, spec = doc["metadata"], doc.get("spec") or {}
+    meta["name"] = new(meta["name"])
+    if "namespace" in meta:
+        meta["namespace"] = new(meta["namespace"])
+    labels = meta.get("labels", {})
+    if "rlpost.dev/tenant" in labels:
+        labels["rlpost.dev/tenant"] = new(labels["rlpost.dev/tenant"])
+    if doc["kind"] == "ClusterQueue":
+        spec["cohortName"] = new(spec["cohortName"])
+        sel = spec["namespaceSelector"]["matchLabels"]
+        sel["rlpost.dev/tenant"] = new(sel["rlpost.dev/tenant"])
+        for group in spec["resourceGroups"]:
+            for flavor in group["flavors"]:
+                flavor["name"] = new(flavor["name"])
+    if doc["kind"] == "LocalQueue":
+        spec["clusterQueue"] = new(spec["clusterQueue"])
+    return doc
 
 
 # ---------------------------------------------------------------------------- dashboard
