@@ -458,6 +458,7 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             obj.names,
             obj.dtypes,
             obj.shapes,
+            obj.group_name,
             version=obj.weight_version,
             abort=obj.abort_all_requests,
         )
