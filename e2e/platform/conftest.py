@@ -1,13 +1,21 @@
-"""Fixtures of the platform suite: the kueue/ tenant setup applied for real."""
+"""Fixtures of the platform suite: the kueue/ tenant setup and the chart, applied for real.
+
+`tenants` (per module) applies kueue/ with every name suffixed, so a module's quota
+arithmetic never sees another module's workloads. `platform` (per session) is one such
+tenant setup with the chart installed once per tenant namespace, as a platform team does.
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from e2e.platform.chart import kueue_docs
+from e2e.platform.chart import CHART, kueue_docs
+
+RELEASE = "rlpost"
 
 
 @dataclass
@@ -15,7 +23,8 @@ class Tenants:
     """kueue/ applied with every name suffixed: `team-a` is `team-a-<suffix>`, etc."""
 
     suffix: str
-    docs: list[dict]
+    docs: list[dict] = field(default_factory=list)
+    kubeconfigs: dict[str, Path] = field(default_factory=dict)
 
     def name(self, base: str) -> str:
         return f"{base}-{self.suffix}"
@@ -29,9 +38,8 @@ class Tenants:
         return self.name("team-b")
 
 
-@pytest.fixture(scope="module")
-def tenants(cluster):
-    t = Tenants(suffix=uuid.uuid4().hex[:5], docs=[])
+def apply_tenants(cluster) -> Tenants:
+    t = Tenants(suffix=uuid.uuid4().hex[:5])
     t.docs = kueue_docs(t.suffix)
     order = {"Namespace": 0, "ResourceFlavor": 1, "Cohort": 1, "WorkloadPriorityClass": 1}
     cluster.apply(sorted(t.docs, key=lambda d: order.get(d["kind"], 2)))
@@ -43,10 +51,46 @@ def tenants(cluster):
             ),
             timeout=30,
         )
+    return t
+
+
+def delete_tenants(cluster, t: Tenants) -> None:
+    for kind in ("Namespace", "ClusterQueue", "ResourceFlavor", "Cohort", "WorkloadPriorityClass"):
+        names = [d["metadata"]["name"] for d in t.docs if d["kind"] == kind]
+        if names:
+            cluster.kubectl("delete", kind.lower(), *names, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def tenants(cluster):
+    t = apply_tenants(cluster)
     yield t
-    for kind in ("ClusterQueue", "ResourceFlavor", "Cohort", "WorkloadPriorityClass", "Namespace"):
-        for d in t.docs:
-            if d["kind"] == kind:
-                cluster.kubectl(
-                    "delete", kind.lower(), d["metadata"]["name"], "--wait=false", check=False
-                )
+    delete_tenants(cluster, t)
+
+
+def helm_install(cluster, namespace: str, *extra: str):
+    return cluster.helm(
+        "install", RELEASE, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s",
+        *extra, timeout=180,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def platform(cluster, tmp_path_factory):
+    """Two tenants from kueue/, the chart installed in each tenant's namespace, and a
+    kubeconfig per tenant that authenticates with the chart's ServiceAccount token."""
+    t = apply_tenants(cluster)
+    installed = []
+    try:
+        for ns in (t.a, t.b):
+            helm_install(cluster, ns)
+            installed.append(ns)
+            token = cluster.create_token(RELEASE, ns)
+            t.kubeconfigs[ns] = cluster.kubeconfig_for_token(
+                token, tmp_path_factory.mktemp("sa") / f"{ns}.kubeconfig"
+            )
+        yield t
+    finally:
+        for ns in installed:
+            cluster.helm("uninstall", RELEASE, "--namespace", ns, "--wait", check=False)
+        delete_tenants(cluster, t)
