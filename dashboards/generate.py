@@ -102,7 +102,7 @@ class Layout:
 
 def quantiles(metric: str, by: str, selector: str) -> list[tuple[str, str]]:
     sel = f"{{{selector}}}" if selector else ""
-    prefix = f"{{{{{by}}}}} " if by else ""
+    prefix = "".join(f"{{{{{b.strip()}}}}} " for b in by.split(",")) if by else ""
     grouping = f"{by}, le" if by else "le"
     return [
         (
@@ -179,15 +179,17 @@ def build() -> dict:
     )
     g.panel(
         "Tokens per second",
-        [(f"sum by (job) (rlpost_tokens_per_second{{{JOB}}})", "{{job}}")],
+        [(f"sum by (job, role) (rlpost_tokens_per_second{{{JOB}}})", "{{job}} {{role}}")],
         unit="short",
-        description="Generated tokens per second (engines) and trained tokens per second.",
+        description="Generated tokens/s (role rollout: the engines, summed) and trained "
+        "tokens/s (role trainer). `role` is the pod label rlpost.dev/role (PodMonitor).",
     )
     g.panel(
         "Weight sync duration",
-        quantiles("rlpost_weight_sync_seconds", "job", JOB),
+        quantiles("rlpost_weight_sync_seconds", "job, role", JOB),
         unit="s",
-        description="Trainer -> engines weight update (pause, buckets, continue).",
+        description="Trainer: one full update to all engines (pause, buckets, continue); "
+        "rollout: applying it on one engine.",
     )
     g.panel(
         "Buffer depth",

@@ -7,13 +7,19 @@ tenant setup with the chart installed once per tenant namespace, as a platform t
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from e2e.platform.chart import CHART, kueue_docs
+from e2e.platform.chart import CHART, REPO, kueue_docs
 
 RELEASE = "rlpost"
 
@@ -94,3 +100,63 @@ def platform(cluster, tmp_path_factory):
         for ns in installed:
             cluster.helm("uninstall", RELEASE, "--namespace", ns, "--wait", check=False)
         delete_tenants(cluster, t)
+
+
+@dataclass
+class OperatorProcess:
+    proc: subprocess.Popen
+    namespace: str
+    metrics_port: int
+    log: Path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def operator_a(platform, tmp_path_factory):
+    """`python -m rlpost_operator` for tenant a, authenticated ONLY by the chart
+    ServiceAccount's token (TokenRequest): whatever it manages to do, the chart's RBAC
+    allowed. It runs as a local process (kwok pods run no containers)."""
+    from e2e.platform.prometheus import free_port
+
+    ns = platform.a
+    port = free_port()
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env.update(KUBECONFIG=str(platform.kubeconfigs[ns]), PYTHONUNBUFFERED="1")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rlpost_operator", "--namespace", ns,
+             "--metrics-port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=REPO,
+        )  # fmt: skip
+    op = OperatorProcess(proc, ns, port, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"operator exited ({proc.returncode}):\n{op.log_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(op.metrics_url, timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"operator metrics not up in 60s:\n{op.log_text()[-3000:]}")
+            time.sleep(0.5)
+        yield op
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
