@@ -49,8 +49,10 @@ from rlpost_rollout.scheduler import Scheduler
 
 log = logging.getLogger("rlpost_rollout.engine")
 
-# Paths the engine serves that SGLang 0.5.x does not (the contract test allows exactly these).
-RLPOST_EXTENSIONS = {("GET", "/get_weight_version"), ("GET", "/metrics"), ("GET", "/v1/loads")}
+# Paths the engine serves that the pinned SGLang does not (the contract test allows exactly
+# these): SGLang 0.5.23 reports the weight version in /model_info only; older slime-era
+# clients still read /get_weight_version.
+RLPOST_EXTENSIONS = {("GET", "/get_weight_version")}
 
 
 class Engine:
@@ -62,6 +64,9 @@ class Engine:
         self.model_path = spec.model.path or "rlpost:config"
         self.tokenizer = build_tokenizer(spec.model)
         self.model = build_model(spec.model, self.tokenizer.vocab_size, seed=spec.seed).eval()
+        # Same init as the trainer (built on CPU), then onto this pod's GPU when it has one.
+        if spec.rollout.gpus_per_engine > 0 and torch.cuda.is_available():
+            self.model = self.model.to("cuda")
         self.max_positions = int(self.model.config.max_position_embeddings)
         self.generator = Generator(self.model, self.tokenizer, self.max_positions)
         self.scheduler = Scheduler(self.generator, max_batch=max_batch)
@@ -459,6 +464,7 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             obj.dtypes,
             obj.shapes,
             obj.group_name,
+            obj.load_format,
             version=obj.weight_version,
             abort=obj.abort_all_requests,
         )
