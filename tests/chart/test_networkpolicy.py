@@ -91,7 +91,7 @@ def job_pod(ns: str, job: str, role: str) -> Pod:
 OPERATOR = Pod(
     "team-a", {"app.kubernetes.io/name": "rlpost-operator", "app.kubernetes.io/instance": "rlpost"}
 )
-BUFFER, ROUTER, ENGINE = 8000, 30000, 30001
+BUFFER, ROUTER, ENGINE = 8000, 30000, 30000  # operator/rlpost_operator/constants.py
 
 
 @pytest.fixture(scope="module")
