@@ -222,7 +222,13 @@ class LocalRun:
     def write_curve(self) -> None:
         steps = read_steps(self.steps_file)
         if steps:
-            reward_curve(steps, self.run_dir / "reward_curve.png", self.name)
+            chance = self.job.metadata.annotations.get("rlpost.dev/chance-level")
+            reward_curve(
+                steps,
+                self.run_dir / "reward_curve.png",
+                self.name,
+                float(chance) if chance else None,
+            )
 
     def stop(self) -> None:
         self.procs.stop_all()

@@ -23,6 +23,7 @@ import httpx
 import torch
 
 from rlpost.weightsync import payloads as P
+from rlpost.weightsync.flat import FLATTENED_BUCKET, flatten
 from rlpost.weightsync.group import SyncGroup, create_sync_group
 
 log = logging.getLogger("rlpost.weightsync")
@@ -62,6 +63,8 @@ class WeightSender:
         ranks_per_engine: Sequence[int] | None = None,
         http_timeout_s: float = 300.0,
         group_timeout_s: float = 120.0,
+        load_format: str | None = None,
+        pause_mode: str = "abort",
     ):
         if not engine_urls:
             raise ValueError("weight sync needs at least one engine URL (RLPOST_ENGINE_URLS)")
@@ -74,12 +77,20 @@ class WeightSender:
         # SGLang engines with tensor parallelism hold several ranks each.
         self.ranks_per_engine = list(ranks_per_engine or [1] * len(self.engine_urls))
         self.group_timeout_s = group_timeout_s
+        # "abort": in-flight requests end now and the buffer re-draws them (synchronous
+        # runs: nothing may finish on old weights). "in_place": they wait and continue after
+        # the update (async runs: work made ahead is kept; the buffer enforces staleness).
+        self.pause_mode = pause_mode
         token = token if token is not None else os.environ.get("RLPOST_TOKEN", "")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(headers=headers, timeout=http_timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=max(2, len(self.engine_urls)))
         self.group: SyncGroup | None = None
         self.last_bucket_sizes: list[int] = []
+        # "flattened_bucket": one broadcast per bucket, pipelined (see _send_flat).
+        if load_format not in (None, FLATTENED_BUCKET):
+            raise ValueError(f"load_format {load_format!r}: use None or {FLATTENED_BUCKET!r}")
+        self.load_format = load_format
 
     @property
     def world_size(self) -> int:
@@ -166,9 +177,14 @@ class WeightSender:
         assert self.group is not None
         device = "cuda" if self.backend == "nccl" else "cpu"
         start = time.perf_counter()
-        self._wait(self._post_all(P.PATH_PAUSE, [P.pause_payload()] * len(self.engine_urls)))
+        self._wait(
+            self._post_all(P.PATH_PAUSE, [P.pause_payload(self.pause_mode)] * len(self.engine_urls))
+        )
         sizes: list[int] = []
         try:
+            if self.load_format == FLATTENED_BUCKET:
+                sizes = self._send_flat(named_tensors, weight_version, device)
+                named_tensors = ()
             for bucket in P.buckets(named_tensors, self.bucket_mb):
                 bucket = [(n, t.detach().to(device).contiguous()) for n, t in bucket]
                 body = P.update_distributed_payload(bucket, str(weight_version), self.group_name)
@@ -183,6 +199,34 @@ class WeightSender:
             )
         self.last_bucket_sizes = sizes
         return time.perf_counter() - start
+
+    def _send_flat(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: int, device: str
+    ) -> list[int]:
+        """One broadcast per bucket. While bucket k is on the wire, the host posts bucket
+        k+1's metadata and the GPU flattens it: the broadcast of k is waited on only after
+        k+1's is launched (on NCCL a wait orders streams; it does not block the host)."""
+        assert self.group is not None
+        sizes: list[int] = []
+        in_flight: list[tuple[torch.Tensor, Any]] = []
+        for bucket in P.buckets(named_tensors, self.bucket_mb):
+            flat = flatten([t for _, t in bucket], device)
+            body = P.update_distributed_payload(
+                bucket, str(weight_version), self.group_name, load_format=FLATTENED_BUCKET
+            )
+            futures = self._post_all(P.PATH_UPDATE_DISTRIBUTED, [body] * len(self.engine_urls))
+            work = self.group.broadcast_async(flat, src=0)
+            for _, previous in in_flight:
+                previous.wait()
+            in_flight = [(flat, work)]
+            sizes.append(flat.numel())
+            del bucket
+            self._wait(futures)
+        for _, work in in_flight:
+            work.wait()
+        if device == "cuda":
+            torch.cuda.current_stream().synchronize()  # the bytes are at the engines
+        return sizes
 
     def close(self) -> None:
         if self.group is not None:

@@ -88,6 +88,8 @@ class Trainer:
                 token=token,
                 backend=sync_backend(job, on_cuda),
                 bucket_mb=self.spec.weight_sync.bucket_mb,
+                # Async runs keep the requests generated ahead (see WeightSender).
+                pause_mode="in_place" if self.spec.rollout.max_staleness > 0 else "abort",
             )
         self.ckpt_root = checkpoint_root(job)
         self.metrics = TrainerMetrics(self.name)
