@@ -36,6 +36,17 @@ class SyncGroup:
         opts.rootTensor = 0
         self.pg.broadcast([tensor], opts).wait()
 
+    def broadcast_async(self, tensor: torch.Tensor, src: int = 0) -> dist.Work:
+        """Start a broadcast and return its work; call `.wait()` before reusing `tensor`.
+
+        On NCCL, `.wait()` orders the caller's CUDA stream after the broadcast (no host
+        block), so copies for the next bucket can run while this one is on the wire.
+        """
+        opts = dist.BroadcastOptions()
+        opts.rootRank = src
+        opts.rootTensor = 0
+        return self.pg.broadcast([tensor], opts)
+
     def barrier(self) -> None:
         # A 1-element all-reduce works on every backend (gloo's barrier needs a device list).
         flag = torch.zeros(1, device="cuda" if self.backend == "nccl" else "cpu")

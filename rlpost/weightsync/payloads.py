@@ -51,9 +51,14 @@ def update_distributed_payload(
     weight_version: str,
     group_name: str = DEFAULT_GROUP,
     flush_cache: bool = True,
+    load_format: str | None = None,
 ) -> dict[str, Any]:
-    """Metadata of one bucket; the tensors themselves follow by broadcast, in this order."""
-    return {
+    """Metadata of one bucket; the tensors themselves follow by broadcast, in this order.
+
+    load_format "flattened_bucket" (SGLang's): the bucket follows as ONE broadcast of its
+    bytes (rlpost.weightsync.flat); None: one broadcast per tensor.
+    """
+    body = {
         "names": [n for n, _ in bucket],
         "dtypes": [dtype_to_wire(t.dtype) for _, t in bucket],
         "shapes": [list(t.shape) for _, t in bucket],
@@ -61,6 +66,9 @@ def update_distributed_payload(
         "flush_cache": flush_cache,
         "weight_version": str(weight_version),
     }
+    if load_format is not None:
+        body["load_format"] = load_format
+    return body
 
 
 def update_tensor_payload(

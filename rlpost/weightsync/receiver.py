@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from rlpost.weightsync.dtypes import dtype_from_wire
+from rlpost.weightsync.flat import FLATTENED_BUCKET, nbytes, unflatten
 from rlpost.weightsync.group import SyncGroup, create_sync_group
 
 
@@ -108,8 +109,13 @@ class WeightReceiver:
         dtypes: Sequence[str],
         shapes: Sequence[Sequence[int]],
         group_name: str | None = None,
+        load_format: str | None = None,
     ) -> None:
-        """Receive one bucket by broadcast from rank 0 and load it into the model."""
+        """Receive one bucket by broadcast from rank 0 and load it into the model.
+
+        load_format "flattened_bucket": the bucket comes as one broadcast of its bytes
+        (rlpost.weightsync.flat); None: one broadcast per tensor.
+        """
         if self.group is None:
             raise WeightSyncError("no weight-sync group: call /init_weights_update_group first")
         if group_name is not None and group_name != self.group.name:
@@ -121,6 +127,11 @@ class WeightReceiver:
         except ValueError as e:
             raise WeightSyncError(str(e)) from e
         device = "cuda" if self.group.backend == "nccl" else "cpu"
+        if load_format == FLATTENED_BUCKET:
+            self._receive_flat(names, wire_dtypes, shapes, device)
+            return
+        if load_format not in (None, "", "auto"):
+            raise WeightSyncError(f"load_format {load_format!r}: use flattened_bucket or none")
         with self._lock:
             # Receive everything first (also when invalid: the sender is already
             # broadcasting, and skipping a tensor would desynchronise the group).
@@ -133,6 +144,27 @@ class WeightReceiver:
             if errors:
                 raise WeightSyncError("weight update refused: " + "; ".join(errors))
             self._copy_in(zip(names, staged, strict=True))
+
+    def _receive_flat(
+        self,
+        names: Sequence[str],
+        dtypes: Sequence[torch.dtype],
+        shapes: Sequence[Sequence[int]],
+        device: str,
+    ) -> None:
+        assert self.group is not None
+        with self._lock:
+            # One broadcast of the whole bucket (drained also when invalid, see receive).
+            flat = torch.empty(
+                sum(nbytes(s, d) for s, d in zip(shapes, dtypes, strict=True)),
+                dtype=torch.uint8,
+                device=device,
+            )
+            self.group.broadcast(flat, src=0)
+            errors = self.problems(names, shapes)
+            if errors:
+                raise WeightSyncError("weight update refused: " + "; ".join(errors))
+            self._copy_in(zip(names, unflatten(flat, dtypes, shapes), strict=True))
 
     def load_tensors(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """update_weights_from_tensor: tensors given in-process (CUDA IPC / shared memory)."""
