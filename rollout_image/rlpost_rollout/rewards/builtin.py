@@ -7,7 +7,8 @@ from fractions import Fraction
 from typing import Any
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+# 1,000 / 3.5 / 7/2 / -4 (thousands separators only in groups of three)
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?")
 
 
 def exact_match(prompt: str, response: str, label: Any) -> float:
