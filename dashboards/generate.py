@@ -209,6 +209,35 @@ def build() -> dict:
         description="Trained step minus the weight version a sample was generated with.",
     )
     g.panel(
+        "Weight version lag (buffer)",
+        [
+            (
+                f"max by (job) (rlpost_train_step{{{JOB}}}) + 1"
+                f" - on (job) max by (job) (rlpost_buffer_weight_version{{{JOB}}})",
+                "{{job}}",
+            )
+        ],
+        description="Trained steps whose weights the buffer has not been told are live yet "
+        "(0 or 1 in steady state; growing: weight sync is stuck).",
+    )
+    g.panel(
+        "Rollout errors",
+        [
+            (f"sum by (job) (rate(rlpost_reward_errors_total{{{JOB}}}[{RI}]))", "{{job}} reward"),
+            (
+                f"sum by (job) (rate(rlpost_generate_errors_total{{{JOB}}}[{RI}]))",
+                "{{job}} generate (retried)",
+            ),
+            (
+                f"sum by (job) (rate(rlpost_dataset_rows_rejected_total{{{JOB}}}[{RI}]))",
+                "{{job}} rejected rows",
+            ),
+        ],
+        unit="ops",
+        description="Buffer: rewards that raised or timed out, failed /generate attempts, "
+        "malformed dataset rows.",
+    )
+    g.panel(
         "Samples by outcome",
         [
             (
@@ -217,8 +246,8 @@ def build() -> dict:
             )
         ],
         unit="ops",
-        w=24,
-        description="Generated, scored, filtered (dynamic sampling), trained, dropped (stale).",
+        description="Buffer outcomes: accepted, served, zero_std (dynamic sampling), stale, "
+        "stale_on_arrival, reward_error, generate_error, aborted, rewound.",
     )
 
     def var(name: str, label: str, query: str) -> dict:

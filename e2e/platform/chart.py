@@ -176,8 +176,18 @@ def metric_names(expr: str) -> set[str]:
     return set(METRIC_RE.findall(expr))
 
 
-def contract_metrics() -> set[str]:
-    """Every `rlpost_*` metric named in docs/CONTRACTS.md's Metrics section."""
+def _metrics_section() -> str:
     text = CONTRACTS.read_text()
-    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"`(rlpost_[a-z_]+)", section))
+    return text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+
+
+def contract_metrics() -> set[str]:
+    """The core `rlpost_*` metrics of docs/CONTRACTS.md (the Operator and Roles lists):
+    the dashboard must show each of them."""
+    core = _metrics_section().split("carries the label `job`", 1)[0]
+    return set(re.findall(r"`(rlpost_[a-z_]+)", core))
+
+
+def named_metrics() -> set[str]:
+    """Every `rlpost_*` metric docs/CONTRACTS.md names (core + per-role additions)."""
+    return set(re.findall(r"`(rlpost_[a-z_]+)", _metrics_section()))
