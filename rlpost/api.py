@@ -303,6 +303,10 @@ class RLPostTrainJobStatus(Model):
     weight_version: int | None = None
     last_checkpoint_step: int | None = None
     restarts: int | None = None
+    # Set by the operator when it (re)starts the children: the checkpoint step they resume
+    # from (RLPOST_RESUME_STEP), and pods Ready / pods expected of the running gang.
+    resume_step: int | None = None
+    ready_pods: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
     observed_generation: int | None = None

@@ -1,0 +1,101 @@
+"""`python -m rlpost_operator` — run the operator.
+
+python -m rlpost_operator --namespace team-a [--namespace team-b] [--metrics-port 8080]
+python -m rlpost_operator --all-namespaces [--kubeconfig ~/.kube/config]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+import kopf
+
+from rlpost.logs import setup_logging
+
+from . import metrics
+from .controller import Controller, register
+from .kube import Kube, load_config
+
+log = logging.getLogger("rlpost.operator")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m rlpost_operator", description=__doc__)
+    scope = p.add_mutually_exclusive_group(required=True)
+    scope.add_argument(
+        "--namespace", "-n", action="append", dest="namespaces", help="watch this namespace"
+    )
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch cluster-wide")
+    p.add_argument("--metrics-port", type=int, default=8080, help="0 disables /metrics")
+    p.add_argument("--kubeconfig", default=None, help="default: in-cluster, then $KUBECONFIG")
+    p.add_argument("--workers", type=int, default=4, help="jobs reconciled concurrently")
+    return p.parse_args(argv)
+
+
+def connection_info(cfg) -> kopf.ConnectionInfo:
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    scheme, token = None, None
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if not token:
+            scheme, token = "Bearer", auth
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging("operator")
+    for noisy in ("kopf", "kubernetes", "urllib3", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cfg = load_config(args.kubeconfig or os.environ.get("RLPOST_KUBECONFIG"))
+    kube = Kube(cfg)
+    ctl = Controller(kube, None if args.all_namespaces else args.namespaces, args.workers)
+    registry = kopf.OperatorRegistry()
+    register(registry, ctl)
+
+    @kopf.on.login(registry=registry)
+    def login(**_):
+        return connection_info(cfg)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_):
+        # kopf must not write on its own: no posted events, no peering objects; raw event
+        # handlers need neither progress annotations nor finalizers.
+        settings.posting.enabled = False
+        settings.peering.standalone = True
+        settings.watching.server_timeout = 600
+        settings.watching.client_timeout = 660
+        asyncio.get_running_loop().create_task(ctl.run())
+
+    metrics.serve(args.metrics_port, ctl.cache.phases)
+    log.info(
+        "starting",
+        extra={
+            "namespaces": args.namespaces or "*",
+            "metrics_port": args.metrics_port,
+            "server": cfg.host,
+        },
+    )
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=bool(args.all_namespaces),
+        namespaces=args.namespaces or (),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

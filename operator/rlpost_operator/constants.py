@@ -1,0 +1,46 @@
+"""Names shared by the builders, the protocol and the handlers."""
+
+from __future__ import annotations
+
+from rlpost import api
+
+FIELD_MANAGER = "rlpost-operator"
+
+# Labels on every child (and the Workload): how the operator maps an object to its job.
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+ROLE_LABEL = "rlpost.dev/role"
+ATTEMPT_LABEL = "rlpost.dev/attempt"
+APP = "rlpost"
+
+# Annotations the operator reads back (compare before apply; the resume step of a start).
+HASH_ANNOTATION = "rlpost.dev/spec-hash"
+RESUME_ANNOTATION = "rlpost.dev/resume-step"
+
+# Kueue.
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta2"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PODSET_LABEL = "kueue.x-k8s.io/podset"
+RESOURCE_IN_USE_FINALIZER = "kueue.x-k8s.io/resource-in-use"
+GPU = "nvidia.com/gpu"
+DEFAULT_LOCAL_QUEUE = "default"
+
+JOB_API_VERSION = api.API_VERSION
+JOB_KIND = api.KIND
+
+# Ports of the roles (docs/CONTRACTS.md).
+BUFFER_PORT = 8000
+ROUTER_PORT = 30000
+ENGINE_PORT = 30000
+MASTER_PORT = 29500
+TRAINER_METRICS_PORT = 9400
+
+# Roles whose pods run the gang (stopped on eviction/suspension/restart/finish).
+ROLE_TRAINER = "trainer"
+ROLE_WORKER = "worker"
+ROLE_ROLLOUT = "rollout"
+ROLE_ROUTER = "router"
+ROLE_BUFFER = "buffer"
+TRAINING_ROLES = (ROLE_TRAINER, ROLE_WORKER)

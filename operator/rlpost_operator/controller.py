@@ -1,0 +1,363 @@
+"""Cache, work queue and plan executor; the kopf handlers only feed them.
+
+kopf watches the job kind and every child kind (raw `on.event` handlers: no progress
+annotations, no finalizers, no posted events — nothing kopf writes). Each event updates an
+in-memory cache and enqueues the owning job; workers run `protocol.reconcile` on a cache
+snapshot and execute the Plan. A pass whose Plan is empty writes nothing, which is what
+keeps an idle cluster free of operator writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import kopf
+
+from rlpost import api
+
+from . import builders as b
+from . import metrics, protocol
+from .constants import APP, INSTANCE_LABEL, NAME_LABEL, ROLE_LABEL, TRAINING_ROLES
+from .kube import ApiError, Kube
+
+log = logging.getLogger("rlpost.operator")
+
+CHILD_KINDS = {
+    # kind: (group, version, plural)
+    "Workload": ("kueue.x-k8s.io", "v1beta2", "workloads"),
+    "Pod": ("", "v1", "pods"),
+    "ConfigMap": ("", "v1", "configmaps"),
+    "Secret": ("", "v1", "secrets"),
+    "Service": ("", "v1", "services"),
+    "ServiceAccount": ("", "v1", "serviceaccounts"),
+    "StatefulSet": ("apps", "v1", "statefulsets"),
+    "Deployment": ("apps", "v1", "deployments"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+}
+
+Key = tuple[str, str]  # (namespace, job name)
+
+
+def _rv(obj: dict[str, Any]) -> int | None:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _strip(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    obj = dict(obj)
+    obj.setdefault("kind", kind)
+    if kind == "Secret":  # the token never sits in the operator's memory beyond a write
+        obj.pop("data", None)
+        obj.pop("stringData", None)
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    obj["metadata"] = meta
+    return obj
+
+
+class Cache:
+    def __init__(self) -> None:
+        self.jobs: dict[Key, dict[str, Any]] = {}
+        self.objs: dict[Key, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+        self.failed: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.flavors: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def _newer(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+        a, c = _rv(old) if old else None, _rv(new)
+        return a is None or c is None or c >= a
+
+    def put_job(self, obj: dict[str, Any]) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if self._newer(self.jobs.get(key), obj):
+            self.jobs[key] = _strip(api.KIND, obj)
+
+    def drop_job(self, obj: dict[str, Any]) -> None:
+        self.jobs.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
+
+    def put(self, kind: str, obj: dict[str, Any]) -> Key | None:
+        job = protocol.job_of(obj)
+        if not job:
+            return None
+        key = (obj["metadata"]["namespace"], job)
+        slot = (kind, obj["metadata"]["name"])
+        if self._newer(self.objs[key].get(slot), obj):
+            self.objs[key][slot] = _strip(kind, obj)
+        role = obj["metadata"].get("labels", {}).get(ROLE_LABEL)
+        # A failed training pod is remembered even after its controller deletes it.
+        if kind == "Pod" and role in TRAINING_ROLES and protocol.pod_failure(obj):
+            uid = obj["metadata"].get("uid", obj["metadata"]["name"])
+            self.failed[key][uid] = _strip(kind, obj)
+        return key
+
+    def drop(self, kind: str, obj: dict[str, Any]) -> Key | None:
+        job = protocol.job_of(obj)
+        if not job:
+            return None
+        key = (obj["metadata"]["namespace"], job)
+        cur = self.objs[key].get((kind, obj["metadata"]["name"]))
+        if cur is not None and cur["metadata"].get("uid") == obj["metadata"].get("uid"):
+            del self.objs[key][(kind, obj["metadata"]["name"])]
+        return key
+
+    def observed(self, key: Key) -> protocol.Observed:
+        job = copy.deepcopy(self.jobs[key])
+        objs = self.objs.get(key, {})
+        wl_name = b.names(key[1])["workload"]
+        workload = objs.get(("Workload", wl_name))
+        children = [copy.deepcopy(o) for (k, _), o in objs.items() if k != "Workload"]
+        pods = [o for o in children if o.get("kind") == "Pod"]
+        live_uids = {p["metadata"].get("uid") for p in pods}
+        attempt = str((job.get("status") or {}).get("restarts") or 0)
+        tomb = self.failed.get(key, {})
+        for uid in list(tomb):
+            if tomb[uid]["metadata"].get("labels", {}).get("rlpost.dev/attempt") != attempt:
+                del tomb[uid]  # an older attempt: already handled
+            elif uid not in live_uids:
+                pods.append(copy.deepcopy(tomb[uid]))
+        return protocol.Observed(
+            job=job,
+            workload=copy.deepcopy(workload) if workload else None,
+            children=children,
+            pods=pods,
+            flavors=self.flavors,
+        )
+
+    def phases(self):
+        for (ns, _), job in list(self.jobs.items()):
+            yield ns, (job.get("status") or {}).get("phase") or "Pending"
+
+
+class Controller:
+    def __init__(self, kube: Kube, namespaces: list[str] | None, workers: int = 4):
+        self.kube = kube
+        self.namespaces = namespaces  # None: all namespaces
+        self.cache = Cache()
+        self.workers = workers
+        self.queue: asyncio.Queue[Key] | None = None
+        self.pending: set[Key] = set()
+        self.running: set[Key] = set()
+        self.dirty: set[Key] = set()
+        self.failures: dict[Key, int] = defaultdict(int)
+        self.ready = False
+        self._lookups: dict[tuple[str, str, str], tuple[float, bool]] = {}
+        self._flavors_listed = 0.0
+        self.reconciles = 0
+
+    # ------------------------------------------------------------------ queue
+    def enqueue(self, key: Key | None, delay: float = 0.0) -> None:
+        if key is None or self.queue is None:
+            return
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+            return
+        if key in self.running:
+            self.dirty.add(key)
+            return
+        if key in self.pending:
+            return
+        self.pending.add(key)
+        self.queue.put_nowait(key)
+
+    async def run(self) -> None:
+        self.queue = asyncio.Queue()
+        await asyncio.to_thread(self.initial_sync)
+        self.ready = True
+        for key in list(self.cache.jobs):
+            self.enqueue(key)
+        for key, objs in list(self.cache.objs.items()):
+            if key not in self.cache.jobs and objs:
+                self.enqueue(key)
+        await asyncio.gather(*(self._worker() for _ in range(self.workers)))
+
+    async def _worker(self) -> None:
+        assert self.queue is not None
+        while True:
+            key = await self.queue.get()
+            self.pending.discard(key)
+            self.running.add(key)
+            try:
+                delay = await self.reconcile(key)
+                self.failures.pop(key, None)
+            except Exception as exc:  # retried with backoff; never crash the loop
+                self.failures[key] += 1
+                delay = min(0.5 * 2 ** self.failures[key], 60.0)
+                if isinstance(exc, ApiError) and exc.status == 409:
+                    delay = 0.2
+                log.warning(
+                    "reconcile failed; retrying",
+                    extra={"job": f"{key[0]}/{key[1]}", "error": str(exc)[:300], "retry_s": delay},
+                )
+            finally:
+                self.running.discard(key)
+            if key in self.dirty:
+                self.dirty.discard(key)
+                self.enqueue(key)
+            elif delay:
+                self.enqueue(key, delay)
+
+    # ------------------------------------------------------------------ sync
+    def initial_sync(self) -> None:
+        """List everything once before the first pass (after a restart the cache must know
+        what exists, or the first passes would re-create it)."""
+        namespaces = self.namespaces or [None]
+        for ns in namespaces:
+            for job in self.kube.list(api.KIND, ns):
+                self.cache.put_job(job)
+            for kind in CHILD_KINDS:
+                for obj in self.kube.list(kind, ns, f"{NAME_LABEL}={APP}"):
+                    self.cache.put(kind, obj)
+        self.refresh_flavors(force=True)
+
+    def refresh_flavors(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._flavors_listed < 1.0:
+            return
+        self._flavors_listed = time.monotonic()
+        self.cache.flavors = {f["metadata"]["name"]: f for f in self.kube.list("ResourceFlavor")}
+
+    def _exists(self, kind: str, ns: str | None, name: str) -> bool:
+        """Existence of a LocalQueue / WorkloadPriorityClass, cached 10 s (reads only)."""
+        k = (kind, ns or "", name)
+        hit = self._lookups.get(k)
+        if hit and time.monotonic() - hit[0] < 10:
+            return hit[1]
+        found = self.kube.get(kind, ns, name) is not None
+        self._lookups[k] = (time.monotonic(), found)
+        return found
+
+    # ------------------------------------------------------------------ one pass
+    async def reconcile(self, key: Key) -> float | None:
+        if key not in self.cache.jobs:
+            for (kind, _), obj in list(self.cache.objs.get(key, {}).items()):
+                if kind == "Workload":
+                    for action in protocol.orphan_workload_plan(obj):
+                        await self.execute_action(key, action)
+            return None
+        t0 = time.perf_counter()
+        obs = self.cache.observed(key)
+        spec = obs.job.get("spec") or {}
+        if not spec.get("queueName"):
+            obs.default_queue_exists = await asyncio.to_thread(
+                self._exists, "LocalQueue", key[0], "default"
+            )
+        if spec.get("priorityClassName"):
+            obs.priority_class_exists = await asyncio.to_thread(
+                self._exists, "WorkloadPriorityClass", None, spec["priorityClassName"]
+            )
+        if obs.workload and b.missing_flavors(obs.workload, obs.flavors):
+            await asyncio.to_thread(self.refresh_flavors)
+            obs.flavors = self.cache.flavors
+        plan = protocol.reconcile(obs)
+        self.reconciles += 1
+        for action in plan.actions:
+            await self.execute_action(key, action)
+        if plan.status_changed:
+            await self.write_status(key, obs.job, plan)
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
+        if plan.actions or plan.status_changed:
+            log.info(
+                "reconciled",
+                extra={
+                    "job": f"{key[0]}/{key[1]}",
+                    "step": plan.step,
+                    "phase": plan.status.get("phase"),
+                    "actions": [repr(a) for a in plan.actions],
+                },
+            )
+        return plan.requeue_after
+
+    async def execute_action(self, key: Key, a: protocol.Action) -> None:
+        ns = key[0]
+        if a.verb == "apply":
+            out = await asyncio.to_thread(self.kube.apply, a.body, ns)
+        elif a.verb == "create":
+            out = await asyncio.to_thread(self.kube.create, a.body, ns)
+        elif a.verb == "delete":
+            await asyncio.to_thread(self.kube.delete, a.kind, ns, a.name)
+            cur = self.cache.objs.get(key, {}).get((a.kind, a.name))
+            if cur is not None:  # marked, so the next pass does not delete it again
+                cur["metadata"]["deletionTimestamp"] = protocol.ts(
+                    protocol.datetime.now(protocol.UTC)
+                )
+            return
+        elif a.verb in ("patch", "patch_status"):
+            out = await asyncio.to_thread(
+                self.kube.merge_patch, a.kind, ns, a.name, a.body, a.verb == "patch_status"
+            )
+        else:
+            raise ValueError(a.verb)
+        if out:
+            if a.kind == api.KIND:
+                self.cache.put_job(out)
+            else:
+                self.cache.put(a.kind, out)
+
+    async def write_status(self, key: Key, job: dict[str, Any], plan: protocol.Plan) -> None:
+        old = job.get("status") or {}
+        body = dict(plan.status)
+        for k in old:
+            if k not in body:
+                body[k] = None
+        # Our own writes earlier in this pass (the queue label) moved the version on.
+        current = self.cache.jobs.get(key, job)
+        patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}}
+        patch["status"] = body
+        out = await asyncio.to_thread(self.kube.merge_patch, api.KIND, key[0], key[1], patch, True)
+        if out:
+            self.cache.put_job(out)
+        if plan.evicted:
+            metrics.EVICTIONS.inc()
+        if plan.restarted:
+            metrics.RESTARTS.inc()
+        if plan.admission_wait is not None and plan.status.get("phase") in ("Admitted", "Running"):
+            metrics.ADMISSION_WAIT.observe(max(plan.admission_wait, 0.0))
+        for etype, reason, message in plan.events:
+            try:
+                await asyncio.to_thread(self.kube.event, out or job, etype, reason, message)
+            except ApiError as exc:
+                log.warning("event not recorded", extra={"error": str(exc)[:200]})
+
+
+# ---------------------------------------------------------------------------- kopf wiring
+
+
+def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
+    """Raw event handlers: cache + enqueue. They never write."""
+
+    @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
+    def job_event(event, **_):
+        obj = event["object"]
+        if event.get("type") == "DELETED":
+            ctl.cache.drop_job(obj)
+        else:
+            ctl.cache.put_job(obj)
+        if ctl.ready:
+            ctl.enqueue((obj["metadata"]["namespace"], obj["metadata"]["name"]))
+
+    for kind, (group, version, plural) in CHILD_KINDS.items():
+
+        def child_event(event, _kind=kind, **_):
+            obj = event["object"]
+            if event.get("type") == "DELETED":
+                key = ctl.cache.drop(_kind, obj)
+            else:
+                key = ctl.cache.put(_kind, obj)
+            if ctl.ready:
+                ctl.enqueue(key)
+
+        kopf.on.event(
+            group,
+            version,
+            plural,
+            labels={NAME_LABEL: APP, INSTANCE_LABEL: kopf.PRESENT},
+            registry=registry,
+            id=f"cache-{plural}",
+        )(child_event)
