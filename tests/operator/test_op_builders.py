@@ -1,0 +1,136 @@
+"""Pure builders: the Workload's podSets and the children's pod specs."""
+
+from __future__ import annotations
+
+from operator_helpers import FLAVORS, GPU, admit, job
+from rlpost_operator import builders as b
+
+from rlpost import api
+
+REF = b.JobRef("j", "ns", "uid-1")
+
+
+def spec(**kw) -> api.RLPostTrainJobSpec:
+    return api.RLPostTrainJobSpec.model_validate(job(**kw)["spec"])
+
+
+def gpus(ps):
+    return ps["template"]["spec"]["containers"][0]["resources"]["requests"].get(GPU)
+
+
+def test_disaggregated_workload_podsets_counts_gpus():
+    wl = b.build_workload(REF, spec(), "team-a")
+    sets = {ps["name"]: ps for ps in wl["spec"]["podSets"]}
+    assert list(sets) == ["trainer", "rollout", "router", "buffer"]
+    assert (sets["trainer"]["count"], gpus(sets["trainer"])) == (2, "4")
+    assert (sets["rollout"]["count"], gpus(sets["rollout"])) == (3, "2")
+    assert gpus(sets["router"]) is None and gpus(sets["buffer"]) is None
+    assert wl["spec"]["queueName"] == "team-a" and wl["spec"]["active"] is True
+    owner = wl["metadata"]["ownerReferences"][0]
+    assert owner["controller"] is True and owner["kind"] == "RLPostTrainJob"
+    assert wl["metadata"]["finalizers"] == ["kueue.x-k8s.io/resource-in-use"]
+    assert "priorityClassRef" not in wl["spec"]
+
+
+def test_colocated_requests_gpus_once():
+    s = spec(mode="colocated", trainer={"replicas": 2, "gpusPerPod": 8})
+    wl = b.build_workload(REF, s, "q")
+    sets = {ps["name"]: ps for ps in wl["spec"]["podSets"]}
+    assert list(sets) == ["worker", "router", "buffer"]
+    assert gpus(sets["worker"]) == "8" and sets["worker"]["count"] == 2
+    total = sum(int(gpus(ps) or 0) * ps["count"] for ps in sets.values())
+    assert total == 16
+    kinds = [o["kind"] for o in b.build_compute_children(REF, s, b.StartInfo())]
+    assert kinds == ["StatefulSet", "Deployment", "Pod"]  # no rollout Deployment
+
+
+def test_priority_class_ref():
+    wl = b.build_workload(REF, spec(priorityClassName="rlpost-production"), "q")
+    assert wl["spec"]["priorityClassRef"] == {
+        "group": "kueue.x-k8s.io",
+        "kind": "WorkloadPriorityClass",
+        "name": "rlpost-production",
+    }
+
+
+def test_podset_updates_merge_flavors_and_admission_checks():
+    wl = admit(b.build_workload(REF, spec(), "q"), gpu_flavor="gpu-b")
+    wl["status"]["admissionChecks"] = [
+        {
+            "name": "prov",
+            "podSetUpdates": [
+                {"name": "trainer", "labels": {"x": "y"}, "nodeSelector": {"zone": "z1"}}
+            ],
+        }
+    ]
+    upd = b.podset_updates(wl, FLAVORS)
+    assert upd["trainer"].node_selector == {"rlpost.dev/gpu-kind": "b", "zone": "z1"}
+    assert upd["trainer"].tolerations[0]["value"] == "b"
+    assert upd["trainer"].labels == {"x": "y"}
+    assert upd["router"].node_selector == {}  # cpu flavor: no node labels
+    assert b.missing_flavors(wl, {"cpu": FLAVORS["cpu"]}) == ["gpu-b"]
+
+
+def test_children_carry_flavor_podset_label_security_and_wiring():
+    s = spec(
+        model={"path": "m", "pvc": "models"},
+        data={"prompts": "p.jsonl", "pvc": "datasets"},
+        checkpoint={"pvc": "ckpt", "path": "runs"},
+    )
+    wl = admit(b.build_workload(REF, s, "q"))
+    start = b.StartInfo(updates=b.podset_updates(wl, FLAVORS), resume_step=40, attempt=2)
+    objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s, start)}
+    sts = objs["j-trainer"]
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["serviceName"] == "j-trainer"
+    tmpl = sts["spec"]["template"]
+    assert tmpl["metadata"]["labels"]["kueue.x-k8s.io/podset"] == "trainer"
+    assert tmpl["metadata"]["labels"]["rlpost.dev/attempt"] == "2"
+    assert tmpl["spec"]["nodeSelector"] == {"rlpost.dev/gpu-kind": "a"}
+    c = tmpl["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MASTER_ADDR"]["value"] == "j-trainer-0.j-trainer"
+    assert "pod-index" in env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert env["RLPOST_RESUME_STEP"]["value"] == "40"
+    assert env["RLPOST_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "j-token", "key": "token"}
+    assert "value" not in env["RLPOST_TOKEN"]
+    assert c["resources"]["limits"][GPU] == "4"
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault" and sc["runAsNonRoot"] is True
+    vols = {v["name"]: v for v in tmpl["spec"]["volumes"]}
+    assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert vols["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    assert vols["data"]["persistentVolumeClaim"]["claimName"] == "datasets"
+    assert vols["checkpoints"]["persistentVolumeClaim"]["claimName"] == "ckpt"
+    assert vols["config"]["configMap"]["name"] == "j-config"
+    assert env["RLPOST_STATE_DIR"]["value"].startswith("/checkpoints/runs/j/")
+    rollout = objs["j-rollout"]["spec"]["template"]
+    assert rollout["spec"]["containers"][0]["resources"]["requests"][GPU] == "2"
+    buf = objs["j-buffer"]
+    assert buf["kind"] == "Pod" and buf["metadata"]["labels"]["kueue.x-k8s.io/podset"] == "buffer"
+    assert "nodeSelector" not in buf["spec"]
+    # the resume step is part of the content hash: a new checkpoint means a new start
+    other = b.build_compute_children(
+        REF, s, b.StartInfo(updates=start.updates, resume_step=50, attempt=2)
+    )
+    assert other[0]["metadata"]["annotations"] != sts["metadata"]["annotations"]
+
+
+def test_role_is_least_privilege_and_config_renders_job():
+    role = b.build_role(REF)
+    cm_rule = next(r for r in role["rules"] if r["resources"] == ["configmaps"])
+    assert cm_rule["resourceNames"] == ["j-progress"] and set(cm_rule["verbs"]) == {"get", "patch"}
+    pods_rule = next(r for r in role["rules"] if r["resources"] == ["pods"])
+    assert set(pods_rule["verbs"]) == {"get", "list", "watch"}
+    wire = spec().wire()
+    cm = b.build_config_map(REF, wire, 7)
+    assert cm["data"]["resume-step"] == "7"
+    assert (
+        api.RLPostTrainJob.model_validate(
+            __import__("yaml").safe_load(cm["data"]["job.yaml"])
+        ).spec.trainer.replicas
+        == 2
+    )
+    svc = {s_["metadata"]["name"]: s_ for s_ in b.build_services(REF, spec())}
+    assert svc["j-trainer"]["spec"]["clusterIP"] == "None"

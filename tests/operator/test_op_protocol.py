@@ -1,0 +1,253 @@
+"""The reconcile protocol, step by step, on snapshots (pure: no API server involved).
+
+The e2e suite (e2e/operator) runs the same protocol against the real control plane; here
+each branch is pinned down, including the one that matters most for a quiet cluster: a
+pass over an unchanged world plans no write at all.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from operator_helpers import FLAVORS, admit, cond, job, pod, stored
+from rlpost_operator import builders as b
+from rlpost_operator import protocol as p
+
+REF = b.JobRef("j", "ns", "uid-1")
+
+
+def verbs(plan):
+    return [(a.verb, a.kind, a.name) for a in plan.actions]
+
+
+def conds(status):
+    return {c["type"]: c for c in status.get("conditions", [])}
+
+
+def settle(j, wl=None, children=(), pods=(), **kw):
+    """Reconcile, then feed the plan's writes back as the API server would store them."""
+    obs = p.Observed(
+        job=j, workload=wl, children=list(children), pods=list(pods), flavors=FLAVORS, **kw
+    )
+    plan = p.reconcile(obs)
+    j2 = copy.deepcopy(j)
+    j2["status"] = plan.status
+    made = {(c["kind"], c["metadata"]["name"]): c for c in children}
+    for a in plan.actions:
+        if a.verb in ("apply", "create") and a.kind not in ("Workload", "RLPostTrainJob"):
+            made[(a.kind, a.name)] = stored(a.body)
+        if a.verb == "delete":
+            made.pop((a.kind, a.name), None)
+    return plan, j2, list(made.values())
+
+
+def wl_for(j):
+    spec = p.api.RLPostTrainJobSpec.model_validate(j["spec"])
+    return stored(b.build_workload(REF, spec, "team-a"))
+
+
+def test_new_job_creates_only_the_workload_and_is_queued():
+    plan = p.reconcile(p.Observed(job=job()))
+    assert verbs(plan) == [("create", "Workload", "rlposttrainjob-j")]
+    assert plan.status["phase"] == "Queued"
+    assert conds(plan.status)["Queued"]["status"] == "True"
+    assert plan.events and plan.events[0][1] == "Queued"
+
+
+def test_queue_label_is_applied_when_missing():
+    j = job()
+    del j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    plan = p.reconcile(p.Observed(job=j))
+    first = plan.actions[0]
+    assert (first.verb, first.kind) == ("apply", "RLPostTrainJob")
+    assert first.body["metadata"]["labels"] == {"kueue.x-k8s.io/queue-name": "team-a"}
+
+
+def test_pending_workload_copies_kueue_message():
+    j = job(status={"phase": "Queued"})
+    wl = wl_for(j)
+    msg = "couldn't assign flavors to pod set trainer: insufficient quota for nvidia.com/gpu"
+    wl["status"] = {"conditions": [cond("QuotaReserved", "False", "Pending", msg)]}
+    plan = p.reconcile(p.Observed(job=j, workload=wl, flavors=FLAVORS))
+    assert plan.actions == []
+    c = conds(plan.status)["Queued"]
+    assert (c["status"], c["reason"], c["message"]) == ("True", "Pending", msg)
+    assert plan.status["phase"] == "Queued"
+
+
+def test_admitted_starts_children_then_running_then_quiet():
+    j = job(status={"phase": "Queued"})
+    wl = admit(wl_for(j))
+    plan, j, children = settle(j, wl)
+    kinds = {(a.verb, a.kind) for a in plan.actions}
+    assert ("apply", "StatefulSet") in kinds and ("apply", "Pod") in kinds
+    assert ("create", "Secret") in kinds and ("create", "ConfigMap") in kinds
+    assert plan.status["phase"] == "Admitted" and plan.status["readyPods"] == "0/7"
+    sts = next(a.body for a in plan.actions if a.kind == "StatefulSet")
+    assert sts["spec"]["template"]["spec"]["nodeSelector"] == {"rlpost.dev/gpu-kind": "a"}
+    names = ["j-trainer-0", "j-trainer-1", "r0", "r1", "r2"]
+    roles = ["trainer", "trainer", "rollout", "rollout", "rollout"]
+    pods = [pod(n, r) for n, r in zip(names, roles, strict=True)]
+    pods += [pod("router", "router"), pod("j-buffer", "buffer", owner=False)]
+    plan, j, children = settle(j, wl, children, pods)
+    assert plan.actions == [] and plan.status["phase"] == "Running"
+    assert plan.events == [("Normal", "Running", "all 7 pods Ready")]
+    # nothing changed: nothing to write, status identical
+    plan, j2, _ = settle(j, wl, children, pods)
+    assert plan.actions == [] and not plan.status_changed and plan.events == []
+    assert j2["status"] == j["status"]
+
+
+def running_world():
+    j = job(status={"phase": "Queued"})
+    wl = admit(wl_for(j))
+    _, j, children = settle(j, wl)
+    pods = [pod("j-trainer-0", "trainer"), pod("j-trainer-1", "trainer")]
+    pods += [pod(f"r{i}", "rollout") for i in range(3)]
+    pods += [pod("router", "router"), pod("j-buffer", "buffer", owner=False)]
+    _, j, children = settle(j, wl, children, pods)
+    assert j["status"]["phase"] == "Running"
+    return j, wl, children, pods
+
+
+def test_preemption_stops_then_clears_reservation_then_suspended():
+    j, wl, children, pods = running_world()
+    wl["status"]["conditions"].append(cond("Evicted", "True", "Preempted", "preempted by x"))
+    plan, j, children = settle(j, wl, children, pods)
+    deleted = {(a.kind, a.name) for a in plan.actions if a.verb == "delete"}
+    assert deleted == {
+        ("StatefulSet", "j-trainer"),
+        ("Deployment", "j-rollout"),
+        ("Deployment", "j-router"),
+        ("Pod", "j-buffer"),
+    }
+    assert not any(a.verb == "patch_status" for a in plan.actions)  # pods still there
+    assert plan.status["phase"] == "Suspended" and plan.evicted
+    # pods gone: quota reservation cleared the Kueue way
+    plan, j, children = settle(j, wl, children, [])
+    (patch,) = [a for a in plan.actions if a.verb == "patch_status"]
+    st = patch.body["status"]
+    assert st["admission"] is None
+    c = {x["type"]: x for x in st["conditions"]}
+    assert c["QuotaReserved"]["status"] == "False"
+    assert c["Requeued"]["status"] == "True" and c["Requeued"]["reason"] == "Preempted"
+    assert c["Admitted"]["status"] == "False"
+    assert patch.body["metadata"]["resourceVersion"] == wl["metadata"]["resourceVersion"]
+    assert conds(plan.status)["Suspended"]["reason"] == "Preempted"
+
+
+def test_user_suspend_deactivates_workload_and_requeued_false():
+    j, wl, children, pods = running_world()
+    j["spec"]["suspend"] = True
+    plan, j, children = settle(j, wl, children, pods)
+    assert ("patch", "Workload", "rlposttrainjob-j") in verbs(plan)
+    active = next(a for a in plan.actions if a.verb == "patch" and a.kind == "Workload")
+    assert active.body == {"spec": {"active": False}}
+    assert plan.status["phase"] == "Suspended"
+    wl["spec"]["active"] = False
+    wl["status"]["conditions"].append(cond("Evicted", "True", "Deactivated", "deactivated"))
+    plan, j, children = settle(j, wl, children, [])
+    (patch,) = [a for a in plan.actions if a.verb == "patch_status"]
+    req = next(x for x in patch.body["status"]["conditions"] if x["type"] == "Requeued")
+    assert req["status"] == "False" and req["reason"] == "Deactivated"
+
+
+def test_resume_after_readmission_uses_last_checkpoint():
+    j, wl, children, pods = running_world()
+    progress = next(c for c in children if c["metadata"]["name"] == "j-progress")
+    progress["data"] = {"step": "37", "weightVersion": "37", "lastCheckpointStep": "30"}
+    wl["status"]["conditions"].append(cond("Evicted", "True", "Preempted", "x"))
+    _, j, children = settle(j, wl, children, pods)
+    _, j, children = settle(j, wl, children, [])
+    assert j["status"]["lastCheckpointStep"] == 30 and j["status"]["step"] == 37
+    wl2 = admit(wl_for(j), gpu_flavor="gpu-b")
+    plan, j, children = settle(j, wl2, children, [])
+    sts = next(a.body for a in plan.actions if a.kind == "StatefulSet")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RLPOST_RESUME_STEP"] == "30"
+    assert sts["spec"]["template"]["spec"]["tolerations"][0]["value"] == "b"
+    cm = next(a.body for a in plan.actions if a.name == "j-config")
+    assert cm["data"]["resume-step"] == "30"
+    assert plan.status["resumeStep"] == 30
+
+
+def test_trainer_failure_restarts_then_fails_past_max_restarts():
+    j, wl, children, pods = running_world()
+    j["spec"]["failurePolicy"] = {"maxRestarts": 1}
+    pods[0] = pod("j-trainer-0", "trainer", failed=True)
+    plan, j, children = settle(j, wl, children, pods)
+    assert plan.status["restarts"] == 1 and plan.status["phase"] == "Restarting"
+    assert plan.restarted and any(a.verb == "delete" for a in plan.actions)
+    # old pods gone -> the gang comes back as attempt 1
+    plan, j, children = settle(j, wl, children, [])
+    sts = next(a.body for a in plan.actions if a.kind == "StatefulSet")
+    assert sts["spec"]["template"]["metadata"]["labels"]["rlpost.dev/attempt"] == "1"
+    # a failure of the old attempt is not counted twice
+    plan, j, children = settle(j, wl, children, [pod("j-trainer-0", "trainer", failed=True)])
+    assert j["status"]["restarts"] == 1
+    # a container exit of attempt 1 exceeds maxRestarts=1 -> Failed
+    bad = pod("j-trainer-1", "trainer", attempt="1", exit_code=137)
+    plan, j, children = settle(j, wl, children, [bad])
+    assert plan.status["phase"] == "Failed"
+    f = conds(plan.status)["Failed"]
+    assert f["reason"] == "MaxRestartsExceeded" and "exited with code 137" in f["message"]
+    assert "maxRestarts" in f["message"]
+    # finished: gang gone -> Workload Finished(Failed), then the finalizer is dropped
+    plan, j, children = settle(j, wl, children, [])
+    (fin,) = [a for a in plan.actions if a.verb == "patch_status"]
+    c = next(x for x in fin.body["status"]["conditions"] if x["type"] == "Finished")
+    assert (c["status"], c["reason"]) == ("True", "Failed")
+    wl["status"]["conditions"].append(cond("Finished", "True", "Failed"))
+    plan, j, children = settle(j, wl, children, [])
+    (drop,) = [a for a in plan.actions if a.verb == "patch"]
+    assert drop.body["metadata"]["finalizers"] == []
+
+
+def test_done_succeeds_and_ttl_removes_children():
+    j, wl, children, pods = running_world()
+    j["spec"]["ttlSecondsAfterFinished"] = 0
+    progress = next(c for c in children if c["metadata"]["name"] == "j-progress")
+    progress["data"] = {"step": "100", "done": "true", "lastCheckpointStep": "100"}
+    plan, j, children = settle(j, wl, children, pods)
+    assert plan.status["phase"] == "Succeeded" and plan.status["step"] == 100
+    assert conds(plan.status)["Succeeded"]["status"] == "True"
+    wl["status"]["conditions"].append(cond("Finished", "True", "Succeeded"))
+    wl["metadata"]["finalizers"] = []
+    plan, j, children = settle(j, wl, children, [])
+    deleted = {(a.kind, a.name) for a in plan.actions if a.verb == "delete"}
+    assert ("ConfigMap", "j-config") in deleted and ("Service", "j-router") in deleted
+    assert ("Secret", "j-token") in deleted
+
+
+def test_invalid_specs_create_nothing():
+    j = job(mode="colocated")
+    j["spec"]["rollout"]["maxStaleness"] = 2
+    plan = p.reconcile(p.Observed(job=j))
+    assert plan.actions == [] and plan.status["phase"] == "Invalid"
+    c = conds(plan.status)["InvalidSpec"]
+    assert c["status"] == "True" and "maxStaleness to 0" in c["message"]
+    assert plan.events[0][0] == "Warning"
+    j = job()
+    del j["spec"]["queueName"]
+    plan = p.reconcile(p.Observed(job=j, default_queue_exists=False))
+    assert (
+        plan.actions == []
+        and "spec.queueName is not set" in plan.status["conditions"][0]["message"]
+    )
+    plan = p.reconcile(p.Observed(job=j, default_queue_exists=True))
+    assert verbs(plan)[-1] == ("create", "Workload", "rlposttrainjob-j")
+    j = job(priorityClassName="nope")
+    plan = p.reconcile(p.Observed(job=j, priority_class_exists=False))
+    assert plan.actions == [] and "WorkloadPriorityClass 'nope'" in str(plan.status)
+
+
+def test_workload_deleted_drops_finalizer_after_gang_gone_and_orphans():
+    j, wl, children, pods = running_world()
+    wl["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    plan, j, children = settle(j, wl, children, pods)
+    assert not any(a.verb == "patch" for a in plan.actions)
+    plan, j, children = settle(j, wl, children, [])
+    (drop,) = [a for a in plan.actions if a.verb == "patch"]
+    assert drop.body["metadata"]["finalizers"] == []
+    assert p.orphan_workload_plan(wl)[0].body["metadata"]["finalizers"] == []
