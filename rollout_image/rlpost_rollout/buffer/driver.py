@@ -77,7 +77,9 @@ class Driver:
         self.router_ok: bool | None = None
         self.http = httpx.AsyncClient(timeout=cfg.request_timeout_s)
         self.scored_rewards: list[float] = []
-        self.stale_streak = 0  # consecutive groups that arrived too stale to use
+        # Consecutive groups lost to a systematic cause (rewards failing, engines refusing,
+        # stale weights): the driver backs off instead of burning the engines in a loop.
+        self.fail_streak = 0
         self._stopped = False
         if self.requeued:
             log.info(
@@ -105,9 +107,8 @@ class Driver:
 
     async def run(self) -> None:
         while not self._stopped:
-            if self.stale_streak:
-                # Engines keep answering with old weights: back off instead of spinning.
-                await asyncio.sleep(min(0.25 * 2 ** min(self.stale_streak, 6), 10.0))
+            if self.fail_streak:
+                await asyncio.sleep(min(0.1 * 2 ** min(self.fail_streak, 7), 10.0))
             for _ in range(self.wanted()):
                 index = self._draw()
                 gid = f"g{index}-{uuid.uuid4().hex[:8]}"
@@ -157,6 +158,7 @@ class Driver:
             self.requeued.append(index)
             return
         except PermanentGenerateError as exc:
+            self.fail_streak += 1
             self._record_error("generate", f"{row.where}: {exc}")
             self._drop(index, gid, "generate_error", [str(exc)])
             return
@@ -189,6 +191,7 @@ class Driver:
                 )
             samples.append(sample)
         if errors:
+            self.fail_streak += 1
             self._record_error("reward", errors[-1])
             self._drop(index, gid, "reward_error", errors)
             return
@@ -197,17 +200,17 @@ class Driver:
         if version < floor:
             # Made with weights too old for any step still to come (in flight across a weight
             # update, or engines that never received the update): useless, dropped and counted.
-            self.stale_streak += 1
+            self.fail_streak += 1
             self._record_error(
                 "staleness",
                 f"engine answered with weight_version {version} but step "
                 f"{self.store.state.next_step} needs >= {floor} (maxStaleness "
-                f"{self.cfg.max_staleness}); {self.stale_streak} such groups in a row - are "
+                f"{self.cfg.max_staleness}); {self.fail_streak} failed groups in a row - are "
                 "weight updates reaching the engines?",
             )
             self._drop(index, gid, "stale_on_arrival", [])
             return
-        self.stale_streak = 0
+        self.fail_streak = 0
         self.errors.pop("staleness", None)
         rewards = [x["reward"] for x in samples]
         if self.cfg.dynamic_sampling and statistics.pstdev(rewards) == 0.0:
