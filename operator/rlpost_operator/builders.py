@@ -423,7 +423,9 @@ def pod_template(
 # ---------------------------------------------------------------------------- Workload
 
 
-def build_workload(ref: JobRef, spec: api.RLPostTrainJobSpec, queue: str) -> dict[str, Any]:
+def build_workload(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, queue: str, priority: int | None = None
+) -> dict[str, Any]:
     """ONE Workload for the whole gang: all podSets are admitted together or not at all."""
     pod_sets = []
     for g in pod_groups(spec):
@@ -445,9 +447,12 @@ def build_workload(ref: JobRef, spec: api.RLPostTrainJobSpec, queue: str) -> dic
             "kind": "WorkloadPriorityClass",
             "name": spec.priority_class_name,
         }
+        # Kueue's webhook wants the class's value next to the reference (jobframework
+        # copies it the same way).
+        wl["spec"]["priority"] = int(priority or 0)
     # The hash covers what is immutable in a Workload (podSets, queue, priority), not
     # `active`, which follows spec.suspend.
-    immutable = {k: v for k, v in wl["spec"].items() if k != "active"}
+    immutable = {k: v for k, v in wl["spec"].items() if k not in ("active", "priority")}
     wl["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(immutable)}
     return wl
 

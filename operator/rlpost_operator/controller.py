@@ -148,7 +148,7 @@ class Controller:
         self.dirty: set[Key] = set()
         self.failures: dict[Key, int] = defaultdict(int)
         self.ready = False
-        self._lookups: dict[tuple[str, str, str], tuple[float, bool]] = {}
+        self._lookups: dict[tuple[str, str, str], tuple[float, dict | None]] = {}
         self._flavors_listed = 0.0
         self.reconciles = 0
 
@@ -223,13 +223,13 @@ class Controller:
         self._flavors_listed = time.monotonic()
         self.cache.flavors = {f["metadata"]["name"]: f for f in self.kube.list("ResourceFlavor")}
 
-    def _exists(self, kind: str, ns: str | None, name: str) -> bool:
-        """Existence of a LocalQueue / WorkloadPriorityClass, cached 10 s (reads only)."""
+    def _lookup(self, kind: str, ns: str | None, name: str) -> dict | None:
+        """A LocalQueue / WorkloadPriorityClass, cached 10 s (reads only)."""
         k = (kind, ns or "", name)
         hit = self._lookups.get(k)
         if hit and time.monotonic() - hit[0] < 10:
             return hit[1]
-        found = self.kube.get(kind, ns, name) is not None
+        found = self.kube.get(kind, ns, name)
         self._lookups[k] = (time.monotonic(), found)
         return found
 
@@ -245,13 +245,14 @@ class Controller:
         obs = self.cache.observed(key)
         spec = obs.job.get("spec") or {}
         if not spec.get("queueName"):
-            obs.default_queue_exists = await asyncio.to_thread(
-                self._exists, "LocalQueue", key[0], "default"
-            )
+            lq = await asyncio.to_thread(self._lookup, "LocalQueue", key[0], "default")
+            obs.default_queue_exists = lq is not None
         if spec.get("priorityClassName"):
-            obs.priority_class_exists = await asyncio.to_thread(
-                self._exists, "WorkloadPriorityClass", None, spec["priorityClassName"]
+            wpc = await asyncio.to_thread(
+                self._lookup, "WorkloadPriorityClass", None, spec["priorityClassName"]
             )
+            obs.priority_class_exists = wpc is not None
+            obs.priority = (wpc or {}).get("value")
         if obs.workload and b.missing_flavors(obs.workload, obs.flavors):
             await asyncio.to_thread(self.refresh_flavors)
             obs.flavors = self.cache.flavors

@@ -75,6 +75,7 @@ class Observed:
     flavors: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_queue_exists: bool = False
     priority_class_exists: bool = True
+    priority: int | None = None  # the WorkloadPriorityClass's value
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -418,7 +419,7 @@ class _Pass:
 
     def ensure_workload(self) -> bool:
         assert self.spec is not None and self.queue is not None
-        desired = b.build_workload(self.ref, self.spec, self.queue)
+        desired = b.build_workload(self.ref, self.spec, self.queue, self.obs.priority)
         if _label(self.job, QUEUE_LABEL) != self.queue:
             self.act(
                 "apply",

@@ -45,7 +45,8 @@ def test_colocated_requests_gpus_once():
 
 
 def test_priority_class_ref():
-    wl = b.build_workload(REF, spec(priorityClassName="rlpost-production"), "q")
+    wl = b.build_workload(REF, spec(priorityClassName="rlpost-production"), "q", 1000)
+    assert wl["spec"]["priority"] == 1000
     assert wl["spec"]["priorityClassRef"] == {
         "group": "kueue.x-k8s.io",
         "kind": "WorkloadPriorityClass",
