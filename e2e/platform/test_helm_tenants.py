@@ -96,6 +96,7 @@ NEEDED = [  # (verb, resource) the operator needs in its own namespace
     ("create", "statefulsets.apps"),
     ("delete", "deployments.apps"),
     ("list", "pods"),
+    ("create", "pods"),  # the buffer is a bare Pod
     ("create", "services"),
     ("create", "secrets"),
     ("create", "configmaps"),
@@ -106,13 +107,14 @@ NEEDED = [  # (verb, resource) the operator needs in its own namespace
     ("create", "events"),
 ]
 NOT_NEEDED_HERE = [  # writes in its own namespace it does not need
-    ("create", "pods"),
-    ("delete", "pods"),
+    ("update", "pods"),
+    ("create", "pods/exec"),
+    ("create", "pods/portforward"),
     ("create", "rlposttrainjobs.rlpost.dev"),
     ("delete", "rlposttrainjobs.rlpost.dev"),
     ("create", "localqueues.kueue.x-k8s.io"),
-    ("create", "pods/exec"),
     ("create", "jobs.batch"),
+    ("create", "cronjobs.batch"),
 ]
 CLUSTER_DENIED = [  # cluster-scoped writes
     ("create", "clusterqueues.kueue.x-k8s.io"),
@@ -160,7 +162,7 @@ def test_real_requests_get_403(platform):
     for args in [
         ("create", "configmap", "x", "-n", t.b, "--from-literal=a=b"),  # other tenant
         ("get", "rlposttrainjobs.rlpost.dev", "-n", t.b),  # other tenant's jobs
-        ("run", "shell", "--image=busybox", "-n", t.a),  # pods: read-only
+        ("create", "job", "shell", "--image=busybox", "-n", t.a),  # batch: not needed
         ("create", "namespace", f"evil-{t.suffix}"),  # cluster-scoped write
         ("delete", "clusterqueue", t.b),  # the other tenant's quota
     ]:

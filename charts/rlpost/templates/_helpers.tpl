@@ -73,9 +73,11 @@ ClusterRole in cluster-wide mode). Keep in step with operator/ (docs/CONTRACTS.m
 - apiGroups: [apps]
   resources: [statefulsets, deployments]
   verbs: [get, list, watch, create, patch, update, delete]
+# The buffer is a bare Pod (server-side applied, deleted on eviction); the other pods are
+# read (status, engine discovery). Never pods/exec, /attach, /portforward.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services, configmaps, secrets, serviceaccounts]
   verbs: [get, list, watch, create, patch, update, delete]
