@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,25 @@ log = logging.getLogger("rlpost_trainer.progress")
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
+def sa_dir() -> Path:
+    """The mounted ServiceAccount (overridable for non-standard mounts and tests)."""
+    return Path(os.environ.get("RLPOST_SERVICEACCOUNT_DIR") or SA_DIR)
+
+
 class ConfigMapProgress:
     def __init__(self, job: str):
         host = os.environ["KUBERNETES_SERVICE_HOST"]
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        namespace = os.environ.get("RLPOST_NAMESPACE") or (SA_DIR / "namespace").read_text()
-        token = (SA_DIR / "token").read_text().strip()
-        ca = SA_DIR / "ca.crt"
+        sa = sa_dir()
+        namespace = os.environ.get("RLPOST_NAMESPACE") or (sa / "namespace").read_text()
+        token = (sa / "token").read_text().strip()
+        ca = sa / "ca.crt"
         self.url = (
             f"https://{host}:{port}/api/v1/namespaces/{namespace.strip()}/configmaps/{job}-progress"
         )
         self.http = httpx.Client(
             headers={"Authorization": f"Bearer {token}"},
-            verify=str(ca) if ca.exists() else True,
+            verify=ssl.create_default_context(cafile=str(ca)) if ca.exists() else True,
             timeout=10.0,
         )
 
