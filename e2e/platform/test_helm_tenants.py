@@ -31,7 +31,9 @@ def as_sa(platform, tenant_ns: str, *args: str) -> subprocess.CompletedProcess[s
 
 
 def can_i(platform, tenant_ns: str, verb: str, resource: str, ns: str | None = None) -> bool:
+    resource, _, sub = resource.partition("/")
     args = ["auth", "can-i", verb, resource]
+    args += [f"--subresource={sub}"] if sub else []  # "pods/exec" alone is misread
     args += ["-n", ns] if ns else []
     proc = as_sa(platform, tenant_ns, *args)
     assert proc.stdout.strip() in ("yes", "no"), proc.stdout + proc.stderr
@@ -60,8 +62,17 @@ def test_two_tenants_installed_side_by_side(cluster, platform):
     for ns in (t.a, t.b):
         status = json.loads(cluster.helm("status", RELEASE, "--namespace", ns, "-o", "json").stdout)
         assert status["info"]["status"] == "deployed", status["info"]
-        dep = cluster.get_json("deployment", RELEASE, "-n", ns)
-        assert dep["status"].get("readyReplicas") == 1  # kwok ran the pod
+        dep = cluster.wait_for(  # kwok runs the pod
+            f"operator Deployment ready in {ns}",
+            lambda ns=ns: (
+                (d := cluster.get_json("deployment", RELEASE, "-n", ns))["status"].get(
+                    "readyReplicas"
+                )
+                == 1
+                and d
+            ),
+            timeout=60,
+        )
         args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
         assert f"--namespace={ns}" in args
         # What Kubernetes stored is the hardened pod the chart promises.
