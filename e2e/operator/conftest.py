@@ -72,17 +72,25 @@ def op_suite(cluster):
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.wait_for(
         "RLPostTrainJob CRD established",
-        lambda: "Established"
-        in cluster.kubectl(
-            "get", "crd", "rlposttrainjobs.rlpost.dev", "-o", "jsonpath={.status.conditions}"
-        ).stdout,
+        lambda: (
+            "Established"
+            in cluster.kubectl(
+                "get", "crd", "rlposttrainjobs.rlpost.dev", "-o", "jsonpath={.status.conditions}"
+            ).stdout
+        ),
         timeout=30,
     )
     stop = threading.Event()
     renewer = threading.Thread(target=_renew_leases, args=(cluster, stop), daemon=True)
     renewer.start()
-    s = Suite(sfx, f"op-gpu-a-{sfx}", f"op-gpu-b-{sfx}", f"op-cpu-{sfx}", f"op-high-{sfx}",
-              f"op-low-{sfx}")
+    s = Suite(
+        sfx,
+        f"op-gpu-a-{sfx}",
+        f"op-gpu-b-{sfx}",
+        f"op-cpu-{sfx}",
+        f"op-high-{sfx}",
+        f"op-low-{sfx}",
+    )
     tol = {"key": "rlpost.dev/gpu-kind", "operator": "Equal", "value": "b", "effect": "NoSchedule"}
     docs = [
         flavor(s.flavor_a, {"nodeLabels": {"rlpost.dev/gpu-kind": "a"}}),
@@ -105,8 +113,9 @@ def op_suite(cluster):
     yield s
     stop.set()
     for d in docs:
-        cluster.kubectl("delete", d["kind"].lower(), d["metadata"]["name"], "--wait=false",
-                        check=False)
+        cluster.kubectl(
+            "delete", d["kind"].lower(), d["metadata"]["name"], "--wait=false", check=False
+        )
 
 
 def flavor(name: str, spec: dict) -> dict:
@@ -229,7 +238,7 @@ def op(cluster, op_suite, namespace, tmp_path, request):
     """A test namespace with its ClusterQueue (8 GPUs of flavor a, unless the test is
     marked `gpus(n, "b")`) and a running operator watching it."""
     marker = request.node.get_closest_marker("gpus")
-    gpus, kind = (marker.args if marker else (8, "a"))
+    gpus, kind = marker.args if marker else (8, "a")
     gpu_flavor = op_suite.flavor_a if kind == "a" else op_suite.flavor_b
     docs = queue_docs(op_suite, namespace, gpus, gpu_flavor)
     cluster.apply(docs)

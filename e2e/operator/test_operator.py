@@ -6,7 +6,6 @@ process. Each test has its own namespace, ClusterQueue, LocalQueue `q` and opera
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -72,15 +71,24 @@ def workloads(cluster, ns):
 @pytest.mark.gpus(16, "b")
 def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, op_suite):
     ns = namespace
-    submit(cluster, job_doc("dis", ns, trainer={"replicas": 2, "gpusPerPod": 4},
-                            rollout={"engines": 2, "gpusPerEngine": 2}))
+    submit(
+        cluster,
+        job_doc(
+            "dis",
+            ns,
+            trainer={"replicas": 2, "gpusPerPod": 4},
+            rollout={"engines": 2, "gpusPerEngine": 2},
+        ),
+    )
     wl = wait(cluster, "Workload", lambda: workloads(cluster, ns)[0], 30)
     assert wl["metadata"]["ownerReferences"][0]["kind"] == "RLPostTrainJob"
     assert wl["metadata"]["ownerReferences"][0]["controller"] is True
     sets = {ps["name"]: ps for ps in wl["spec"]["podSets"]}
     assert list(sets) == ["trainer", "rollout", "router", "buffer"]
-    req = {n: ps["template"]["spec"]["containers"][0]["resources"]["requests"] for n, ps in
-           sets.items()}
+    req = {
+        n: ps["template"]["spec"]["containers"][0]["resources"]["requests"]
+        for n, ps in sets.items()
+    }
     assert (sets["trainer"]["count"], req["trainer"][GPU]) == (2, "4")
     assert (sets["rollout"]["count"], req["rollout"][GPU]) == (2, "2")
     assert GPU not in req["router"] and GPU not in req["buffer"]
@@ -92,8 +100,12 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     sts = get(cluster, "statefulset", "dis-trainer", ns)
     tmpl = sts["spec"]["template"]["spec"]
     assert tmpl["nodeSelector"] == {"rlpost.dev/gpu-kind": "b"}
-    assert {"key": "rlpost.dev/gpu-kind", "operator": "Equal", "value": "b",
-            "effect": "NoSchedule"} in tmpl["tolerations"]
+    assert {
+        "key": "rlpost.dev/gpu-kind",
+        "operator": "Equal",
+        "value": "b",
+        "effect": "NoSchedule",
+    } in tmpl["tolerations"]
     pods = pods_of(cluster, "dis", ns)
     assert len(pods) == 6
     for p in pods:
@@ -110,8 +122,9 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     assert token not in op.log.read_text()
     role = get(cluster, "role", "dis-rlpost", ns)
     assert any(r.get("resourceNames") == ["dis-progress"] for r in role["rules"])
-    events = cluster.kubectl("get", "events", "-n", ns, "--field-selector",
-                             "involvedObject.name=dis", "-o", "json").stdout
+    events = cluster.kubectl(
+        "get", "events", "-n", ns, "--field-selector", "involvedObject.name=dis", "-o", "json"
+    ).stdout
     reasons = {e["reason"] for e in json.loads(events)["items"]}
     assert {"Queued", "Admitted", "Running"} <= reasons or {"Admitted", "Running"} <= reasons
     cols = cluster.kubectl("get", "rljob", "dis", "-n", ns).stdout
@@ -122,8 +135,7 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
 
 def test_2_colocated_one_worker_podset(cluster, op, namespace):
     ns = namespace
-    submit(cluster, job_doc("col", ns, mode="colocated",
-                            trainer={"replicas": 2, "gpusPerPod": 4}))
+    submit(cluster, job_doc("col", ns, mode="colocated", trainer={"replicas": 2, "gpusPerPod": 4}))
     job = wait_phase(cluster, "col", ns, "Running", timeout=120)
     (wl,) = workloads(cluster, ns)
     sets = {ps["name"]: ps for ps in wl["spec"]["podSets"]}
@@ -146,8 +158,10 @@ def test_2_colocated_one_worker_podset(cluster, op, namespace):
 @pytest.mark.gpus(8, "a")
 def test_3_second_job_queued_with_kueue_message_until_first_deleted(cluster, op, namespace):
     ns = namespace
-    small = {"trainer": {"replicas": 1, "gpusPerPod": 6}, "rollout": {"engines": 1,
-                                                                      "gpusPerEngine": 2}}
+    small = {
+        "trainer": {"replicas": 1, "gpusPerPod": 6},
+        "rollout": {"engines": 1, "gpusPerEngine": 2},
+    }
     submit(cluster, job_doc("first", ns, **small))
     wait_phase(cluster, "first", ns, "Running", timeout=120)
     submit(cluster, job_doc("second", ns, **small))
@@ -168,19 +182,30 @@ def test_3_second_job_queued_with_kueue_message_until_first_deleted(cluster, op,
 
 
 @pytest.mark.gpus(8, "a")
-def test_4_preemption_suspends_victim_and_resumes_from_checkpoint(
-    cluster, op, namespace, op_suite
-):
+def test_4_preemption_suspends_victim_and_resumes_from_checkpoint(cluster, op, namespace, op_suite):
     ns = namespace
-    size = {"trainer": {"replicas": 1, "gpusPerPod": 6}, "rollout": {"engines": 1,
-                                                                     "gpusPerEngine": 2}}
+    size = {
+        "trainer": {"replicas": 1, "gpusPerPod": 6},
+        "rollout": {"engines": 1, "gpusPerEngine": 2},
+    }
     submit(cluster, job_doc("low", ns, priorityClassName=op_suite.low, **size))
     wait_phase(cluster, "low", ns, "Running", timeout=120)
-    cluster.kubectl("patch", "configmap", "low-progress", "-n", ns, "--type=merge", "-p",
-                    json.dumps({"data": {"step": "25", "weightVersion": "25",
-                                         "lastCheckpointStep": "20"}}))
-    wait(cluster, "progress mirrored",
-         lambda: get(cluster, "rljob", "low", ns)["status"].get("lastCheckpointStep") == 20, 30)
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        "low-progress",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"step": "25", "weightVersion": "25", "lastCheckpointStep": "20"}}),
+    )
+    wait(
+        cluster,
+        "progress mirrored",
+        lambda: get(cluster, "rljob", "low", ns)["status"].get("lastCheckpointStep") == 20,
+        30,
+    )
     submit(cluster, job_doc("high", ns, priorityClassName=op_suite.high, **size))
     low = wait_phase(cluster, "low", ns, "Suspended", timeout=90)
     sus = cond(low, "Suspended")
@@ -196,8 +221,9 @@ def test_4_preemption_suspends_victim_and_resumes_from_checkpoint(
     low = wait_phase(cluster, "low", ns, "Running", timeout=120)
     assert low["status"]["resumeStep"] == 20
     sts = get(cluster, "statefulset", "low-trainer", ns)
-    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]
-           ["env"]}
+    env = {
+        e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["RLPOST_RESUME_STEP"] == "20"
     assert get(cluster, "configmap", "low-config", ns)["data"]["resume-step"] == "20"
     assert "rlpost_job_evictions_total 1.0" in op.metrics_text()
@@ -210,8 +236,9 @@ def test_5_suspend_round_trip(cluster, op, namespace):
     ns = namespace
     submit(cluster, job_doc("sus", ns))
     wait_phase(cluster, "sus", ns, "Running", timeout=120)
-    cluster.kubectl("patch", "rljob", "sus", "-n", ns, "--type=merge", "-p",
-                    '{"spec":{"suspend":true}}')
+    cluster.kubectl(
+        "patch", "rljob", "sus", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
     job = wait_phase(cluster, "sus", ns, "Suspended", timeout=60)
     assert cond(job, "Suspended")["reason"] in ("SuspendedByUser", "Deactivated")
     wait(cluster, "pods gone", lambda: not pods_of(cluster, "sus", ns), 60)
@@ -224,29 +251,53 @@ def test_5_suspend_round_trip(cluster, op, namespace):
     cq = get(cluster, "clusterqueue", ns, ns)
     assert all(
         int(r.get("total", 0)) == 0 or r["name"] != GPU
-        for f in cq["status"].get("flavorsUsage", []) for r in f["resources"]
+        for f in cq["status"].get("flavorsUsage", [])
+        for r in f["resources"]
     )
-    cluster.kubectl("patch", "rljob", "sus", "-n", ns, "--type=merge", "-p",
-                    '{"spec":{"suspend":false}}')
+    cluster.kubectl(
+        "patch", "rljob", "sus", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
     job = wait_phase(cluster, "sus", ns, "Running", timeout=120)
     assert cond(job, "Suspended")["status"] == "False"
     assert len(pods_of(cluster, "sus", ns)) == 6
 
 
 def fail_pod(cluster, ns, pod):
-    cluster.kubectl("patch", "pod", pod, "-n", ns, "--subresource=status", "--type=merge",
-                    "-p", json.dumps({"status": {"phase": "Failed", "reason": "Error",
-                                                 "message": "trainer exited 1"}}))
+    cluster.kubectl(
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {"status": {"phase": "Failed", "reason": "Error", "message": "trainer exited 1"}}
+        ),
+    )
 
 
 def test_6_trainer_failure_restarts_then_fails_past_max_restarts(cluster, op, namespace):
     ns = namespace
     submit(cluster, job_doc("fl", ns, failurePolicy={"maxRestarts": 1}))
     wait_phase(cluster, "fl", ns, "Running", timeout=120)
-    cluster.kubectl("patch", "configmap", "fl-progress", "-n", ns, "--type=merge", "-p",
-                    json.dumps({"data": {"step": "12", "lastCheckpointStep": "10"}}))
-    wait(cluster, "progress mirrored",
-         lambda: get(cluster, "rljob", "fl", ns)["status"].get("lastCheckpointStep") == 10, 30)
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        "fl-progress",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"step": "12", "lastCheckpointStep": "10"}}),
+    )
+    wait(
+        cluster,
+        "progress mirrored",
+        lambda: get(cluster, "rljob", "fl", ns)["status"].get("lastCheckpointStep") == 10,
+        30,
+    )
     fail_pod(cluster, ns, "fl-trainer-0")
 
     def restarted_and_running():
@@ -257,8 +308,10 @@ def test_6_trainer_failure_restarts_then_fails_past_max_restarts(cluster, op, na
     assert job["status"]["resumeStep"] == 10
     pods = pods_of(cluster, "fl", ns)
     assert {p["metadata"]["labels"]["rlpost.dev/attempt"] for p in pods} == {"1"}
-    env = {e["name"]: e.get("value")
-           for e in get(cluster, "pod", "fl-trainer-0", ns)["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in get(cluster, "pod", "fl-trainer-0", ns)["spec"]["containers"][0]["env"]
+    }
     assert env["RLPOST_RESUME_STEP"] == "10"
     fail_pod(cluster, ns, "fl-trainer-1")
     job = wait_phase(cluster, "fl", ns, "Failed", timeout=90)
@@ -281,9 +334,25 @@ def test_6b_done_succeeds_finishes_workload_and_ttl_removes_children(cluster, op
     ns = namespace
     submit(cluster, job_doc("ok", ns, steps=30, ttlSecondsAfterFinished=3))
     wait_phase(cluster, "ok", ns, "Running", timeout=120)
-    cluster.kubectl("patch", "configmap", "ok-progress", "-n", ns, "--type=merge", "-p",
-                    json.dumps({"data": {"step": "30", "weightVersion": "30",
-                                         "lastCheckpointStep": "30", "done": "true"}}))
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        "ok-progress",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {
+                "data": {
+                    "step": "30",
+                    "weightVersion": "30",
+                    "lastCheckpointStep": "30",
+                    "done": "true",
+                }
+            }
+        ),
+    )
     job = wait_phase(cluster, "ok", ns, "Succeeded", timeout=60)
     assert job["status"]["step"] == 30 and cond(job, "Succeeded")["status"] == "True"
 
@@ -293,8 +362,14 @@ def test_6b_done_succeeds_finishes_workload_and_ttl_removes_children(cluster, op
         return c and c["status"] == "True" and not wl["metadata"].get("finalizers")
 
     wait(cluster, "Workload Finished(Succeeded), finalizer released", finished, 60)
-    wait(cluster, "children removed after the TTL",
-         lambda: maybe(cluster, "configmap", "ok-config", ns) is None
-         and maybe(cluster, "service", "ok-router", ns) is None
-         and not pods_of(cluster, "ok", ns), 60)
+    wait(
+        cluster,
+        "children removed after the TTL",
+        lambda: (
+            maybe(cluster, "configmap", "ok-config", ns) is None
+            and maybe(cluster, "service", "ok-router", ns) is None
+            and not pods_of(cluster, "ok", ns)
+        ),
+        60,
+    )
     assert get(cluster, "rljob", "ok", ns)["status"]["phase"] == "Succeeded"

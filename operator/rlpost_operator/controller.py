@@ -118,16 +118,18 @@ class Cache:
         live_uids = {p["metadata"].get("uid") for p in pods}
         attempt = str((job.get("status") or {}).get("restarts") or 0)
         tomb = self.failed.get(key, {})
+        failed_pods = []
         for uid in list(tomb):
             if tomb[uid]["metadata"].get("labels", {}).get("rlpost.dev/attempt") != attempt:
                 del tomb[uid]  # an older attempt: already handled
             elif uid not in live_uids:
-                pods.append(copy.deepcopy(tomb[uid]))
+                failed_pods.append(copy.deepcopy(tomb[uid]))
         return protocol.Observed(
             job=job,
             workload=copy.deepcopy(workload) if workload else None,
             children=children,
             pods=pods,
+            failed_pods=failed_pods,
             flavors=self.flavors,
         )
 

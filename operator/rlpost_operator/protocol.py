@@ -72,6 +72,8 @@ class Observed:
     workload: dict[str, Any] | None = None
     children: list[dict[str, Any]] = field(default_factory=list)  # labelled instance=<job>
     pods: list[dict[str, Any]] = field(default_factory=list)
+    # Failed training pods seen by the watch but already deleted (by their StatefulSet).
+    failed_pods: list[dict[str, Any]] = field(default_factory=list)
     flavors: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_queue_exists: bool = False
     priority_class_exists: bool = True
@@ -570,7 +572,7 @@ class _Pass:
         attempt = str(self.st.get("restarts") or 0)
         failed = [
             why
-            for p in self.compute_pods()
+            for p in [*self.compute_pods(), *self.obs.failed_pods]
             if _label(p, ROLE_LABEL) in TRAINING_ROLES
             and _label(p, ATTEMPT_LABEL) == attempt
             and (why := pod_failure(p))
