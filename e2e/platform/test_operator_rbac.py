@@ -101,3 +101,27 @@ def test_operator_leaves_the_other_tenant_alone(cluster, platform, operator_a):
     assert not owned_by(cluster.get_json("workloads", "-n", ns)["items"], name)
     cluster.kubectl("delete", "rljob", name, "-n", ns, "--wait=false")
     cluster.kubectl("delete", "rljob", ours, "-n", platform.a, "--wait=false")
+
+
+def test_job_over_the_tenant_quota_stays_queued_with_kueues_reason(cluster, platform, operator_a):
+    """16 trainer GPUs in one podSet: team-a may hold at most 10 of one GPU kind
+    (8 nominal + what team-b lends), so Kueue never admits it, and the job says why."""
+    ns, name = platform.a, "too-big"
+    job = rljob(name, ns, platform.a)
+    job["spec"]["trainer"].update(replicas=2, gpusPerPod=8)
+    cluster.apply(job)
+
+    def queued_with_reason():
+        st = cluster.get_json("rljob", name, "-n", ns).get("status", {})
+        c = next((c for c in st.get("conditions", []) if c["type"] == "Queued"), None)
+        return st.get("phase") == "Queued" and c and "insufficient" in c["message"] and c
+
+    cond = cluster.wait_for("the job Queued with Kueue's message", queued_with_reason, 120)
+    assert "nvidia.com/gpu" in cond["message"], cond
+    wl = owned_by(cluster.get_json("workloads", "-n", ns)["items"], name)[0]
+    assert not any(
+        c["type"] == "Admitted" and c["status"] == "True"
+        for c in wl.get("status", {}).get("conditions", [])
+    )
+    assert not owned_by(cluster.get_json("statefulset", "-n", ns)["items"], name)
+    cluster.kubectl("delete", "rljob", name, "-n", ns, "--wait=false")
