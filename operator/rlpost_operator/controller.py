@@ -69,26 +69,56 @@ class Cache:
         self.objs: dict[Key, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
         self.failed: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.flavors: dict[str, dict[str, Any]] = {}
+        # Deleted uids never come back (a LIST answered before a DELETED event was handled
+        # must not resurrect the object), and entries only the startup LIST has seen are
+        # dropped unless a watch confirms them (deleted between that LIST and the watch's).
+        self.gone: set[str] = set()
+        self.unconfirmed: set[tuple[str, str, str, str]] = set()
+
+    def _uid_gone(self, obj: dict[str, Any]) -> bool:
+        return obj["metadata"].get("uid") in self.gone
+
+    def _mark(self, slot: tuple[str, str, str, str], listed: bool) -> None:
+        if listed:
+            self.unconfirmed.add(slot)
+        else:
+            self.unconfirmed.discard(slot)
+
+    def expire_unconfirmed(self) -> set[Key]:
+        keys: set[Key] = set()
+        for kind, ns, name, job in self.unconfirmed:
+            if kind == api.KIND:
+                if self.jobs.pop((ns, name), None) is not None:
+                    keys.add((ns, name))
+            elif self.objs.get((ns, job), {}).pop((kind, name), None) is not None:
+                keys.add((ns, job))
+        self.unconfirmed.clear()
+        return keys
 
     @staticmethod
     def _newer(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
         a, c = _rv(old) if old else None, _rv(new)
         return a is None or c is None or c >= a
 
-    def put_job(self, obj: dict[str, Any]) -> None:
+    def put_job(self, obj: dict[str, Any], listed: bool = False) -> None:
+        if self._uid_gone(obj):
+            return
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        self._mark((api.KIND, key[0], key[1], key[1]), listed)
         if self._newer(self.jobs.get(key), obj):
             self.jobs[key] = _strip(api.KIND, obj)
 
     def drop_job(self, obj: dict[str, Any]) -> None:
+        self.gone.add(obj["metadata"].get("uid"))
         self.jobs.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
 
-    def put(self, kind: str, obj: dict[str, Any]) -> Key | None:
+    def put(self, kind: str, obj: dict[str, Any], listed: bool = False) -> Key | None:
         job = protocol.job_of(obj)
-        if not job:
+        if not job or self._uid_gone(obj):
             return None
         key = (obj["metadata"]["namespace"], job)
         slot = (kind, obj["metadata"]["name"])
+        self._mark((kind, key[0], slot[1], job), listed)
         if self._newer(self.objs[key].get(slot), obj):
             self.objs[key][slot] = _strip(kind, obj)
         role = obj["metadata"].get("labels", {}).get(ROLE_LABEL)
@@ -103,6 +133,7 @@ class Cache:
         if not job:
             return None
         key = (obj["metadata"]["namespace"], job)
+        self.gone.add(obj["metadata"].get("uid"))
         cur = self.objs[key].get((kind, obj["metadata"]["name"]))
         if cur is not None and cur["metadata"].get("uid") == obj["metadata"].get("uid"):
             del self.objs[key][(kind, obj["metadata"]["name"])]
@@ -173,12 +204,20 @@ class Controller:
         self.queue = asyncio.Queue()
         await asyncio.to_thread(self.initial_sync)
         self.ready = True
+        asyncio.get_running_loop().call_later(30.0, self._expire_unconfirmed)
         for key in list(self.cache.jobs):
             self.enqueue(key)
         for key, objs in list(self.cache.objs.items()):
             if key not in self.cache.jobs and objs:
                 self.enqueue(key)
         await asyncio.gather(*(self._worker() for _ in range(self.workers)))
+
+    def _expire_unconfirmed(self) -> None:
+        """By now every watch has delivered its own listing: what only the startup LIST saw
+        is gone (deleted in between, with no DELETED event to tell)."""
+        for key in self.cache.expire_unconfirmed():
+            log.info("dropped a stale startup entry", extra={"job": f"{key[0]}/{key[1]}"})
+            self.enqueue(key)
 
     async def _worker(self) -> None:
         assert self.queue is not None
@@ -213,10 +252,10 @@ class Controller:
         namespaces = self.namespaces or [None]
         for ns in namespaces:
             for job in self.kube.list(api.KIND, ns):
-                self.cache.put_job(job)
+                self.cache.put_job(job, listed=True)
             for kind in CHILD_KINDS:
                 for obj in self.kube.list(kind, ns, f"{NAME_LABEL}={APP}"):
-                    self.cache.put(kind, obj)
+                    self.cache.put(kind, obj, listed=True)
         self.refresh_flavors(force=True)
 
     def refresh_flavors(self, force: bool = False) -> None:
