@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch cluster-wide")
     p.add_argument("--metrics-port", type=int, default=8080, help="0 disables /metrics")
     p.add_argument("--kubeconfig", default=None, help="default: in-cluster, then $KUBECONFIG")
-    p.add_argument("--workers", type=int, default=4, help="jobs reconciled concurrently")
+    p.add_argument("--workers", type=int, default=8, help="jobs reconciled concurrently")
     return p.parse_args(argv)
 
 

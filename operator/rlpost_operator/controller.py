@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -170,8 +172,11 @@ class Cache:
 
 
 class Controller:
-    def __init__(self, kube: Kube, namespaces: list[str] | None, workers: int = 4):
+    def __init__(self, kube: Kube, namespaces: list[str] | None, workers: int = 8):
         self.kube = kube
+        # The kubernetes client is blocking: its calls run here, not in asyncio's small
+        # default pool (min(32, cores + 4) threads).
+        self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube")
         self.namespaces = namespaces  # None: all namespaces
         self.cache = Cache()
         self.workers = workers
@@ -184,6 +189,10 @@ class Controller:
         self._lookups: dict[tuple[str, str, str], tuple[float, dict | None]] = {}
         self._flavors_listed = 0.0
         self.reconciles = 0
+
+    async def call(self, fn, *args):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(fn, *args))
 
     # ------------------------------------------------------------------ queue
     def enqueue(self, key: Key | None, delay: float = 0.0) -> None:
@@ -202,7 +211,7 @@ class Controller:
 
     async def run(self) -> None:
         self.queue = asyncio.Queue()
-        await asyncio.to_thread(self.initial_sync)
+        await self.call(self.initial_sync)
         self.ready = True
         asyncio.get_running_loop().call_later(30.0, self._expire_unconfirmed)
         for key in list(self.cache.jobs):
@@ -286,21 +295,27 @@ class Controller:
         obs = self.cache.observed(key)
         spec = obs.job.get("spec") or {}
         if not spec.get("queueName"):
-            lq = await asyncio.to_thread(self._lookup, "LocalQueue", key[0], "default")
+            lq = await self.call(self._lookup, "LocalQueue", key[0], "default")
             obs.default_queue_exists = lq is not None
         if spec.get("priorityClassName"):
-            wpc = await asyncio.to_thread(
+            wpc = await self.call(
                 self._lookup, "WorkloadPriorityClass", None, spec["priorityClassName"]
             )
             obs.priority_class_exists = wpc is not None
             obs.priority = (wpc or {}).get("value")
         if obs.workload and b.missing_flavors(obs.workload, obs.flavors):
-            await asyncio.to_thread(self.refresh_flavors)
+            await self.call(self.refresh_flavors)
             obs.flavors = self.cache.flavors
         plan = protocol.reconcile(obs)
         self.reconciles += 1
+        # Applies/creates of one pass are independent: issued together. Deletes and
+        # patches keep their order.
+        parallel = [a for a in plan.actions if a.verb in ("apply", "create")]
+        if parallel:
+            await asyncio.gather(*(self.execute_action(key, a) for a in parallel))
         for action in plan.actions:
-            await self.execute_action(key, action)
+            if action.verb not in ("apply", "create"):
+                await self.execute_action(key, action)
         if plan.status_changed:
             await self.write_status(key, obs.job, plan)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
@@ -319,11 +334,11 @@ class Controller:
     async def execute_action(self, key: Key, a: protocol.Action) -> None:
         ns = key[0]
         if a.verb == "apply":
-            out = await asyncio.to_thread(self.kube.apply, a.body, ns)
+            out = await self.call(self.kube.apply, a.body, ns)
         elif a.verb == "create":
-            out = await asyncio.to_thread(self.kube.create, a.body, ns)
+            out = await self.call(self.kube.create, a.body, ns)
         elif a.verb == "delete":
-            await asyncio.to_thread(self.kube.delete, a.kind, ns, a.name)
+            await self.call(self.kube.delete, a.kind, ns, a.name)
             cur = self.cache.objs.get(key, {}).get((a.kind, a.name))
             if cur is not None:  # marked, so the next pass does not delete it again
                 cur["metadata"]["deletionTimestamp"] = protocol.ts(
@@ -331,7 +346,7 @@ class Controller:
                 )
             return
         elif a.verb in ("patch", "patch_status"):
-            out = await asyncio.to_thread(
+            out = await self.call(
                 self.kube.merge_patch, a.kind, ns, a.name, a.body, a.verb == "patch_status"
             )
         else:
@@ -352,7 +367,7 @@ class Controller:
         current = self.cache.jobs.get(key, job)
         patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}}
         patch["status"] = body
-        out = await asyncio.to_thread(self.kube.merge_patch, api.KIND, key[0], key[1], patch, True)
+        out = await self.call(self.kube.merge_patch, api.KIND, key[0], key[1], patch, True)
         if out:
             self.cache.put_job(out)
         if plan.evicted:
@@ -363,7 +378,7 @@ class Controller:
             metrics.ADMISSION_WAIT.observe(max(plan.admission_wait, 0.0))
         for etype, reason, message in plan.events:
             try:
-                await asyncio.to_thread(self.kube.event, out or job, etype, reason, message)
+                await self.call(self.kube.event, out or job, etype, reason, message)
             except ApiError as exc:
                 log.warning("event not recorded", extra={"error": str(exc)[:200]})
 
