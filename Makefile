@@ -51,9 +51,13 @@ test-e2e: venv system-deps cluster-bins
 	$(BIN)/python -m pytest e2e
 
 # On a GPU machine only: Megatron backend, NCCL/IPC weight sync, GPU benchmarks.
+# Needs megatron-core (pip install megatron-core) and, for the NCCL sync, 2 GPUs.
+GPU_ENV = PYTHONPATH=$(CURDIR):$(CURDIR)/trainer_image:$(CURDIR)/rollout_image:$$PYTHONPATH \
+	NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 test-gpu:
-	$(PY) -m pytest -m gpu -o addopts='-ra' tests
-	$(PY) benchmarks/weight_sync.py
+	$(GPU_ENV) $(PY) -m pytest --noconftest -m gpu -o addopts='-ra' tests/gpu
+	$(GPU_ENV) $(PY) benchmarks/weight_sync.py --out benchmarks/results/gpu_weight_sync.json
+	$(GPU_ENV) $(PY) benchmarks/gpu_loop.py --out benchmarks/results/gpu_loop.json
 
 # Helm chart (charts/rlpost): Helm reads only files inside the chart, so it carries copies
 # of the generated CRDs and of the dashboard; tests/chart checks the copies are current.
