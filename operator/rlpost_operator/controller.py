@@ -310,9 +310,12 @@ class Controller:
         self.reconciles += 1
         # Applies/creates of one pass are independent: issued together. Deletes and
         # patches keep their order.
+        # Two waves: what pods reference (ServiceAccount, ConfigMaps, Secret) first.
         parallel = [a for a in plan.actions if a.verb in ("apply", "create")]
-        if parallel:
-            await asyncio.gather(*(self.execute_action(key, a) for a in parallel))
+        for wave in (False, True):
+            batch = [a for a in parallel if (a.kind in protocol.COMPUTE_KINDS) is wave]
+            if batch:
+                await asyncio.gather(*(self.execute_action(key, a) for a in batch))
         for action in plan.actions:
             if action.verb not in ("apply", "create"):
                 await self.execute_action(key, action)
