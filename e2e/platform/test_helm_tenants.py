@@ -180,3 +180,24 @@ def test_real_requests_get_403(platform):
         proc = as_sa(t, t.a, *args, "-v=6")
         assert proc.returncode != 0, f"allowed: kubectl {' '.join(args)}"
         assert "403 Forbidden" in proc.stderr, f"kubectl {' '.join(args)}:\n{proc.stderr[-800:]}"
+
+
+def test_tenant_users_and_kueue_get_what_the_chart_grants(cluster, platform):
+    """Aggregated roles: a namespace `edit` user may manage RLPostTrainJobs there (and only
+    there); Kueue's manager may read them (it GETs each Workload's owner)."""
+    t = platform
+    user = f"alice-{t.suffix}"
+    cluster.kubectl("create", "rolebinding", "alice-edit", "--clusterrole=edit",
+                    f"--user={user}", "-n", t.a)  # fmt: skip
+
+    def can(verb: str, ns: str, who: str = user) -> bool:
+        out = cluster.kubectl("auth", "can-i", verb, "rlposttrainjobs.rlpost.dev", "-n", ns,
+                              f"--as={who}", check=False).stdout.strip()  # fmt: skip
+        return out == "yes"
+
+    cluster.wait_for("edit aggregates rlposttrainjobs", lambda: can("create", t.a), timeout=30)
+    assert can("delete", t.a)
+    assert not can("create", t.b)
+    kueue = "system:serviceaccount:kueue-system:kueue-controller-manager"
+    assert can("get", t.a, kueue) and can("get", t.b, kueue)
+    assert not can("patch", t.a, kueue)

@@ -181,6 +181,11 @@ def test_queue_in_a_foreign_namespace_gets_no_quota(cluster, tenants, namespace)
     assert "admission" not in wl.get("status", {})
     if qr:  # Kueue says why once it has evaluated it
         assert "namespace" in qr["message"].lower(), qr["message"]
-    usage = gpu_usage(cluster, t.a)
-    assert sum(u["total"] for u in usage.values()) == 1  # only the tenant's own workload
+    # Only the tenant's own workload counts (the ClusterQueue status catches up).
+    cluster.wait_for(
+        "ClusterQueue usage = the tenant's own 1 GPU",
+        lambda: sum(u["total"] for u in gpu_usage(cluster, t.a).values()) == 1,
+        timeout=30,
+    )
+    assert "admission" not in cluster.get_json("workload", name, "-n", namespace).get("status", {})
     delete(cluster, t.a, own)

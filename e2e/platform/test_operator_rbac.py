@@ -40,8 +40,15 @@ def owned_by(objs: list[dict], name: str) -> list[dict]:
     ]
 
 
-def test_operator_on_the_sa_token_runs_a_job_through_kueue(cluster, platform, operator_a):
+def cleanup(request, cluster, name: str, ns: str) -> None:
+    request.addfinalizer(
+        lambda: cluster.kubectl("delete", "rljob", name, "-n", ns, "--wait=false", check=False)
+    )
+
+
+def test_operator_on_the_sa_token_runs_a_job_through_kueue(cluster, platform, operator_a, request):
     ns, name = platform.a, "rbac-job"
+    cleanup(request, cluster, name, ns)
     cluster.apply(rljob(name, ns, platform.a))
 
     # 120 s: kopf, denied the cluster-wide namespace list it tries first, retries for ~55 s
@@ -82,15 +89,16 @@ def test_operator_on_the_sa_token_runs_a_job_through_kueue(cluster, platform, op
     # cluster-wide namespace list (kopf: settings.scanning.disabled).
     forbidden = [ln for ln in operator_a.log_text().splitlines() if "Forbidden" in ln]
     assert not forbidden, "\n".join(forbidden[:3])
-    cluster.kubectl("delete", "rljob", name, "-n", ns, "--wait=false")
 
 
-def test_operator_leaves_the_other_tenant_alone(cluster, platform, operator_a):
+def test_operator_leaves_the_other_tenant_alone(cluster, platform, operator_a, request):
     """A job in tenant b's namespace: tenant a's operator neither sees nor touches it."""
     ns, name = platform.b, "not-mine"
+    ours = "rbac-probe-a"
+    cleanup(request, cluster, name, ns)
+    cleanup(request, cluster, ours, platform.a)
     cluster.apply(rljob(name, ns, platform.b))
     # Give the operator time in which it would have acted (it acts within seconds above).
-    ours = "rbac-probe-a"
     cluster.apply(rljob(ours, platform.a, platform.a))
     cluster.wait_for(
         "tenant a's own job handled",
@@ -99,14 +107,15 @@ def test_operator_leaves_the_other_tenant_alone(cluster, platform, operator_a):
     )
     assert phase(cluster, name, ns) is None
     assert not owned_by(cluster.get_json("workloads", "-n", ns)["items"], name)
-    cluster.kubectl("delete", "rljob", name, "-n", ns, "--wait=false")
-    cluster.kubectl("delete", "rljob", ours, "-n", platform.a, "--wait=false")
 
 
-def test_job_over_the_tenant_quota_stays_queued_with_kueues_reason(cluster, platform, operator_a):
+def test_job_over_the_tenant_quota_stays_queued_with_kueues_reason(
+    cluster, platform, operator_a, request
+):
     """16 trainer GPUs in one podSet: team-a may hold at most 10 of one GPU kind
     (8 nominal + what team-b lends), so Kueue never admits it, and the job says why."""
     ns, name = platform.a, "too-big"
+    cleanup(request, cluster, name, ns)
     job = rljob(name, ns, platform.a)
     job["spec"]["trainer"].update(replicas=2, gpusPerPod=8)
     cluster.apply(job)
@@ -124,4 +133,3 @@ def test_job_over_the_tenant_quota_stays_queued_with_kueues_reason(cluster, plat
         for c in wl.get("status", {}).get("conditions", [])
     )
     assert not owned_by(cluster.get_json("statefulset", "-n", ns)["items"], name)
-    cluster.kubectl("delete", "rljob", name, "-n", ns, "--wait=false")

@@ -5,8 +5,8 @@
   as local processes, the images' entrypoints); run.json names each role's URL; Prometheus
   scrapes the engines, the buffer and the trainer's RLPOST_METRICS_PORT while it trains.
 - The operator: `python -m rlpost_operator` with the chart ServiceAccount's token (fixture
-  `operator_a`), reconciling a job in tenant a's namespace through Kueue; the job's
-  Workload is deactivated once (an eviction) and re-activated.
+  `operator_a`), reconciling a job in tenant a's namespace through Kueue; the job is
+  suspended once (counted in rlpost_job_evictions_total) and resumed.
 - Expressions are taken from dashboards/rlpost.json (every panel target, rows included,
   and the variables' label_values selectors) with Grafana's "All" values substituted.
   "Returns data" = a non-empty result with at least one finite value (a quantile over no
@@ -111,6 +111,20 @@ def rljob(name: str, queue: str) -> dict:
     return job
 
 
+def wait_phase(cluster, op, name: str, ns: str, phases: tuple[str, ...], timeout: float = 120):
+    def status():
+        return cluster.get_json("rljob", name, "-n", ns).get("status", {})
+
+    try:
+        cluster.wait_for(f"{name} in {phases}", lambda: status().get("phase") in phases, timeout)
+    except TimeoutError as exc:
+        log = [ln for ln in op.log_text().splitlines() if "namespaces is forbidden" not in ln]
+        raise AssertionError(
+            f"{exc}\nstatus: {json.dumps(status(), indent=1)}\noperator log:\n"
+            + "\n".join(log[-25:])
+        ) from exc
+
+
 def condition(obj: dict, ctype: str) -> dict | None:
     return next(
         (c for c in obj.get("status", {}).get("conditions", []) if c["type"] == ctype), None
@@ -120,55 +134,44 @@ def condition(obj: dict, ctype: str) -> dict | None:
 @pytest.fixture(scope="module")
 def operator_activity(prom, operator_a, platform, cluster):
     """The operator scraped from before its first reconcile; then a job is queued,
-    admitted, evicted (Workload deactivated) and re-admitted."""
+    admitted, suspended and re-admitted."""
     ns = platform.a
     target = f"127.0.0.1:{operator_a.metrics_port}"
     prom.set_targets("operator", [(target, {"tenant": ns})])
     prom.wait_targets_up({target}, timeout=60)
     time.sleep(3)
     name = "prom-job"
-    cluster.apply({**rljob(name, ns), "metadata": {"name": name, "namespace": ns}})
+    try:
+        cluster.apply({**rljob(name, ns), "metadata": {"name": name, "namespace": ns}})
 
-    def workload():
-        wls = cluster.get_json("workloads", "-n", ns)["items"]
-        owned = [
-            w
-            for w in wls
-            if any(o.get("name") == name for o in w["metadata"].get("ownerReferences", []))
-        ]
-        return owned[0] if owned else None
+        def workload():
+            wls = cluster.get_json("workloads", "-n", ns)["items"]
+            owned = [
+                w
+                for w in wls
+                if any(o.get("name") == name for o in w["metadata"].get("ownerReferences", []))
+            ]
+            return owned[0] if owned else None
 
-    def admitted():
-        wl = workload()
-        c = wl and condition(wl, "Admitted")
-        return c and c["status"] == "True" and wl
+        def admitted():
+            wl = workload()
+            c = wl and condition(wl, "Admitted")
+            return c and c["status"] == "True" and wl
 
-    wl = cluster.wait_for("the job's Workload admitted", admitted, timeout=90)
-    wl_name = wl["metadata"]["name"]
-    cluster.wait_for(
-        "the job Running or Admitted",
-        lambda: (
-            cluster.get_json("rljob", name, "-n", ns).get("status", {}).get("phase")
-            in ("Admitted", "Running")
-        ),
-        timeout=90,
-    )
-    # An eviction: deactivate the Workload, wait for the job to be suspended, re-activate.
-    patch = json.dumps({"spec": {"active": False}})
-    cluster.kubectl("patch", "workload", wl_name, "-n", ns, "--type=merge", "-p", patch)
-    cluster.wait_for(
-        "the job Suspended after its eviction",
-        lambda: (
-            cluster.get_json("rljob", name, "-n", ns).get("status", {}).get("phase") == "Suspended"
-        ),
-        timeout=90,
-    )
-    patch = json.dumps({"spec": {"active": True}})
-    cluster.kubectl("patch", "workload", wl_name, "-n", ns, "--type=merge", "-p", patch)
-    cluster.wait_for("the job re-admitted", admitted, timeout=90)
-    time.sleep(3)  # a few scrapes after the activity
-    yield {"job": name, "namespace": ns, "target": target}
-    cluster.kubectl("delete", "rljob", name, "-n", ns, "--wait=false", check=False)
+        cluster.wait_for("the job's Workload admitted", admitted, timeout=150)
+        wait_phase(cluster, operator_a, name, ns, ("Admitted", "Running"))
+        # A suspension (spec.suspend, counted with Kueue evictions in
+        # rlpost_job_evictions_total): the gang stops, the job is Suspended; then resumed.
+        # (Patching Workload.spec.active directly is undone by the operator, which owns it.)
+        for suspend, phases in ((True, ("Suspended",)), (False, ("Admitted", "Running"))):
+            patch = json.dumps({"spec": {"suspend": suspend}})
+            cluster.kubectl("patch", "rljob", name, "-n", ns, "--type=merge", "-p", patch)
+            wait_phase(cluster, operator_a, name, ns, phases)
+        cluster.wait_for("the job re-admitted", admitted, timeout=150)
+        time.sleep(3)  # a few scrapes after the activity
+        yield {"job": name, "namespace": ns, "target": target}
+    finally:
+        cluster.kubectl("delete", "rljob", name, "-n", ns, "--wait=false", check=False)
 
 
 def check(prom: Prometheus, exprs: list[tuple[str, str]]) -> list[str]:
