@@ -7,6 +7,7 @@ resources Kueue counted are the resources the pods request.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -470,7 +471,7 @@ def build_config_map(
         "metadata": {"name": ref.name, "namespace": ref.namespace},
         "spec": job_wire,
     }
-    data = {"job.yaml": yaml.safe_dump(doc, sort_keys=True)}
+    data = {"job.yaml": _render_yaml(json.dumps(doc, sort_keys=True))}
     data["resume-step"] = "" if resume_step is None else str(resume_step)
     return with_hash(
         {
@@ -480,6 +481,13 @@ def build_config_map(
             "data": data,
         }
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _render_yaml(doc_json: str) -> str:
+    """YAML of a document (memoized: a pass re-renders the same job many times)."""
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(json.loads(doc_json), Dumper=dumper, sort_keys=True)
 
 
 def build_progress_config_map(ref: JobRef) -> dict[str, Any]:

@@ -146,7 +146,9 @@ class Cache:
         objs = self.objs.get(key, {})
         wl_name = b.names(key[1])["workload"]
         workload = objs.get(("Workload", wl_name))
-        children = [copy.deepcopy(o) for (k, _), o in objs.items() if k != "Workload"]
+        # Read-only for the protocol: no copies (the job and Workload are copied, as the
+        # protocol builds their new status from them).
+        children = [o for (k, _), o in objs.items() if k != "Workload"]
         pods = [o for o in children if o.get("kind") == "Pod"]
         live_uids = {p["metadata"].get("uid") for p in pods}
         attempt = str((job.get("status") or {}).get("restarts") or 0)
@@ -156,7 +158,7 @@ class Cache:
             if tomb[uid]["metadata"].get("labels", {}).get("rlpost.dev/attempt") != attempt:
                 del tomb[uid]  # an older attempt: already handled
             elif uid not in live_uids:
-                failed_pods.append(copy.deepcopy(tomb[uid]))
+                failed_pods.append(tomb[uid])
         return protocol.Observed(
             job=job,
             workload=copy.deepcopy(workload) if workload else None,
