@@ -1,12 +1,20 @@
 """Trainer side of weight sync (disaggregated): rank 0 of the weight-sync group.
 
-Per update, as slime drives SGLang:
+Per update, the requests slime sends SGLang:
     POST /pause_generation                      (every engine)
     for each bucket of <= bucketMB:
-        POST /update_weights_from_distributed   (every engine, concurrently ...)
-        group.broadcast(tensor) for each tensor (... with these broadcasts)
+        POST /update_weights_from_distributed   (every engine ...)
+        group.broadcast(tensor(s))              (... with these broadcasts)
     POST /continue_generation                   (every engine, also after a failure)
 Every control call carries `Authorization: Bearer $RLPOST_TOKEN`.
+
+Default (`pipelined=True`, rlpost.weightsync.pipeline): per engine ONE keep-alive HTTP/1.1
+connection carries all of an update's requests back to back; the broadcasts are enqueued
+without waiting for any answer, and the answers are checked in order at the end. The
+engine posts each bucket's receive as soon as it has answered the previous one, so no
+client round trip sits between buckets. `pipelined=False`: one request at a time, each
+bucket's answer awaited before the next bucket (SGLang clients' usual way; kept for
+comparison).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import torch
 from rlpost.weightsync import payloads as P
 from rlpost.weightsync.flat import FLATTENED_BUCKET, flatten
 from rlpost.weightsync.group import SyncGroup, create_sync_group
+from rlpost.weightsync.pipeline import PipelinedChannel, PipelineError
 
 log = logging.getLogger("rlpost.weightsync")
 
@@ -65,6 +74,7 @@ class WeightSender:
         group_timeout_s: float = 120.0,
         load_format: str | None = None,
         pause_mode: str = "abort",
+        pipelined: bool = True,
     ):
         if not engine_urls:
             raise ValueError("weight sync needs at least one engine URL (RLPOST_ENGINE_URLS)")
@@ -82,6 +92,9 @@ class WeightSender:
         # the update (async runs: work made ahead is kept; the buffer enforces staleness).
         self.pause_mode = pause_mode
         token = token if token is not None else os.environ.get("RLPOST_TOKEN", "")
+        self.token = token
+        self.http_timeout_s = http_timeout_s
+        self.pipelined = pipelined
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(headers=headers, timeout=http_timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=max(2, len(self.engine_urls)))
@@ -176,6 +189,8 @@ class WeightSender:
             self.connect()
         assert self.group is not None
         device = "cuda" if self.backend == "nccl" else "cpu"
+        if self.pipelined:
+            return self._push_pipelined(named_tensors, weight_version, device)
         start = time.perf_counter()
         self._wait(
             self._post_all(P.PATH_PAUSE, [P.pause_payload(self.pause_mode)] * len(self.engine_urls))
@@ -227,6 +242,90 @@ class WeightSender:
         if device == "cuda":
             torch.cuda.current_stream().synchronize()  # the bytes are at the engines
         return sizes
+
+    # ------------------------------------------------------------------ pipelined
+
+    def _push_pipelined(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: int, device: str
+    ) -> float:
+        """All requests down one connection per engine, broadcasts back to back, answers
+        checked at the end (see rlpost.weightsync.pipeline)."""
+        assert self.group is not None
+        start = time.perf_counter()
+        flat_format = self.load_format == FLATTENED_BUCKET
+        channels: list[PipelinedChannel] = []
+        try:
+            try:
+                for url in self.engine_urls:
+                    channels.append(PipelinedChannel(url, self.token, self.http_timeout_s))
+            except OSError as e:
+                raise WeightSyncFailed(f"engine {url}: cannot connect: {e}") from e
+            for ch in channels:
+                ch.send(P.PATH_PAUSE, P.pause_payload(self.pause_mode), f"POST {P.PATH_PAUSE}")
+            sizes: list[int] = []
+            # Broadcasts of the previous bucket: waited on after the next one is launched, so
+            # the host never waits on the wire (NCCL: a wait only orders the CUDA stream).
+            in_flight: list[Any] = []
+            keep: list[torch.Tensor] = []
+            continued = False
+            try:
+                for i, bucket in enumerate(P.buckets(named_tensors, self.bucket_mb)):
+                    if any(ch.failed for ch in channels):
+                        break  # an engine refused an update: send no more buckets
+                    # Everything that can fail is done before the request is written: once
+                    # an engine has a request, its broadcast must follow.
+                    if flat_format:
+                        tensors = [flatten([t for _, t in bucket], device)]
+                    else:
+                        tensors = [t.detach().to(device).contiguous() for _, t in bucket]
+                    body = P.update_distributed_payload(
+                        bucket,
+                        str(weight_version),
+                        self.group_name,
+                        load_format=self.load_format,
+                    )
+                    label = f"POST {P.PATH_UPDATE_DISTRIBUTED} (bucket {i}, {len(bucket)} tensors)"
+                    for ch in channels:
+                        ch.send(P.PATH_UPDATE_DISTRIBUTED, body, label)
+                    works = [self.group.broadcast_async(t, src=0) for t in tensors]
+                    for w in in_flight:
+                        w.wait()
+                    in_flight, keep = works, tensors
+                    sizes.append(sum(P.tensor_nbytes(t) for t in tensors))
+                    del bucket
+                # Continue goes down right behind the last bucket: the engine answers it
+                # once its GPU has applied the update.
+                for ch in channels:
+                    ch.send(P.PATH_CONTINUE, P.continue_payload(), f"POST {P.PATH_CONTINUE}")
+                continued = True
+            finally:
+                if not continued:
+                    for ch in channels:
+                        ch.send(P.PATH_CONTINUE, P.continue_payload(), f"POST {P.PATH_CONTINUE}")
+                for w in in_flight:
+                    w.wait()
+                del keep
+                if device == "cuda":
+                    torch.cuda.current_stream().synchronize()  # the bytes left this GPU
+            errors = []
+            for ch in channels:
+                try:
+                    answers = ch.finish()
+                except PipelineError as e:
+                    errors.append(str(e))
+                    continue
+                errors += [
+                    f"engine {ch.url}: {a.label}: {a.problem()}" for a in answers if a.problem()
+                ]
+            if errors:
+                raise WeightSyncFailed("; ".join(errors))
+        except PipelineError as e:
+            raise WeightSyncFailed(str(e)) from e
+        finally:
+            for ch in channels:
+                ch.close()
+        self.last_bucket_sizes = sizes
+        return time.perf_counter() - start
 
     def close(self) -> None:
         if self.group is not None:

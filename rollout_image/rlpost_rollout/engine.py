@@ -73,6 +73,7 @@ class Engine:
         self.weight_version = os.environ.get("RLPOST_WEIGHT_VERSION", "0")
         self.released: set[str] = set()
         self.receiver = None
+        self.buckets_since_pause = 0  # /update_weights_from_distributed calls not yet synced
         self.requests_total = 0
         self.started = time.time()
         self.registry = CollectorRegistry()
@@ -398,6 +399,20 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
 
     @app.post("/continue_generation", dependencies=control)
     async def continue_generation(obj: ContinueGenerationReqInput | None = None):
+        if engine.buckets_since_pause:
+            # The buckets' receives and copies were only enqueued on the GPU: wait for them
+            # once here (not per bucket), so this answer means "the update is applied".
+            if torch.cuda.is_available() and next(engine.model.parameters()).is_cuda:
+                await asyncio.to_thread(torch.cuda.synchronize)
+            log.info(
+                "weights updated",
+                extra={
+                    "kind": "distributed",
+                    "buckets": engine.buckets_since_pause,
+                    "weight_version": engine.weight_version,
+                },
+            )
+            engine.buckets_since_pause = 0
         engine.scheduler.resume()
         return {"message": "Generation continued successfully.", "status": "ok"}
 
@@ -439,27 +454,46 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             return JSONResponse({"success": False, "message": str(exc)}, status_code=400)
         return ok(f"left group {obj.group_name}")
 
-    async def apply_update(kind: str, fn, *args, version: str | None, abort: bool):
+    async def apply_update(
+        kind: str, fn, *args, version: str | None, abort: bool, inline: bool = False
+    ):
+        """inline: `fn` only enqueues GPU work (NCCL receive + copies; the host never waits
+        on the wire), so it runs on the event loop when the model lock is free, without a
+        thread hop: the next pipelined bucket's receive is posted sooner."""
         if abort:
             engine.scheduler.abort(True, None)
         started = time.monotonic()
         try:
-            await run_locked(fn, *args)
+            lock = engine.scheduler.model_lock
+            if inline and lock.acquire(blocking=False):
+                try:
+                    fn(*args)
+                finally:
+                    lock.release()
+            else:
+                await run_locked(fn, *args)
         except Exception as exc:
             log.exception("weight update failed", extra={"kind": kind})
             return JSONResponse({"success": False, "message": f"{kind}: {exc}"}, status_code=400)
         engine.m_sync.observe(time.monotonic() - started)
         engine._set_version(version)
-        log.info("weights updated", extra={"kind": kind, "weight_version": version})
+        if kind == "distributed":
+            # One line per update (at continue), not one per bucket: buckets are the hot path.
+            engine.buckets_since_pause += 1
+            log.debug("bucket loaded", extra={"kind": kind, "weight_version": version})
+        else:
+            log.info("weights updated", extra={"kind": kind, "weight_version": version})
         return ok(f"weights updated ({kind}); weight_version={engine.weight_version}")
 
     @app.post("/update_weights_from_distributed", dependencies=control)
     async def update_weights_from_distributed(obj: UpdateWeightsFromDistributedReqInput):
         if not (len(obj.names) == len(obj.dtypes) == len(obj.shapes)):
             raise HTTPException(400, "names, dtypes and shapes must have the same length")
+        receiver = engine._receiver()
+        group = receiver.group
         return await apply_update(
             "distributed",
-            engine._receiver().receive,
+            receiver.receive,
             obj.names,
             obj.dtypes,
             obj.shapes,
@@ -467,6 +501,8 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             obj.load_format,
             version=obj.weight_version,
             abort=obj.abort_all_requests,
+            # NCCL receives do not block the host; gloo's do (they stay off the loop).
+            inline=group is not None and group.backend == "nccl",
         )
 
     @app.post("/update_weights_from_tensor", dependencies=control)
