@@ -6,14 +6,16 @@
 disaggregated (needs 2 GPUs): trainer weights on GPU0, the reference engine on GPU1.
   full  = pause + per-bucket HTTP metadata (/update_weights_from_distributed) + NCCL
           broadcast + engine load + continue (WeightSender.push), then POST /bench/sync on
-          the engine (its GPU finished loading): wall time of all of it.
+          the engine (its GPU finished loading): wall time of all of it. Variants: the
+          pipelined control channel (default; all requests down one connection) and the
+          one-request-at-a-time client, flattened_bucket; pipelined per-tensor.
   raw   = torch.distributed broadcast GPU0 -> GPU1 of the same bytes, in the same bucket
           sizes, from and into preallocated buffers, in the same run (a peer process).
   Both load formats: per-tensor broadcasts (SGLang's default) and "flattened_bucket".
 colocated (1 GPU): trainer and engine on GPU0; /update_weights_from_tensor with CUDA IPC
   handles per bucket (+ pause/continue, + /bench/sync), against a device-to-device copy of
   the same bytes.
-The model: a random-init HF Llama of >= 1B parameters in bf16 (built from config, no
+The models (--models): ~7B and ~1.5B random-init HF Llamas in bf16 (built from config, no
 download); the engine builds the same architecture (its own init) and after the last push
 its per-parameter checksums must equal the trainer's.
 """
@@ -33,16 +35,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 =+"
-# ~1.5B parameters: 24 layers x 62.9M (hidden 2048, GQA 16 heads / 8 KV heads, ffn 8192).
-MODEL = {
-    "hidden_size": 2048,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
+# ~7B parameters (Llama-3-8B body, char vocab): 32 layers x 218M (hidden 4096, GQA 32 heads /
+# 8 KV heads, ffn 14336), 13.96 GB in bf16.
+MODELS = {
+    "7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": False,
+    },
+    # ~1.5B parameters: 24 layers x 62.9M (hidden 2048, GQA 16 / 8 KV heads, ffn 8192).
+    "1.5b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": False,
+    },
 }
+MODEL = MODELS["7b"]
 BUCKETS_MB = [64, 128, 256, 512, 1024]
 
 
@@ -54,7 +70,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_job(directory: Path, dtype: str = "bfloat16") -> Path:
+def write_job(directory: Path, dtype: str = "bfloat16", model: dict | None = None) -> Path:
     import yaml
 
     prompts = directory / "p.jsonl"
@@ -64,7 +80,7 @@ def write_job(directory: Path, dtype: str = "bfloat16") -> Path:
         "kind": "RLPostTrainJob",
         "metadata": {"name": "bench"},
         "spec": {
-            "model": {"config": MODEL, "tokenizer": f"char:{ALPHABET}", "dtype": dtype},
+            "model": {"config": model or MODEL, "tokenizer": f"char:{ALPHABET}", "dtype": dtype},
             "rollout": {"engine": "reference", "gpusPerEngine": 1},
             "trainer": {"gpusPerPod": 1},
             "data": {"prompts": str(prompts)},
@@ -137,18 +153,24 @@ class EngineProc:
                 self.proc.kill()
 
 
-def build_source():
-    """The trainer's weights: the engine's architecture in bf16, random init on the GPU."""
+def build_source(model: dict | None = None):
+    """The trainer's weights: the engine's architecture in bf16, random init on the GPU
+    (built in bf16 directly: no fp32 copy, seconds for 7B)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlpost.models import TINY_DEFAULTS
 
-    cfg = LlamaConfig(**{**TINY_DEFAULTS, **MODEL, "vocab_size": len(ALPHABET) + 3})
+    cfg = LlamaConfig(**{**TINY_DEFAULTS, **(model or MODEL), "vocab_size": len(ALPHABET) + 3})
     torch.manual_seed(1234)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    return [(n, p.detach()) for n, p in model.named_parameters()]
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            m = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    finally:
+        torch.set_default_dtype(prev)
+    return [(n, p.detach()) for n, p in m.named_parameters()]
 
 
 def own_checksums(named) -> dict[str, float]:
@@ -156,6 +178,13 @@ def own_checksums(named) -> dict[str, float]:
 
     with torch.no_grad():
         return {n: float(t.double().sum()) for n, t in named}
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def median(xs: list[float]) -> float:
@@ -166,7 +195,7 @@ def median(xs: list[float]) -> float:
 
 
 def raw_peer(port: int, plan: str) -> None:
-    """GPU1 side of the raw baseline: receive `reps` rounds of buffers of the given sizes."""
+    """GPU1 side of the raw baseline: receive warmup + reps rounds of the given sizes."""
     import torch
 
     from rlpost.weightsync.group import create_sync_group
@@ -175,12 +204,13 @@ def raw_peer(port: int, plan: str) -> None:
     group = create_sync_group("127.0.0.1", port, 1, 2, "raw", "nccl")
     for sizes in spec["rounds"]:
         bufs = [torch.empty(n, dtype=torch.uint8, device="cuda") for n in sizes]
-        for _ in range(spec["reps"] + 1):
+        for _ in range(spec["reps"] + spec["warmup"]):
             group.barrier()
             for b in bufs:
                 group.broadcast(b, 0)
             torch.cuda.synchronize()
             group.barrier()
+        del bufs
     group.destroy()
 
 
@@ -190,14 +220,14 @@ def bucket_sizes(named, bucket_mb: float) -> list[int]:
     return [sum(P.tensor_nbytes(t) for _, t in b) for b in P.buckets(named, bucket_mb)]
 
 
-def measure_raw(named, reps: int, log_dir: Path) -> dict[int, dict]:
+def measure_raw(named, reps: int, warmup: int, log_dir: Path, save) -> dict[int, dict]:
     import torch
 
     from rlpost.weightsync.group import create_sync_group
 
     rounds = [bucket_sizes(named, mb) for mb in BUCKETS_MB]
     port = free_port()
-    plan = json.dumps({"rounds": rounds, "reps": reps})
+    plan = json.dumps({"rounds": rounds, "reps": reps, "warmup": warmup})
     peer = subprocess.Popen(
         [sys.executable, __file__, "--raw-peer", str(port), plan],
         env=child_env("1"),
@@ -205,11 +235,11 @@ def measure_raw(named, reps: int, log_dir: Path) -> dict[int, dict]:
         stderr=subprocess.STDOUT,
     )
     group = create_sync_group("127.0.0.1", port, 0, 2, "raw", "nccl")
-    out = {}
+    out: dict = {}
     for mb, sizes in zip(BUCKETS_MB, rounds, strict=True):
         bufs = [torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda") for n in sizes]
         times = []
-        for rep in range(reps + 1):
+        for rep in range(reps + warmup):
             group.barrier()
             torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -218,7 +248,7 @@ def measure_raw(named, reps: int, log_dir: Path) -> dict[int, dict]:
             torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             group.barrier()
-            if rep:  # the first round is warm-up
+            if rep >= warmup:
                 times.append(dt)
         total = sum(sizes)
         out[mb] = {
@@ -228,33 +258,47 @@ def measure_raw(named, reps: int, log_dir: Path) -> dict[int, dict]:
             "seconds_all": times,
             "GBps": total / median(times) / 1e9,
         }
-        print(f"raw broadcast  bucket {mb:5d} MB: {out[mb]['GBps']:7.1f} GB/s", flush=True)
+        print(
+            f"raw broadcast  bucket {mb:>5} MB: {out[mb]['GBps']:7.1f} GB/s "
+            f"({median(times) * 1e3:.2f} ms)",
+            flush=True,
+        )
+        save()
         del bufs
     group.destroy()
     peer.wait(timeout=120)
+    torch.cuda.empty_cache()
     return out
 
 
 # ---------------------------------------------------------------------- full sync
 
+# (name, pipelined, load_format): the pipelined channel (default) and the one-request-at-a-
+# time client it replaces, with SGLang's flattened_bucket format; pipelined per-tensor too.
+VARIANTS = [
+    ("pipelined_flat", True, "flattened_bucket"),
+    ("sequential_flat", False, "flattened_bucket"),
+    ("pipelined_per_tensor", True, None),
+]
 
-def measure_full(named, engine: EngineProc, reps: int) -> dict:
+
+def measure_full(named, engine: EngineProc, reps: int, warmup: int, results: dict, save) -> dict:
     import torch
 
     from rlpost.weightsync import payloads as P
     from rlpost.weightsync.sender import WeightSender
 
     total = sum(P.tensor_nbytes(t) for _, t in named)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"  # gloo: CPU smoke test only
     sender = WeightSender(
-        [engine.url], token=TOKEN, backend="nccl", bucket_mb=512, master_address="127.0.0.1"
+        [engine.url], token=TOKEN, backend=backend, bucket_mb=512, master_address="127.0.0.1"
     )
     sender.connect()
-    results: dict = {"per_tensor": {}, "flattened_bucket": {}}
     version = 0
     try:
         # Fixed HTTP costs of one update, alone: pause + continue, and the /bench/sync probe.
         fixed, probe = [], []
-        for _ in range(20):
+        for _ in range(5):
             t0 = time.perf_counter()
             sender._wait(sender._post_all(P.PATH_PAUSE, [P.pause_payload()]))
             sender._wait(sender._post_all(P.PATH_CONTINUE, [P.continue_payload()]))
@@ -262,25 +306,27 @@ def measure_full(named, engine: EngineProc, reps: int) -> dict:
             engine.post("/bench/sync")
             fixed.append(t1 - t0)
             probe.append(time.perf_counter() - t1)
-        results["pause_continue_s_median"] = median(fixed)
+        results["pause_continue_sequential_s_median"] = median(fixed)
         results["sync_probe_s_median"] = median(probe)
-        for fmt in ("flattened_bucket", "per_tensor"):
-            sender.load_format = None if fmt == "per_tensor" else fmt
+        for name, pipelined, fmt in VARIANTS:
+            sender.pipelined = pipelined
+            sender.load_format = fmt
+            results.setdefault(name, {})
             for mb in BUCKETS_MB:
                 sender.bucket_mb = mb
                 walls, pushes = [], []
-                for rep in range(reps + 1):
+                for rep in range(reps + warmup):
                     version += 1
-                    torch.cuda.synchronize()
+                    sync()
                     t0 = time.perf_counter()
                     pushed = sender.push(named, version)
-                    torch.cuda.synchronize()
+                    sync()
                     engine.post("/bench/sync")
                     wall = time.perf_counter() - t0
-                    if rep:
+                    if rep >= warmup:
                         walls.append(wall)
                         pushes.append(pushed)
-                results[fmt][mb] = {
+                results[name][mb] = {
                     "bytes": total,
                     "buckets": len(sender.last_bucket_sizes),
                     "seconds_median": median(walls),
@@ -289,10 +335,11 @@ def measure_full(named, engine: EngineProc, reps: int) -> dict:
                     "GBps": total / median(walls) / 1e9,
                 }
                 print(
-                    f"full sync {fmt:16s} bucket {mb:5d} MB: {results[fmt][mb]['GBps']:7.1f} GB/s"
-                    f"  ({median(walls) * 1e3:.2f} ms)",
+                    f"full sync {name:21s} bucket {mb:>5} MB: "
+                    f"{results[name][mb]['GBps']:7.1f} GB/s  ({median(walls) * 1e3:.2f} ms)",
                     flush=True,
                 )
+                save()
         want = own_checksums(named)
         got = engine.checksums()
         bad = [n for n in want if abs(want[n] - got[n]) > 1e-6 * max(1.0, abs(want[n]))]
@@ -302,32 +349,57 @@ def measure_full(named, engine: EngineProc, reps: int) -> dict:
             engine.url + "/get_weight_version"
         ).json()["weight_version"]
         results["last_version_pushed"] = version
+        print(f"engine checksums match the trainer's: {not bad}", flush=True)
+        save()
     finally:
         sender.close()
     return results
 
 
-def disaggregated(reps: int, work: Path) -> dict:
+def disaggregated(model_name: str, reps: int, warmup: int, work: Path, out: dict, save) -> dict:
     import torch
 
-    named = build_source()
+    model = MODELS[model_name]
+    t0 = time.perf_counter()
+    named = build_source(model)
     nparams = sum(t.numel() for _, t in named)
     total = sum(t.numel() * t.element_size() for _, t in named)
-    print(f"model: {nparams / 1e9:.3f}B parameters, {total / 1e9:.3f} GB in bf16", flush=True)
-    raw = measure_raw(named, reps, work)
-    job = write_job(work)
-    engine = EngineProc(job, "1", work / "engine_disagg.log")
+    print(
+        f"model {model_name}: {nparams / 1e9:.3f}B parameters, {total / 1e9:.3f} GB in bf16 "
+        f"(built in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+    out.update(
+        {
+            "model": model_name,
+            "config": model,
+            "params": nparams,
+            "bytes": total,
+            "dtype": "bfloat16",
+            "gpus": [torch.cuda.get_device_name(0)],
+            "reps": reps,
+            "warmup": warmup,
+            "timing": "wall of WeightSender.push + trainer cuda sync + POST /bench/sync "
+            "(engine cuda sync); medians",
+        }
+    )
+    out["raw"] = measure_raw(named, reps, warmup, work, save)
+    job = write_job(work, model=model)
+    t0 = time.perf_counter()
+    engine = EngineProc(job, "1", work / f"engine_disagg_{model_name}.log")
+    print(f"engine up in {time.perf_counter() - t0:.1f} s", flush=True)
+    out["full"] = {}
     try:
-        full = measure_full(named, engine, reps)
+        measure_full(named, engine, reps, warmup, out["full"], save)
     finally:
         engine.stop()
     table = []
-    for fmt in ("flattened_bucket", "per_tensor"):
+    for name, _, _ in VARIANTS:
         for mb in BUCKETS_MB:
-            f, r = full[fmt][mb], raw[mb]
+            f, r = out["full"][name][mb], out["raw"][mb]
             table.append(
                 {
-                    "load_format": fmt,
+                    "variant": name,
                     "bucket_mb": mb,
                     "buckets": f["buckets"],
                     "full_GBps": f["GBps"],
@@ -337,22 +409,18 @@ def disaggregated(reps: int, work: Path) -> dict:
                     "raw_ms": r["seconds_median"] * 1e3,
                 }
             )
+    out["table"] = table
     for row in table:
         print(
-            f"{row['load_format']:16s} {row['bucket_mb']:5d} MB  full {row['full_GBps']:6.1f} "
-            f"GB/s  raw {row['raw_GBps']:6.1f} GB/s  full/raw {row['full_over_raw']:.3f}",
+            f"{model_name} {row['variant']:21s} {row['bucket_mb']:>5} MB  full "
+            f"{row['full_GBps']:6.1f} GB/s  raw {row['raw_GBps']:6.1f} GB/s  "
+            f"full/raw {row['full_over_raw']:.3f}",
             flush=True,
         )
-    return {
-        "params": nparams,
-        "bytes": total,
-        "dtype": "bfloat16",
-        "gpus": [torch.cuda.get_device_name(0)],
-        "reps": reps,
-        "raw": raw,
-        "full": full,
-        "table": table,
-    }
+    save()
+    del named
+    torch.cuda.empty_cache()
+    return out
 
 
 # ---------------------------------------------------------------------- colocated
@@ -417,7 +485,7 @@ def colocated(reps: int, work: Path) -> dict:
                 }
             )
             print(
-                f"colocated IPC bucket {mb:5d} MB: full {full_gbps:7.1f} GB/s "
+                f"colocated IPC bucket {mb:>5} MB: full {full_gbps:7.1f} GB/s "
                 f"({median(walls) * 1e3:.2f} ms)  raw d2d copy {raw_gbps:7.1f} GB/s "
                 f"(bytes moved once; read+write is 2x)",
                 flush=True,
@@ -439,7 +507,9 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["all", "disaggregated", "colocated"], default="all")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--models", default="7b,1.5b", help="comma list of " + ",".join(MODELS))
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu_weight_sync.json"))
     args = parser.parse_args()
     for k, v in (
@@ -450,7 +520,17 @@ def main() -> None:
         os.environ.setdefault(k, v)
     import torch
 
-    result: dict = {"torch": torch.__version__, "host_gpus": torch.cuda.device_count()}
+    result: dict = {
+        "torch": torch.__version__,
+        "host_gpus": torch.cuda.device_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every measurement: a timeout still leaves the results
+        out_path.write_text(json.dumps(result, indent=1))
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(os.environ.get("BENCH_LOG_DIR", tmp))
         work.mkdir(parents=True, exist_ok=True)
@@ -460,13 +540,16 @@ def main() -> None:
             else:
                 # This process (the trainer) uses GPU0; the engine and raw peer GPU1.
                 torch.cuda.set_device(0)
-                result["disaggregated"] = disaggregated(args.reps, work)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=1))  # kept if colocated fails
+                result["disaggregated"] = {}
+                for name in args.models.split(","):
+                    result["disaggregated"][name] = {}
+                    disaggregated(
+                        name, args.reps, args.warmup, work, result["disaggregated"][name], save
+                    )
+            save()
         if args.mode in ("all", "colocated"):
             result["colocated"] = colocated(args.reps, work)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    save()
     print(f"wrote {args.out}")
 
 
