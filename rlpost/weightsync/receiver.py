@@ -40,6 +40,7 @@ class WeightReceiver:
             {n: b for n, b in model.named_buffers() if n not in self._nonpersistent(model)}
         )
         self._lock = threading.Lock()  # one update at a time touches the weights
+        self._side_stream = None  # CUDA stream the receives are issued from (see _recv)
 
     @staticmethod
     def _nonpersistent(model: torch.nn.Module) -> set[str]:
@@ -85,6 +86,29 @@ class WeightReceiver:
         self.group = None
 
     # ------------------------------------------------------------------ updates
+
+    def _recv(self, nbytes_or_shape, dtype: torch.dtype, device: str) -> torch.Tensor:
+        """A new buffer, filled by the next broadcast from rank 0.
+
+        On CUDA the buffer is allocated and the receive issued from a side stream, so the
+        NCCL stream does not wait for the copies of the previous bucket (queued on the
+        current stream): with pipelined requests the receives run back to back on the wire
+        while the loads overlap them. The current stream then waits for the receive (no host
+        block) and the buffer is recorded on it for the allocator.
+        """
+        assert self.group is not None
+        if device != "cuda":
+            buf = torch.empty(nbytes_or_shape, dtype=dtype, device=device)
+            self.group.broadcast(buf, src=0)
+            return buf
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream()
+        with torch.cuda.stream(self._side_stream):
+            buf = torch.empty(nbytes_or_shape, dtype=dtype, device=device)
+            work = self.group.broadcast_async(buf, src=0)
+        work.wait()  # the current stream waits for the bytes
+        buf.record_stream(torch.cuda.current_stream())
+        return buf
 
     def problems(
         self, names: Sequence[str], shapes: Sequence[Sequence[int]] | None = None
@@ -137,9 +161,7 @@ class WeightReceiver:
             # broadcasting, and skipping a tensor would desynchronise the group).
             staged = []
             for shape, dtype in zip(shapes, wire_dtypes, strict=True):
-                buf = torch.empty(tuple(shape), dtype=dtype, device=device)
-                self.group.broadcast(buf, src=0)
-                staged.append(buf)
+                staged.append(self._recv(tuple(shape), dtype, device))
             errors = self.problems(names, shapes)
             if errors:
                 raise WeightSyncError("weight update refused: " + "; ".join(errors))
@@ -155,12 +177,8 @@ class WeightReceiver:
         assert self.group is not None
         with self._lock:
             # One broadcast of the whole bucket (drained also when invalid, see receive).
-            flat = torch.empty(
-                sum(nbytes(s, d) for s, d in zip(shapes, dtypes, strict=True)),
-                dtype=torch.uint8,
-                device=device,
-            )
-            self.group.broadcast(flat, src=0)
+            size = sum(nbytes(s, d) for s, d in zip(shapes, dtypes, strict=True))
+            flat = self._recv((size,), torch.uint8, device)
             errors = self.problems(names, shapes)
             if errors:
                 raise WeightSyncError("weight update refused: " + "; ".join(errors))
