@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         # handlers need neither progress annotations nor finalizers.
         settings.posting.enabled = False
         settings.peering.standalone = True
+        # With explicit namespaces there is nothing to discover: a tenant's operator may not
+        # list cluster namespaces (least privilege), and kopf's scan would retry on 403s.
+        settings.scanning.disabled = not args.all_namespaces
         settings.watching.server_timeout = 600
         settings.watching.client_timeout = 660
         asyncio.get_running_loop().create_task(ctl.run())
