@@ -274,7 +274,11 @@ def run_once(cluster: LocalCluster, n: int, timeout: float) -> dict:
     finally:
         rec.stop.set()
         proc.terminate()
-        proc.wait(15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         cluster.kubectl("delete", "clusterqueue", ns, "--wait=false", check=False)
 

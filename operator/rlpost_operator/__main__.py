@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         settings.scanning.disabled = not args.all_namespaces
         settings.watching.server_timeout = 600
         settings.watching.client_timeout = 660
-        asyncio.get_running_loop().create_task(ctl.run())
+        ctl.tasks.append(asyncio.get_running_loop().create_task(ctl.run()))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_):
+        ctl.shutdown()
 
     metrics.serve(args.metrics_port, ctl.cache.phases)
     log.info(

@@ -188,6 +188,7 @@ class Controller:
         self.dirty: set[Key] = set()
         self.failures: dict[Key, int] = defaultdict(int)
         self.ready = False
+        self.tasks: list[asyncio.Task] = []
         self._lookups: dict[tuple[str, str, str], tuple[float, dict | None]] = {}
         self._flavors_listed = 0.0
         self.reconciles = 0
@@ -222,6 +223,12 @@ class Controller:
             if key not in self.cache.jobs and objs:
                 self.enqueue(key)
         await asyncio.gather(*(self._worker() for _ in range(self.workers)))
+
+    def shutdown(self) -> None:
+        """On SIGTERM: stop taking work; in-flight requests finish on their threads."""
+        for task in self.tasks:
+            task.cancel()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _expire_unconfirmed(self) -> None:
         """By now every watch has delivered its own listing: what only the startup LIST saw
