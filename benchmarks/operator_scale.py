@@ -270,6 +270,7 @@ def run_once(cluster: LocalCluster, n: int, timeout: float) -> dict:
             "api_reads_total": reads,
             "operator_peak_rss_mib": round(rss, 1),
             "mean_create_to_workload_s": statistics.fmean(c2w) if c2w else None,
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         }
     finally:
         rec.stop.set()
