@@ -239,3 +239,8 @@ def test_9_idle_minute_zero_writes(cluster, op, namespace):
     changed = {k for k in after if before.get(k) != after[k]}
     assert not changed, changed
     assert "rlpost_reconcile_duration_seconds_count" in op.metrics_text()
+    # kopf keeps no state on the objects (no progress/diff-base annotations, no finalizers)
+    for name in ("idle", "waiting"):
+        meta = get(cluster, "rljob", name, ns)["metadata"]
+        assert not meta.get("finalizers"), meta
+        assert not [a for a in meta.get("annotations", {}) if "kopf" in a], meta
