@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -370,13 +371,28 @@ class Controller:
                 self.cache.put(a.kind, out)
 
     async def write_status(self, key: Key, job: dict[str, Any], plan: protocol.Plan) -> None:
+        # Events first, named after the job version the transition was decided on: a crash
+        # between the Event and the status write makes the restarted operator decide the
+        # same transition on the same version and post the same name (409: one Event);
+        # after the status write there is no transition left to post. None is lost.
+        current = self.cache.jobs.get(key, job)
+        for etype, reason, message in plan.events:
+            digest = hashlib.sha256(
+                f"{job['metadata'].get('uid')}/{current['metadata']['resourceVersion']}/"
+                f"{reason}".encode()
+            ).hexdigest()[:16]
+            try:
+                await self.call(
+                    self.kube.event, current, etype, reason, message, f"{key[1]}.{digest}"
+                )
+            except ApiError as exc:
+                log.warning("event not recorded", extra={"error": str(exc)[:200]})
         old = job.get("status") or {}
         body = dict(plan.status)
         for k in old:
             if k not in body:
                 body[k] = None
         # Our own writes earlier in this pass (the queue label) moved the version on.
-        current = self.cache.jobs.get(key, job)
         patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}}
         patch["status"] = body
         out = await self.call(self.kube.merge_patch, api.KIND, key[0], key[1], patch, True)
@@ -388,11 +404,6 @@ class Controller:
             metrics.RESTARTS.inc()
         if plan.admission_wait is not None and plan.status.get("phase") in ("Admitted", "Running"):
             metrics.ADMISSION_WAIT.observe(max(plan.admission_wait, 0.0))
-        for etype, reason, message in plan.events:
-            try:
-                await self.call(self.kube.event, out or job, etype, reason, message)
-            except ApiError as exc:
-                log.warning("event not recorded", extra={"error": str(exc)[:200]})
 
 
 # ---------------------------------------------------------------------------- kopf wiring

@@ -200,14 +200,23 @@ class Kube:
             content_type="application/merge-patch+json",
         )
 
-    def event(self, involved: dict[str, Any], etype: str, reason: str, message: str) -> None:
+    def event(
+        self,
+        involved: dict[str, Any],
+        etype: str,
+        reason: str,
+        message: str,
+        name: str | None = None,
+    ) -> None:
+        """Record an Event. A given `name` makes it idempotent: posting it twice (a retry,
+        or a restarted operator redoing a transition) leaves one Event."""
         meta = involved["metadata"]
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         body = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                "name": name or f"{meta['name']}.{uuid.uuid4().hex[:12]}",
                 "namespace": meta["namespace"],
             },
             "involvedObject": {
@@ -228,7 +237,11 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self.request("create", "POST", KINDS["Event"].path(meta["namespace"]), body=body)
+        try:
+            self.request("create", "POST", KINDS["Event"].path(meta["namespace"]), body=body)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
 
 
 def _cluster_path(k: Kind) -> str:
