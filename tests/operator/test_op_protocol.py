@@ -202,6 +202,10 @@ def test_trainer_failure_restarts_then_fails_past_max_restarts():
     plan, j, children = settle(j, wl, children, [])
     (drop,) = [a for a in plan.actions if a.verb == "patch"]
     assert drop.body["metadata"]["finalizers"] == []
+    # done and released: another pass over the same world writes nothing
+    wl["metadata"]["finalizers"] = []
+    plan, j2, _ = settle(j, wl, children, [])
+    assert plan.actions == [] and not plan.status_changed and plan.events == []
 
 
 def test_done_succeeds_and_ttl_removes_children():
