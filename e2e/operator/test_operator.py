@@ -122,6 +122,12 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     assert token not in op.log.read_text()
     role = get(cluster, "role", "dis-rlpost", ns)
     assert any(r.get("resourceNames") == ["dis-progress"] for r in role["rules"])
+    # job traffic: ingress to the job's pods only from the job's own pods
+    policy = get(cluster, "networkpolicy", "dis-intra-job", ns)
+    own = {"app.kubernetes.io/name": "rlpost", "app.kubernetes.io/instance": "dis"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == own
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": own}}]}]
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "RLPostTrainJob"
     events = cluster.kubectl(
         "get", "events", "-n", ns, "--field-selector", "involvedObject.name=dis", "-o", "json"
     ).stdout

@@ -210,7 +210,7 @@ def test_8_kill_9_at_several_points_no_duplicates_no_orphans(cluster, op, namesp
 def _versions(cluster, ns):
     kinds = (
         "rlposttrainjobs,workloads,statefulsets,deployments,pods,services,configmaps,"
-        "secrets,serviceaccounts,roles,rolebindings,events"
+        "secrets,serviceaccounts,roles,rolebindings,networkpolicies,events"
     )
     out = json.loads(cluster.kubectl("get", kinds, "-n", ns, "-o", "json").stdout)["items"]
     return {(o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"] for o in out}

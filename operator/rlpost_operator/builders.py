@@ -583,6 +583,25 @@ def build_services(ref: JobRef, spec: api.RLPostTrainJobSpec) -> list[dict[str, 
     return out
 
 
+def build_network_policy(ref: JobRef) -> dict[str, Any]:
+    """Ingress to the job's pods only from the job's own pods (buffer, router, engines,
+    trainer ranks): another job's pods cannot reach its buffer or engine control ports.
+    The chart's namespace policy adds the operator and Prometheus (policies are a union)."""
+    sel = {NAME_LABEL: APP, INSTANCE_LABEL: ref.name}
+    return with_hash(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(ref, f"{ref.name}-intra-job"),
+            "spec": {
+                "podSelector": {"matchLabels": sel},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": sel}}]}],
+            },
+        }
+    )
+
+
 def build_static_children(
     ref: JobRef, spec: api.RLPostTrainJobSpec, job_wire: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -591,6 +610,7 @@ def build_static_children(
         build_service_account(ref),
         build_role(ref),
         build_role_binding(ref),
+        build_network_policy(ref),
         *build_services(ref, spec),
     ]
 

@@ -42,6 +42,7 @@ CHILD_KINDS = {
     "Deployment": ("apps", "v1", "deployments"),
     "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 
 Key = tuple[str, str]  # (namespace, job name)

@@ -51,6 +51,7 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apps/v1", "deployments"),
     "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "Workload": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "workloads"),
     "LocalQueue": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "localqueues"),
     "ResourceFlavor": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "resourceflavors", False),

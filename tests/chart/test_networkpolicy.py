@@ -96,17 +96,18 @@ BUFFER, ROUTER, ENGINE = 8000, 30000, 30000  # operator/rlpost_operator/constant
 
 @pytest.fixture(scope="module")
 def namespace_mode():
-    return [d for d in by_kind(render(), "NetworkPolicy")]
+    return [
+        d
+        for d in by_kind(
+            render(values={"networkPolicy": {"enabled": True, "mode": "namespace"}}),
+            "NetworkPolicy",
+        )
+    ]
 
 
 @pytest.fixture(scope="module")
 def job_mode():
-    return [
-        d
-        for d in by_kind(
-            render(values={"networkPolicy": {"enabled": True, "mode": "job"}}), "NetworkPolicy"
-        )
-    ]
+    return [d for d in by_kind(render(), "NetworkPolicy")]  # the chart's default
 
 
 def test_other_tenants_and_foreign_pods_cannot_reach_job_ports(namespace_mode):
@@ -146,18 +147,10 @@ def test_namespace_mode_does_not_isolate_jobs_of_one_namespace(namespace_mode):
 
 
 def per_job_policy(namespace: str, job: str) -> dict:
-    """The per-job NetworkPolicy proposed for the operator (charts/rlpost/README.md)."""
-    sel = {"app.kubernetes.io/name": "rlpost", "app.kubernetes.io/instance": job}
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": f"{job}-intra-job", "namespace": namespace},
-        "spec": {
-            "podSelector": {"matchLabels": sel},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"podSelector": {"matchLabels": sel}}]}],
-        },
-    }
+    """The per-job NetworkPolicy the operator creates with every job."""
+    from rlpost_operator.builders import JobRef, build_network_policy
+
+    return build_network_policy(JobRef(name=job, namespace=namespace, uid="u-" + job))
 
 
 def test_job_mode_with_per_job_policies_isolates_jobs(job_mode):
