@@ -324,6 +324,9 @@ class LocalCluster:
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--cidr=10.244.0.0/16",
                 "--node-ip=127.0.0.1",
+                # kwok renews a Lease per node (as a kubelet would); without it the node
+                # lifecycle controller marks the nodes, and so every pod, NotReady.
+                "--node-lease-duration-seconds=40",
                 f"--server-address=127.0.0.1:{free_port()}",
                 f"--tls-cert-file={c['cert']}",
                 f"--tls-private-key-file={c['key']}",

@@ -257,3 +257,19 @@ def test_second_cluster_side_by_side_and_down_ends_exactly_its_processes(cluster
     # the session's cluster is untouched
     assert all(_alive(p) for p in cluster.pids.values())
     assert cluster.kubectl("get", "nodes").returncode == 0
+
+
+def test_kwok_renews_node_leases_so_nodes_stay_ready(cluster):
+    """Without renewed Leases the node lifecycle controller marks nodes (and every pod on
+    them) NotReady about 40 s in; kwok stands in for the kubelet's heartbeat."""
+    import time
+
+    def renew_times():
+        leases = cluster.get_json("leases", "-n", "kube-node-lease")["items"]
+        return {x["metadata"]["name"]: x["spec"].get("renewTime") for x in leases}
+
+    first = cluster.wait_for("4 node leases", lambda: len(renew_times()) == 4 and renew_times())
+    assert set(first) == {"gpu-a-0", "gpu-a-1", "gpu-b-0", "gpu-b-1"}
+    time.sleep(12)  # kwok renews every leaseDuration/4 = 10 s
+    later = renew_times()
+    assert all(later[n] != first[n] for n in first), (first, later)

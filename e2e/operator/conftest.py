@@ -9,12 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,35 +23,6 @@ from e2e.cluster.localcluster import free_port
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "rlposttrainjobs.rlpost.dev.yaml"
 GPU = "nvidia.com/gpu"
-NODES = ["gpu-a-0", "gpu-a-1", "gpu-b-0", "gpu-b-1"]
-
-
-def _renew_leases(cluster, stop: threading.Event) -> None:
-    """Node leases for the kwok nodes. kwok runs without --node-lease-duration-seconds, so
-    nothing renews them and the node lifecycle controller marks every pod NotReady about a
-    minute in (no kubelet ever sets them Ready again). A kubelet renews its lease every
-    10 s; this does the same for the fake nodes while the suite runs."""
-    while not stop.is_set():
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        docs = []
-        for node in NODES:
-            docs.append(
-                {
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {"name": node, "namespace": "kube-node-lease"},
-                    "spec": {
-                        "holderIdentity": node,
-                        "leaseDurationSeconds": 40,
-                        "renewTime": now,
-                    },
-                }
-            )
-        try:
-            cluster.apply(docs)
-        except Exception as exc:  # keep renewing; report
-            print(f"lease renewal failed: {exc}", file=sys.stderr)
-        stop.wait(10)
 
 
 @dataclass
@@ -80,9 +49,6 @@ def op_suite(cluster):
         ),
         timeout=30,
     )
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew_leases, args=(cluster, stop), daemon=True)
-    renewer.start()
     s = Suite(
         sfx,
         f"op-gpu-a-{sfx}",
@@ -111,7 +77,6 @@ def op_suite(cluster):
     ]
     cluster.apply(docs)
     yield s
-    stop.set()
     for d in docs:
         cluster.kubectl(
             "delete", d["kind"].lower(), d["metadata"]["name"], "--wait=false", check=False
