@@ -3,6 +3,10 @@
     POST /bench/sync      torch.cuda.synchronize(): answers once every queued GPU op (the
                           weight loads included) has finished; timing ends after it.
     GET  /bench/checksum  per-parameter float64 sums, to check the pushed bytes landed.
+    GET  /bench/stats     how many flattened buckets went straight into the weights.
+
+--staged: give every parameter its own storage again (the engine packs them), so each
+bucket is received into a staging buffer and copied: the cost the packing removes.
 
 Everything else is the engine's own app: the same endpoints the trainer drives.
 """
@@ -49,11 +53,15 @@ def checksums(model: torch.nn.Module) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--staged", action="store_true")
     args = parser.parse_args()
     job = config.load_job(None)
     engine_module.build_model = fast_build_model
     engine = Engine(job)
-    engine.remember_shapes()
+    if args.staged:
+        with torch.no_grad():
+            for p in engine.model.parameters():
+                p.data = p.data.clone()
     app = create_app(engine, config.token())
 
     @app.post("/bench/sync")
@@ -65,6 +73,11 @@ def main() -> None:
     @app.get("/bench/checksum")
     async def bench_checksum():
         return await asyncio.to_thread(checksums, engine.model)
+
+    @app.get("/bench/stats")
+    async def bench_stats():
+        receiver = engine.receiver
+        return {"direct_buckets": receiver.direct_buckets if receiver else 0}
 
     print(f"engine device {next(engine.model.parameters()).device}", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -4,10 +4,11 @@
 
 Runs examples/copy-first-letter.yaml through the real CLI (`python -m rlpost.cli run`)
 twice, synchronous (maxStaleness 0) and asynchronous (maxStaleness 1), with overrides:
-trainer.backend megatron on 1 GPU, one reference engine with gpusPerEngine 1. `rlpost run`
-gives every role the same GPUs, so trainer and engine share GPU0 and the weight sync uses
-gloo (NCCL refuses two ranks on one GPU). Reports the reward curve's start and end, the
-step time split (generate = waiting for the buffer's batch, train, sync) and steps/s.
+trainer.backend megatron on 1 GPU, one reference engine with gpusPerEngine 1, weight sync
+`auto`. On 2 GPUs `rlpost run` puts the trainer on GPU0 and the engine on GPU1 and syncs
+over NCCL; on 1 GPU they share it and sync over gloo (rlpost.local.gpus). Reports the
+placement, the reward curve's start and end, the step time split (generate = waiting for
+the buffer's batch, train, sync) and steps/s.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def spec_file(work: Path) -> Path:
     spec["data"]["prompts"] = str(ROOT / "examples/copy-first-letter.jsonl")
     spec["trainer"].update(backend="megatron", gpusPerPod=1)
     spec["rollout"].update(engines=1, gpusPerEngine=1)
-    spec["weightSync"]["transport"] = "gloo"
+    spec["weightSync"]["transport"] = "auto"
     path = work / "copy-first-letter-gpu.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path
@@ -69,13 +70,14 @@ def run(config: Path, steps: int, staleness: int, run_dir: Path, timeout: float)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     wall = time.monotonic() - t0
     steps_file = run_dir / "steps.jsonl"
+    placement = [x for x in proc.stdout.splitlines() if x.startswith("placement:")]
     rows = (
         [json.loads(x) for x in steps_file.read_text().splitlines()] if steps_file.exists() else []
     )
     if proc.returncode != 0 or not rows:
         logs = {p.name: p.read_text()[-2000:] for p in (run_dir / "logs").glob("*.log")}
         return {"failed": proc.returncode, "stderr": proc.stderr[-3000:], "logs": logs}
-    return summarize(rows, wall)
+    return {"placement": placement[0] if placement else None, **summarize(rows, wall)}
 
 
 def main() -> None:

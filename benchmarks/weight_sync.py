@@ -59,7 +59,7 @@ MODELS = {
     },
 }
 MODEL = MODELS["7b"]
-BUCKETS_MB = [64, 128, 256, 512, 1024, 2048]
+BUCKETS_MB = [256, 512, 1024, 2048]  # --buckets
 
 
 def free_port() -> int:
@@ -107,14 +107,15 @@ def child_env(gpu: str, **extra: str) -> dict[str, str]:
 
 
 class EngineProc:
-    def __init__(self, job: Path, gpu: str, log: Path):
+    def __init__(self, job: Path, gpu: str, log: Path, staged: bool = False):
         import httpx
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        argv = [sys.executable, str(ROOT / "benchmarks/gpu_engine.py"), "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "gpu_engine.py"), "--port", str(self.port)],
+            argv + (["--staged"] if staged else []),
             env=child_env(gpu, RLPOST_CONFIG=str(job), RLPOST_TOKEN=TOKEN),
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
@@ -137,6 +138,9 @@ class EngineProc:
         r = self.http.post(self.url + path, json=body or {})
         r.raise_for_status()
         return r.json()
+
+    def direct_buckets(self) -> int:
+        return self.http.get(self.url + "/bench/stats").json()["direct_buckets"]
 
     def checksums(self) -> dict[str, float]:
         r = self.http.get(self.url + "/bench/checksum")
@@ -220,12 +224,14 @@ def bucket_sizes(named, bucket_mb: float) -> list[int]:
     return [sum(P.tensor_nbytes(t) for _, t in b) for b in P.buckets(named, bucket_mb)]
 
 
-def measure_raw(named, reps: int, warmup: int, log_dir: Path, save) -> dict[int, dict]:
+def measure_raw(
+    named, buckets_mb: list[int], reps: int, warmup: int, log_dir: Path, save
+) -> dict[int, dict]:
     import torch
 
     from rlpost.weightsync.group import create_sync_group
 
-    rounds = [bucket_sizes(named, mb) for mb in BUCKETS_MB]
+    rounds = [bucket_sizes(named, mb) for mb in buckets_mb]
     port = free_port()
     plan = json.dumps({"rounds": rounds, "reps": reps, "warmup": warmup})
     peer = subprocess.Popen(
@@ -236,7 +242,7 @@ def measure_raw(named, reps: int, warmup: int, log_dir: Path, save) -> dict[int,
     )
     group = create_sync_group("127.0.0.1", port, 0, 2, "raw", "nccl")
     out: dict = {}
-    for mb, sizes in zip(BUCKETS_MB, rounds, strict=True):
+    for mb, sizes in zip(buckets_mb, rounds, strict=True):
         bufs = [torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda") for n in sizes]
         times = []
         for rep in range(reps + warmup):
@@ -273,16 +279,23 @@ def measure_raw(named, reps: int, warmup: int, log_dir: Path, save) -> dict[int,
 
 # ---------------------------------------------------------------------- full sync
 
-# (name, pipelined, load_format): the pipelined channel (default) and the one-request-at-a-
-# time client it replaces, with SGLang's flattened_bucket format; pipelined per-tensor too.
-VARIANTS = [
-    ("pipelined_flat", True, "flattened_bucket"),
-    ("sequential_flat", False, "flattened_bucket"),
-    ("pipelined_per_tensor", True, None),
-]
+# name -> (pipelined, load_format, engine): the pipelined control channel (default) and the
+# one-request-at-a-time client it replaces, with SGLang's flattened_bucket format; engine
+# "packed" (the reference engine as shipped: buckets land in the weights) or "staged" (every
+# bucket received into a buffer and copied, what an engine without packing pays).
+VARIANTS = {
+    "pipelined_flat": (True, "flattened_bucket", "packed"),
+    "pipelined_flat_staged": (True, "flattened_bucket", "staged"),
+    "sequential_flat": (False, "flattened_bucket", "packed"),
+    "pipelined_per_tensor": (True, None, "packed"),
+}
+DEFAULT_VARIANTS = "pipelined_flat,pipelined_flat_staged,sequential_flat"
 
 
-def measure_full(named, engine: EngineProc, reps: int, warmup: int, results: dict, save) -> dict:
+def measure_full(
+    named, engine: EngineProc, variants: list[str], buckets_mb: list[int], reps: int, warmup: int,
+    results: dict, save,
+) -> dict:  # fmt: skip
     import torch
 
     from rlpost.weightsync import payloads as P
@@ -306,13 +319,13 @@ def measure_full(named, engine: EngineProc, reps: int, warmup: int, results: dic
             engine.post("/bench/sync")
             fixed.append(t1 - t0)
             probe.append(time.perf_counter() - t1)
-        results["pause_continue_sequential_s_median"] = median(fixed)
-        results["sync_probe_s_median"] = median(probe)
-        for name, pipelined, fmt in VARIANTS:
-            sender.pipelined = pipelined
-            sender.load_format = fmt
+        results.setdefault("pause_continue_sequential_s_median", median(fixed))
+        results.setdefault("sync_probe_s_median", median(probe))
+        for name in variants:
+            sender.pipelined, sender.load_format, _ = VARIANTS[name]
             results.setdefault(name, {})
-            for mb in BUCKETS_MB:
+            for mb in buckets_mb:
+                direct_before = engine.direct_buckets()
                 sender.bucket_mb = mb
                 walls, pushes = [], []
                 for rep in range(reps + warmup):
@@ -331,6 +344,9 @@ def measure_full(named, engine: EngineProc, reps: int, warmup: int, results: dic
                 results[name][mb] = {
                     "bytes": total,
                     "buckets": len(sender.last_bucket_sizes),
+                    # buckets that went straight into the weights, over all pushes of the cell
+                    "direct_buckets": engine.direct_buckets() - direct_before,
+                    "pushes": reps + warmup,
                     "seconds_median": median(walls),
                     "seconds_all": walls,
                     "push_returned_s_median": median(pushes),
@@ -338,27 +354,32 @@ def measure_full(named, engine: EngineProc, reps: int, warmup: int, results: dic
                 }
                 print(
                     f"full sync {name:21s} bucket {mb:>5} MB: "
-                    f"{results[name][mb]['GBps']:7.1f} GB/s  ({median(walls) * 1e3:.2f} ms)",
+                    f"{results[name][mb]['GBps']:7.1f} GB/s  ({median(walls) * 1e3:.2f} ms; "
+                    f"push() {median(pushes) * 1e3:.2f} ms)",
                     flush=True,
                 )
                 save()
         want = own_checksums(named)
         got = engine.checksums()
         bad = [n for n in want if abs(want[n] - got[n]) > 1e-6 * max(1.0, abs(want[n]))]
-        results["engine_checksums_match"] = not bad
-        results["checksum_mismatches"] = bad[:5]
-        results["engine_weight_version"] = engine.http.get(
+        kind = VARIANTS[variants[0]][2]
+        results[f"engine_checksums_match_{kind}"] = not bad
+        results[f"checksum_mismatches_{kind}"] = bad[:5]
+        results[f"engine_weight_version_{kind}"] = engine.http.get(
             engine.url + "/get_weight_version"
         ).json()["weight_version"]
-        results["last_version_pushed"] = version
-        print(f"engine checksums match the trainer's: {not bad}", flush=True)
+        results[f"last_version_pushed_{kind}"] = version
+        print(f"{kind} engine: checksums match the trainer's: {not bad}", flush=True)
         save()
     finally:
         sender.close()
     return results
 
 
-def disaggregated(model_name: str, reps: int, warmup: int, work: Path, out: dict, save) -> dict:
+def disaggregated(
+    model_name: str, variants: list[str], buckets_mb: list[int], reps: int, warmup: int,
+    work: Path, out: dict, save,
+) -> dict:  # fmt: skip
     import torch
 
     model = MODELS[model_name]
@@ -385,19 +406,24 @@ def disaggregated(model_name: str, reps: int, warmup: int, work: Path, out: dict
             "sent after the engine's torch.cuda.synchronize) + trainer cuda sync; medians",
         }
     )
-    out["raw"] = measure_raw(named, reps, warmup, work, save)
+    out["raw"] = measure_raw(named, buckets_mb, reps, warmup, work, save)
     job = write_job(work, model=model)
-    t0 = time.perf_counter()
-    engine = EngineProc(job, "1", work / f"engine_disagg_{model_name}.log")
-    print(f"engine up in {time.perf_counter() - t0:.1f} s", flush=True)
     out["full"] = {}
-    try:
-        measure_full(named, engine, reps, warmup, out["full"], save)
-    finally:
-        engine.stop()
+    for kind in ("packed", "staged"):
+        mine = [v for v in variants if VARIANTS[v][2] == kind]
+        if not mine:
+            continue
+        t0 = time.perf_counter()
+        log = work / f"engine_disagg_{model_name}_{kind}.log"
+        engine = EngineProc(job, "1", log, staged=kind == "staged")
+        print(f"{kind} engine up in {time.perf_counter() - t0:.1f} s", flush=True)
+        try:
+            measure_full(named, engine, mine, buckets_mb, reps, warmup, out["full"], save)
+        finally:
+            engine.stop()
     table = []
-    for name, _, _ in VARIANTS:
-        for mb in BUCKETS_MB:
+    for name in variants:
+        for mb in buckets_mb:
             f, r = out["full"][name][mb], out["raw"][mb]
             table.append(
                 {
@@ -408,7 +434,10 @@ def disaggregated(model_name: str, reps: int, warmup: int, work: Path, out: dict
                     "raw_GBps": r["GBps"],
                     "full_over_raw": f["GBps"] / r["GBps"],
                     "full_ms": f["seconds_median"] * 1e3,
+                    "push_returned_ms": f["push_returned_s_median"] * 1e3,
+                    "push_returned_over_raw": r["seconds_median"] / f["push_returned_s_median"],
                     "raw_ms": r["seconds_median"] * 1e3,
+                    "direct_buckets": f["direct_buckets"],
                 }
             )
     out["table"] = table
@@ -428,7 +457,7 @@ def disaggregated(model_name: str, reps: int, warmup: int, work: Path, out: dict
 # ---------------------------------------------------------------------- colocated
 
 
-def colocated(reps: int, work: Path) -> dict:
+def colocated(buckets_mb: list[int], reps: int, work: Path) -> dict:
     import torch
 
     from rlpost.weightsync import payloads as P
@@ -441,7 +470,7 @@ def colocated(reps: int, work: Path) -> dict:
     out: dict = {"bytes": total, "full": {}, "raw_copy": {}, "table": []}
     version = 0
     try:
-        for mb in BUCKETS_MB:
+        for mb in buckets_mb:
             buckets = list(P.buckets(named, mb))
             walls = []
             for rep in range(reps + 1):
@@ -510,10 +539,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["all", "disaggregated", "colocated"], default="all")
     parser.add_argument("--models", default="7b,1.5b", help="comma list of " + ",".join(MODELS))
+    parser.add_argument("--buckets", default=",".join(map(str, BUCKETS_MB)), help="MB, comma list")
+    parser.add_argument(
+        "--variants", default=DEFAULT_VARIANTS, help="comma list of " + ",".join(VARIANTS)
+    )
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu_weight_sync.json"))
     args = parser.parse_args()
+    buckets_mb = [int(x) for x in args.buckets.split(",")]
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     for k, v in (
         ("NCCL_NVLS_ENABLE", "0"),
         ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
@@ -545,12 +583,11 @@ def main() -> None:
                 result["disaggregated"] = {}
                 for name in args.models.split(","):
                     result["disaggregated"][name] = {}
-                    disaggregated(
-                        name, args.reps, args.warmup, work, result["disaggregated"][name], save
-                    )
+                    disaggregated(name, variants, buckets_mb, args.reps, args.warmup, work,
+                                  result["disaggregated"][name], save)  # fmt: skip
             save()
         if args.mode in ("all", "colocated"):
-            result["colocated"] = colocated(args.reps, work)
+            result["colocated"] = colocated(buckets_mb, args.reps, work)
     save()
     print(f"wrote {args.out}")
 

@@ -46,6 +46,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from rlpost.local.gpus import local_transport
     from rlpost.local.procs import RoleFailed
     from rlpost.local.runner import LocalRun
 
@@ -65,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Ctrl-C and SIGTERM both end in the `finally` below, which stops every role.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"rlpost run: {job.metadata.name}, {job.spec.steps} steps, run dir {run_dir}")
+    transport = local_transport(job.spec, run.gpus)
+    print(f"placement: {run.gpus.describe()}; weight sync: {transport}")
     try:
         run.start()
         if run.resumed_from:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from rlpost.api import RLPostTrainJob
+from rlpost.local.gpus import local_transport, plan_gpus, visible_gpus
 from rlpost.local.plot import read_steps, reward_curve
 from rlpost.local.procs import Processes, Role, RoleFailed
 
@@ -34,6 +35,11 @@ def latest_checkpoint(root: Path) -> int | None:
         if (p / "state.pt").exists() and p.name.removeprefix("step-").isdigit()
     ]
     return max(steps) if steps else None
+
+
+def with_gpus(env: dict[str, str], gpus: str | None) -> dict[str, str]:
+    """`env` with this role's CUDA_VISIBLE_DEVICES (None: as given)."""
+    return env if gpus is None else {**env, "CUDA_VISIBLE_DEVICES": gpus}
 
 
 @dataclass
@@ -65,6 +71,7 @@ class LocalRun:
         self.procs = Processes()
         self.token = secrets.token_hex(16)
         self.steps_file = run_dir / "steps.jsonl"
+        self.gpus = plan_gpus(self.spec, visible_gpus())
 
     # ------------------------------------------------------------------ wiring
 
@@ -101,13 +108,13 @@ class LocalRun:
         else:
             self.resumed_from = None
         engines = []
-        for i in range(self.spec.rollout.engines):
+        for i, gpus in enumerate(self.gpus.engines):
             port = free_port()
             engines.append(
                 Role(
                     f"engine-{i}",
                     [py, "-m", "rlpost_rollout.engine", "--host", "127.0.0.1", "--port", str(port)],
-                    env,
+                    with_gpus(env, gpus),
                     logs / f"engine-{i}.log",
                     f"http://127.0.0.1:{port}/health",
                 )
@@ -149,7 +156,7 @@ class LocalRun:
             "trainer",
             [py, "-m", "rlpost_trainer"],
             {
-                **env,
+                **with_gpus(env, self.gpus.trainer),
                 "RLPOST_BUFFER_URL": buffer_url,
                 "RLPOST_ENGINE_URLS": engine_urls,
                 "RLPOST_STATE_DIR": str(self.run_dir / "trainer-state"),
@@ -170,7 +177,9 @@ class LocalRun:
 
     def start(self, health_timeout_s: float = 180.0) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "job.yaml").write_text(yaml.safe_dump(self.job.wire(), sort_keys=False))
+        job = self.job.model_copy(deep=True)
+        job.spec.weight_sync.transport = local_transport(self.spec, self.gpus)
+        (self.run_dir / "job.yaml").write_text(yaml.safe_dump(job.wire(), sort_keys=False))
         for wave in self.roles():
             for role in wave:
                 self.procs.start(role)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from rlpost.api import EngineKind, RLPostTrainJob, semantic_errors
+from rlpost.local.gpus import plan_gpus, transport_problem, visible_gpus
 
 
 class SpecError(ValueError):
@@ -84,6 +85,9 @@ def local_problems(job: RLPostTrainJob) -> list[str]:
             "spec.rollout.engine: sglang needs NVIDIA GPUs; set rollout.engine: reference to "
             "run on CPU"
         )
+    problem = transport_problem(spec, plan_gpus(spec, visible_gpus()))
+    if problem:
+        problems.append(problem)
     if str(spec.mode) == "colocated":
         problems.append(
             "spec.mode: colocated is not supported by `rlpost run` yet; use disaggregated"

@@ -8,10 +8,12 @@ calls this from its SGLang-compatible endpoints:
     /update_weights_from_tensor     -> WeightReceiver.load_tensors(deserialize(...))
     /destroy_weights_update_group   -> WeightReceiver.destroy()
 
-Loading is all-or-nothing per call: every tensor of an update is received (or given) into a
-staging buffer and checked first; the model changes only when the whole call is valid. A
-call whose metadata names an unknown parameter or a wrong shape still drains the broadcast
-(so the trainer does not hang) and then raises WeightSyncError, leaving the model untouched.
+Loading is all-or-nothing per call: the metadata is checked first, and a call whose metadata
+names an unknown parameter or a wrong shape still drains the broadcast (so the trainer does
+not hang) and then raises WeightSyncError, leaving the model untouched. A valid
+"flattened_bucket" whose parameters sit back to back in the model's memory (an engine that
+packed them, rlpost.weightsync.packed) is received straight into the weights; everything
+else goes through a staging buffer and a copy.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from rlpost.weightsync.dtypes import dtype_from_wire
 from rlpost.weightsync.flat import FLATTENED_BUCKET, nbytes, unflatten
 from rlpost.weightsync.group import SyncGroup, create_sync_group
+from rlpost.weightsync.packed import packed_span
 
 
 class WeightSyncError(ValueError):
@@ -41,6 +44,7 @@ class WeightReceiver:
         )
         self._lock = threading.Lock()  # one update at a time touches the weights
         self._side_stream = None  # CUDA stream the receives are issued from (see _recv)
+        self.direct_buckets = 0  # flattened buckets received straight into the weights
 
     @staticmethod
     def _nonpersistent(model: torch.nn.Module) -> set[str]:
@@ -101,9 +105,7 @@ class WeightReceiver:
             buf = torch.empty(nbytes_or_shape, dtype=dtype, device=device)
             self.group.broadcast(buf, src=0)
             return buf
-        if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream()
-        with torch.cuda.stream(self._side_stream):
+        with torch.cuda.stream(self._stream()):
             buf = torch.empty(nbytes_or_shape, dtype=dtype, device=device)
             work = self.group.broadcast_async(buf, src=0)
         work.wait()  # the current stream waits for the bytes
@@ -176,13 +178,39 @@ class WeightReceiver:
     ) -> None:
         assert self.group is not None
         with self._lock:
+            errors = self.problems(names, shapes)
+            # Straight into the weights when they sit back to back in this order and dtype
+            # (rlpost.weightsync.packed): the metadata was checked before the first byte.
+            span = None if errors else packed_span([self._targets[n] for n in names], dtypes)
+            if span is not None:
+                self._recv_into(span)
+                self.direct_buckets += 1
+                return
             # One broadcast of the whole bucket (drained also when invalid, see receive).
             size = sum(nbytes(s, d) for s, d in zip(shapes, dtypes, strict=True))
             flat = self._recv((size,), torch.uint8, device)
-            errors = self.problems(names, shapes)
             if errors:
                 raise WeightSyncError("weight update refused: " + "; ".join(errors))
             self._copy_in(zip(names, unflatten(flat, dtypes, shapes), strict=True))
+
+    def _recv_into(self, span: torch.Tensor) -> None:
+        """Receive the next broadcast into `span` (a view of the weights themselves)."""
+        assert self.group is not None
+        if not span.is_cuda:
+            self.group.broadcast(span, src=0)
+            return
+        side = self._stream()
+        # Kernels queued before the pause may still read these weights: the receive that
+        # overwrites them starts after them.
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            work = self.group.broadcast_async(span, src=0)
+        work.wait()  # later kernels on the current stream see the new bytes
+
+    def _stream(self) -> torch.cuda.Stream:
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream()
+        return self._side_stream
 
     def load_tensors(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """update_weights_from_tensor: tensors given in-process (CUDA IPC / shared memory)."""

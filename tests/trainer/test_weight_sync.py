@@ -151,3 +151,50 @@ def test_receiver_refuses_unknown_names_and_wrong_shapes_without_touching_the_mo
     finally:
         receiver.destroy()
         group.destroy()
+
+
+def test_packed_weights_receive_flat_buckets_in_place_and_fall_back_to_a_copy():
+    from rlpost.weightsync.flat import flatten
+    from rlpost.weightsync.packed import pack_parameters
+
+    be, _ = trained_backend()
+    model = be.model
+    assert pack_parameters(model) == 1  # one fp32 buffer on the CPU
+    receiver = WeightReceiver(model)
+    port = free_port()
+    joined = threading.Thread(
+        target=receiver.init_group, args=("127.0.0.1", port, 1, 2, "g", "gloo", 30)
+    )
+    joined.start()
+    group = create_sync_group("127.0.0.1", port, 0, 2, "g", "gloo", 30)
+    joined.join()
+    params = dict(model.named_parameters())
+    names = list(params)[1:4]  # neighbours in the packed buffer, in its order
+    where = {n: params[n].data_ptr() for n in params}
+
+    def push(order: list[str], dtype: torch.dtype, fill: float) -> None:
+        tensors = [torch.full(params[n].shape, fill, dtype=dtype) for n in order]
+        wire = str(dtype).removeprefix("torch.")
+        t = threading.Thread(
+            target=receiver.receive,
+            args=(order, [wire] * len(order), [list(x.shape) for x in tensors]),
+            kwargs={"load_format": "flattened_bucket"},
+        )
+        t.start()
+        group.broadcast(flatten(tensors, "cpu"))
+        t.join(timeout=30)
+
+    try:
+        push(names, torch.float32, 1.5)
+        assert receiver.direct_buckets == 1  # straight into the weights
+        assert all(torch.all(params[n] == 1.5) for n in names)
+        push(names[::-1], torch.float32, 2.5)  # not in memory order: staged + copied
+        assert all(torch.all(params[n] == 2.5) for n in names)
+        push(names, torch.bfloat16, 3.5)  # a cast: staged + copied
+        assert receiver.direct_buckets == 1
+        assert all(torch.all(params[n] == 3.5) for n in names)
+        # Parameters never moved: generation keeps using the same (packed) storage.
+        assert {n: p.data_ptr() for n, p in model.named_parameters()} == where
+    finally:
+        receiver.destroy()
+        group.destroy()
