@@ -55,8 +55,10 @@ test-e2e: venv system-deps cluster-bins
 GPU_ENV = PYTHONPATH=$(CURDIR):$(CURDIR)/trainer_image:$(CURDIR)/rollout_image:$$PYTHONPATH \
 	NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 test-gpu:
-	$(GPU_ENV) $(PY) -m pytest --noconftest -m gpu -o addopts='-ra' tests/gpu
-	$(GPU_ENV) $(PY) benchmarks/weight_sync.py --out benchmarks/results/gpu_weight_sync.json
+	$(GPU_ENV) RLPOST_GPU_RESULTS=benchmarks/results $(PY) -m pytest --noconftest -m gpu \
+		-o addopts='-ra' tests/gpu
+	$(GPU_ENV) $(PY) benchmarks/weight_sync.py --timeline 1024 \
+		--out benchmarks/results/gpu_weight_sync.json
 	$(GPU_ENV) $(PY) benchmarks/gpu_loop.py --out benchmarks/results/gpu_loop.json
 
 # Helm chart (charts/rlpost): Helm reads only files inside the chart, so it carries copies

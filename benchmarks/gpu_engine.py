@@ -4,6 +4,9 @@
                           weight loads included) has finished; timing ends after it.
     GET  /bench/checksum  per-parameter float64 sums, to check the pushed bytes landed.
     GET  /bench/stats     how many flattened buckets went straight into the weights.
+    GET  /bench/timeline  (path, arrived, answered) of every other request since the last
+                          call, in time.perf_counter() seconds (CLOCK_MONOTONIC: the same
+                          clock as the trainer's on this host); clears the list.
 
 --staged: give every parameter its own storage again (the engine packs them), so each
 bucket is received into a staging buffer and copied: the cost the packing removes.
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
+from collections import deque
 
 import rlpost_rollout.engine as engine_module
 import torch
@@ -50,6 +55,26 @@ def checksums(model: torch.nn.Module) -> dict[str, float]:
         return {n: float(p.double().sum()) for n, p in model.named_parameters()}
 
 
+class Timeline:
+    """ASGI wrapper: when each request reached the app and when its answer started."""
+
+    def __init__(self, app):
+        self.app = app
+        self.events: deque = deque(maxlen=8192)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].startswith("/bench"):
+            return await self.app(scope, receive, send)
+        arrived = time.perf_counter()
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                self.events.append((scope["path"], arrived, time.perf_counter()))
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -74,13 +99,21 @@ def main() -> None:
     async def bench_checksum():
         return await asyncio.to_thread(checksums, engine.model)
 
+    timeline = Timeline(app)
+
+    @app.get("/bench/timeline")
+    async def bench_timeline():
+        events = list(timeline.events)
+        timeline.events.clear()
+        return events
+
     @app.get("/bench/stats")
     async def bench_stats():
         receiver = engine.receiver
         return {"direct_buckets": receiver.direct_buckets if receiver else 0}
 
     print(f"engine device {next(engine.model.parameters()).device}", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(timeline, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

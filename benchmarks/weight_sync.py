@@ -376,9 +376,84 @@ def measure_full(
     return results
 
 
+def measure_timeline(named, engine: EngineProc, bucket_mb: int, pushes: int) -> dict:
+    """Where one update's time goes: host timestamps (trainer and engine share
+    CLOCK_MONOTONIC) plus CUDA events on the trainer's stream when each broadcast completed.
+    All offsets in ms from the start of push(); medians over `pushes` (after 2 warm-ups)."""
+    import torch
+
+    from rlpost.weightsync.sender import WeightSender
+
+    sender = WeightSender([engine.url], token=TOKEN, backend="nccl", bucket_mb=bucket_mb,
+                          master_address="127.0.0.1", load_format="flattened_bucket")  # fmt: skip
+    sender.connect()
+    marks: list = []
+    launch = sender.group.broadcast_async
+
+    class Traced:
+        def __init__(self, work):
+            self.work = work
+
+        def wait(self):
+            self.work.wait()
+            done = torch.cuda.Event(enable_timing=True)
+            done.record()  # fires when this broadcast has completed on the trainer's GPU
+            marks.append(("done", done))
+
+    def traced(tensor, src=0):
+        marks.append(("enqueued", time.perf_counter()))
+        return Traced(launch(tensor, src))
+
+    sender.group.broadcast_async = traced
+    rows = []
+    try:
+        for rep in range(pushes + 2):
+            marks.clear()
+            engine.http.get(engine.url + "/bench/timeline")  # clear
+            torch.cuda.synchronize()
+            ref = torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            ref.record()
+            took = sender.push(named, 10_000 + rep)
+            events = engine.http.get(engine.url + "/bench/timeline").json()
+            torch.cuda.synchronize()
+            if rep < 2:
+                continue
+            enq = [t for k, t in marks if k == "enqueued"]
+            done = [t0 + ref.elapsed_time(e) / 1e3 for k, e in marks if k == "done"]
+            upd = [e for e in events if e[0] == "/update_weights_from_distributed"]
+            pause = next(e for e in events if e[0] == "/pause_generation")
+            cont = next(e for e in events if e[0] == "/continue_generation")
+
+            def ms(t: float, t0: float = t0) -> float:
+                return (t - t0) * 1e3
+
+            rows.append({
+                "engine_pause_arrived": ms(pause[1]),
+                "engine_bucket0_posted": ms(upd[0][2]),
+                "trainer_bucket0_enqueued": ms(enq[0]),
+                "trainer_last_enqueued": ms(enq[-1]),
+                "engine_last_posted": ms(upd[-1][2]),
+                "bucket0_done_gpu": ms(done[0]),
+                "last_done_gpu": ms(done[-1]),
+                "engine_continue_arrived": ms(cont[1]),
+                "engine_continue_answered": ms(cont[2]),
+                "push_returned": took * 1e3,
+                "engine_request_ms_median": statistics.median(
+                    (e[2] - e[1]) * 1e3 for e in upd
+                ),
+            })  # fmt: skip
+    finally:
+        sender.close()
+    out = {k: median([r[k] for r in rows]) for k in rows[0]}
+    out.update(bucket_mb=bucket_mb, buckets=len(sender.last_bucket_sizes), pushes=pushes)
+    print("timeline (ms from push start): " + json.dumps({k: round(v, 3) for k, v in out.items()}))
+    return out
+
+
 def disaggregated(
     model_name: str, variants: list[str], buckets_mb: list[int], reps: int, warmup: int,
-    work: Path, out: dict, save,
+    work: Path, out: dict, save, timeline_mb: int | None = None,
 ) -> dict:  # fmt: skip
     import torch
 
@@ -419,6 +494,9 @@ def disaggregated(
         print(f"{kind} engine up in {time.perf_counter() - t0:.1f} s", flush=True)
         try:
             measure_full(named, engine, mine, buckets_mb, reps, warmup, out["full"], save)
+            if kind == "packed" and timeline_mb:
+                out["timeline"] = measure_timeline(named, engine, timeline_mb, reps + 2)
+                save()
         finally:
             engine.stop()
     table = []
@@ -544,6 +622,8 @@ def main() -> None:
         "--variants", default=DEFAULT_VARIANTS, help="comma list of " + ",".join(VARIANTS)
     )
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    parser.add_argument("--timeline", type=int, default=None, metavar="MB",
+                        help="also break one update down in time, at this bucket size")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu_weight_sync.json"))
     args = parser.parse_args()
@@ -584,7 +664,7 @@ def main() -> None:
                 for name in args.models.split(","):
                     result["disaggregated"][name] = {}
                     disaggregated(name, variants, buckets_mb, args.reps, args.warmup, work,
-                                  result["disaggregated"][name], save)  # fmt: skip
+                                  result["disaggregated"][name], save, args.timeline)  # fmt: skip
             save()
         if args.mode in ("all", "colocated"):
             result["colocated"] = colocated(buckets_mb, args.reps, work)
