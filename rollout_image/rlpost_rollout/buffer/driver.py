@@ -176,7 +176,12 @@ class Driver:
                 "response": response,
                 "response_logprobs": [lp for lp, _, _ in meta["output_token_logprobs"]],
                 "finish_reason": meta["finish_reason"]["type"],
-                "weight_version": _version(meta.get("weight_version"), version_at_start),
+                # The oldest weights that can have produced a token of it: a request in
+                # flight across an in-place update (async runs) finishes on the new weights
+                # and reports their version, but began on the old ones.
+                "weight_version": min(
+                    _version(meta.get("weight_version"), version_at_start), version_at_start
+                ),
             }
             try:
                 sample["reward"] = await self.reward(row.prompt, out["text"], row.label)
