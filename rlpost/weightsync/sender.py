@@ -31,7 +31,7 @@ import httpx
 import torch
 
 from rlpost.weightsync import payloads as P
-from rlpost.weightsync.flat import FLATTENED_BUCKET, flatten
+from rlpost.weightsync.flat import FLATTENED_BUCKET, empty_flat, fill_flat, flatten
 from rlpost.weightsync.group import SyncGroup, create_sync_group
 from rlpost.weightsync.pipeline import PipelinedChannel, PipelineError
 
@@ -273,9 +273,11 @@ class WeightSender:
                     if any(ch.failed for ch in channels):
                         break  # an engine refused an update: send no more buckets
                     # Everything that can fail is done before the request is written: once
-                    # an engine has a request, its broadcast must follow.
+                    # an engine has a request, its broadcast must follow. The flat buffer is
+                    # allocated first and filled after the write, so the engine parses the
+                    # request while this GPU copies the bucket.
                     if flat_format:
-                        tensors = [flatten([t for _, t in bucket], device)]
+                        tensors = [empty_flat([t for _, t in bucket], device)]
                     else:
                         tensors = [t.detach().to(device).contiguous() for _, t in bucket]
                     body = P.update_distributed_payload(
@@ -287,6 +289,8 @@ class WeightSender:
                     label = f"POST {P.PATH_UPDATE_DISTRIBUTED} (bucket {i}, {len(bucket)} tensors)"
                     for ch in channels:
                         ch.send(P.PATH_UPDATE_DISTRIBUTED, body, label)
+                    if flat_format:
+                        fill_flat(tensors[0], [t for _, t in bucket])
                     works = [self.group.broadcast_async(t, src=0) for t in tensors]
                     for w in in_flight:
                         w.wait()
