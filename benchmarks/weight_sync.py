@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rlpost.local.gpus import source_tree_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 =+"
@@ -91,21 +93,6 @@ def write_job(directory: Path, dtype: str = "bfloat16", model: dict | None = Non
     return path
 
 
-def child_env(gpu: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RLPOST_")}
-    path = [str(ROOT), str(ROOT / "rollout_image"), str(ROOT / "trainer_image")]
-    env.update(
-        CUDA_VISIBLE_DEVICES=gpu,
-        PYTHONPATH=os.pathsep.join(path + [env.get("PYTHONPATH", "")]),
-        PYTHONUNBUFFERED="1",
-        NCCL_NVLS_ENABLE="0",
-        TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
-        NVSHMEM_DISABLE_NVLS="1",
-    )
-    env.update(extra)
-    return env
-
-
 class EngineProc:
     def __init__(self, job: Path, gpu: str, log: Path, staged: bool = False):
         import httpx
@@ -116,7 +103,7 @@ class EngineProc:
         argv = [sys.executable, str(ROOT / "benchmarks/gpu_engine.py"), "--port", str(self.port)]
         self.proc = subprocess.Popen(
             argv + (["--staged"] if staged else []),
-            env=child_env(gpu, RLPOST_CONFIG=str(job), RLPOST_TOKEN=TOKEN),
+            env=source_tree_env(gpu, RLPOST_CONFIG=str(job), RLPOST_TOKEN=TOKEN),
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
         )
@@ -236,7 +223,7 @@ def measure_raw(
     plan = json.dumps({"rounds": rounds, "reps": reps, "warmup": warmup})
     peer = subprocess.Popen(
         [sys.executable, __file__, "--raw-peer", str(port), plan],
-        env=child_env("1"),
+        env=source_tree_env("1"),
         stdout=(log_dir / "raw_peer.log").open("w"),
         stderr=subprocess.STDOUT,
     )

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from rlpost.api import RLPostTrainJobSpec, Transport
 
@@ -91,3 +92,22 @@ def local_transport(spec: RLPostTrainJobSpec, plan: GpuPlan) -> Transport:
         return spec.weight_sync.transport
     own = not plan.shared and bool(plan.trainer) and all(plan.engines)
     return Transport.NCCL if own else Transport.GLOO
+
+
+def source_tree_env(gpus: str, **extra: str) -> dict[str, str]:
+    """This process's environment for a role started from this source tree (GPU tests and
+    benchmarks): the role folders on PYTHONPATH, no inherited RLPOST_* settings, these GPUs,
+    and NVLink multicast (NVLS) off, which the lent GPU machines do not support."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLPOST_")}
+    path = [str(root), str(root / "rollout_image"), str(root / "trainer_image")]
+    env.update(
+        CUDA_VISIBLE_DEVICES=gpus,
+        PYTHONPATH=os.pathsep.join(path + [env.get("PYTHONPATH", "")]),
+        PYTHONUNBUFFERED="1",
+        NCCL_NVLS_ENABLE="0",
+        TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
+        NVSHMEM_DISABLE_NVLS="1",
+    )
+    env.update(extra)
+    return env

@@ -17,6 +17,7 @@ import yaml
 from rlpost_trainer.batch import Batch, collate
 
 from rlpost.api import RLPostTrainJob
+from rlpost.local.gpus import source_tree_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "gpu-test-token"
@@ -82,21 +83,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gpu_env(gpu: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RLPOST_")}
-    path = [str(ROOT), str(ROOT / "rollout_image"), str(ROOT / "trainer_image")]
-    env.update(
-        CUDA_VISIBLE_DEVICES=gpu,
-        PYTHONPATH=os.pathsep.join(path + [env.get("PYTHONPATH", "")]),
-        PYTHONUNBUFFERED="1",
-        NCCL_NVLS_ENABLE="0",
-        TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
-        NVSHMEM_DISABLE_NVLS="1",
-    )
-    env.update(extra)
-    return env
-
-
 class GpuEngine:
     """`python -m rlpost_rollout.engine` on one GPU (gpusPerEngine: 1 puts it on the GPU)."""
 
@@ -109,7 +95,7 @@ class GpuEngine:
         argv = [sys.executable, "-m", "rlpost_rollout.engine", "--host", "127.0.0.1"]
         self.proc = subprocess.Popen(
             argv + ["--port", str(self.port)],
-            env=gpu_env(gpu, RLPOST_CONFIG=str(cfg), RLPOST_TOKEN=TOKEN),
+            env=source_tree_env(gpu, RLPOST_CONFIG=str(cfg), RLPOST_TOKEN=TOKEN),
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
             cwd=ROOT,

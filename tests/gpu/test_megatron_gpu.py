@@ -13,9 +13,10 @@ import pytest
 import torch
 from rlpost_trainer.batch import TrainBatch, batch_advantages
 
+from rlpost.local.gpus import source_tree_env
 from rlpost.models import build_tokenizer
 from rlpost.weightsync import WeightSender
-from tests.gpu.helpers import ROOT, TOKEN, GpuEngine, gpu_env, job, record, synthetic_batch
+from tests.gpu.helpers import ROOT, TOKEN, GpuEngine, job, record, synthetic_batch
 
 pytestmark = [
     pytest.mark.gpu,
@@ -163,7 +164,7 @@ def test_tensor_parallel_2_matches_the_torch_backend(tmp_path):
     out = tmp_path / "tp2.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", "29517", str(ROOT / "tests/gpu/tp_worker.py"), str(out)]  # fmt: skip
-    env = gpu_env("0,1")
+    env = source_tree_env("0,1")
     env.pop("CUDA_VISIBLE_DEVICES")
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]

@@ -100,6 +100,18 @@ def test_wrong_token_is_refused_with_a_clear_error(engines):
         sender.close()
 
 
+def join_gloo_group(receiver: WeightReceiver):
+    """A 2-rank gloo weight-sync group: this thread is the trainer (rank 0)."""
+    port = free_port()
+    joined = threading.Thread(
+        target=receiver.init_group, args=("127.0.0.1", port, 1, 2, "g", "gloo", 30)
+    )
+    joined.start()
+    group = create_sync_group("127.0.0.1", port, 0, 2, "g", "gloo", 30)
+    joined.join()
+    return group
+
+
 def test_buckets_keep_order_respect_the_cap_and_isolate_oversized_tensors():
     named = [(f"t{i}", torch.zeros(n)) for i, n in enumerate([100, 100, 300, 50, 10, 10])]
     out = list(P.buckets(named, bucket_mb=800 / (1024 * 1024)))  # 800-byte cap = 200 floats
@@ -111,13 +123,7 @@ def test_receiver_refuses_unknown_names_and_wrong_shapes_without_touching_the_mo
     be, _ = trained_backend()
     model = be.model
     receiver = WeightReceiver(model)
-    port = free_port()
-    joined = threading.Thread(
-        target=receiver.init_group, args=("127.0.0.1", port, 1, 2, "g", "gloo", 30)
-    )
-    joined.start()
-    group = create_sync_group("127.0.0.1", port, 0, 2, "g", "gloo", 30)
-    joined.join()
+    group = join_gloo_group(receiver)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     try:
         for names, shapes, match in [
@@ -161,13 +167,7 @@ def test_packed_weights_receive_flat_buckets_in_place_and_fall_back_to_a_copy():
     model = be.model
     assert pack_parameters(model) == 1  # one fp32 buffer on the CPU
     receiver = WeightReceiver(model)
-    port = free_port()
-    joined = threading.Thread(
-        target=receiver.init_group, args=("127.0.0.1", port, 1, 2, "g", "gloo", 30)
-    )
-    joined.start()
-    group = create_sync_group("127.0.0.1", port, 0, 2, "g", "gloo", 30)
-    joined.join()
+    group = join_gloo_group(receiver)
     params = dict(model.named_parameters())
     names = list(params)[1:4]  # neighbours in the packed buffer, in its order
     where = {n: params[n].data_ptr() for n in params}
