@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlpost.local.gpus import source_tree_env
@@ -164,6 +165,22 @@ def build_source(model: dict | None = None):
     return [(n, p.detach()) for n, p in m.named_parameters()]
 
 
+def packed_copy(named):
+    """The same weights back to back in one buffer, in order: what a trainer that packed its
+    weights holds (rlpost.weightsync.packed), so every bucket is one run of its memory."""
+    import torch
+
+    first = named[0][1]
+    flat = torch.empty(sum(t.numel() for _, t in named), dtype=first.dtype, device=first.device)
+    out, at = [], 0
+    for name, t in named:
+        view = flat[at : at + t.numel()].view(t.shape)
+        view.copy_(t)
+        out.append((name, view))
+        at += t.numel()
+    return out
+
+
 def own_checksums(named) -> dict[str, float]:
     import torch
 
@@ -266,28 +283,44 @@ def measure_raw(
 
 # ---------------------------------------------------------------------- full sync
 
-# name -> (pipelined, load_format, engine): the pipelined control channel (default) and the
-# one-request-at-a-time client it replaces, with SGLang's flattened_bucket format; engine
-# "packed" (the reference engine as shipped: buckets land in the weights) or "staged" (every
-# bucket received into a buffer and copied, what an engine without packing pays).
+@dataclass(frozen=True)
+class Variant:
+    """One way of pushing. pipelined: the pipelined control channel (default) or the
+    one-request-at-a-time client it replaces. engine "packed" (the reference engine as shipped:
+    buckets land in the weights) or "staged" (every bucket received into a buffer and copied,
+    what an engine without packing pays). trainer "separate" (every tensor its own storage:
+    each bucket is copied into a flat buffer first) or "packed" (the weights packed back to
+    back, rlpost.weightsync.packed: buckets go on the wire from the weights' own memory).
+    reuse: the next update reuses the control connection (WeightSender.keep_alive_s)."""
+
+    pipelined: bool = True
+    load_format: str | None = "flattened_bucket"
+    engine: str = "packed"
+    trainer: str = "separate"
+    reuse: bool = True
+
+
 VARIANTS = {
-    "pipelined_flat": (True, "flattened_bucket", "packed"),
-    "pipelined_flat_staged": (True, "flattened_bucket", "staged"),
-    "sequential_flat": (False, "flattened_bucket", "packed"),
-    "pipelined_per_tensor": (True, None, "packed"),
+    "pipelined_flat": Variant(),
+    "pipelined_flat_inplace": Variant(trainer="packed"),
+    "pipelined_flat_newconn": Variant(reuse=False),
+    "pipelined_flat_staged": Variant(engine="staged"),
+    "sequential_flat": Variant(pipelined=False),
+    "pipelined_per_tensor": Variant(load_format=None),
 }
-DEFAULT_VARIANTS = "pipelined_flat,pipelined_flat_staged,sequential_flat"
+DEFAULT_VARIANTS = "pipelined_flat,pipelined_flat_inplace,pipelined_flat_newconn,sequential_flat"
 
 
 def measure_full(
-    named, engine: EngineProc, variants: list[str], buckets_mb: list[int], reps: int, warmup: int,
-    results: dict, save,
+    sources: dict, engine: EngineProc, variants: list[str], buckets_mb: list[int], reps: int,
+    warmup: int, results: dict, save,
 ) -> dict:  # fmt: skip
     import torch
 
     from rlpost.weightsync import payloads as P
     from rlpost.weightsync.sender import WeightSender
 
+    named = sources["separate"]
     total = sum(P.tensor_nbytes(t) for _, t in named)
     backend = "nccl" if torch.cuda.is_available() else "gloo"  # gloo: CPU smoke test only
     sender = WeightSender(
@@ -309,12 +342,15 @@ def measure_full(
         results.setdefault("pause_continue_sequential_s_median", median(fixed))
         results.setdefault("sync_probe_s_median", median(probe))
         for name in variants:
-            sender.pipelined, sender.load_format, _ = VARIANTS[name]
+            v = VARIANTS[name]
+            sender.pipelined, sender.load_format = v.pipelined, v.load_format
+            sender.keep_alive_s = 2.0 if v.reuse else 0.0
+            named = sources[v.trainer]
             results.setdefault(name, {})
             for mb in buckets_mb:
                 direct_before = engine.direct_buckets()
                 sender.bucket_mb = mb
-                walls, pushes = [], []
+                walls, pushes, in_place = [], [], 0
                 for rep in range(reps + warmup):
                     version += 1
                     sync()
@@ -328,11 +364,14 @@ def measure_full(
                     if rep >= warmup:
                         walls.append(wall)
                         pushes.append(pushed)
+                        in_place += sender.last_in_place_buckets
                 results[name][mb] = {
                     "bytes": total,
                     "buckets": len(sender.last_bucket_sizes),
                     # buckets that went straight into the weights, over all pushes of the cell
                     "direct_buckets": engine.direct_buckets() - direct_before,
+                    # buckets the trainer sent from its weights' own memory (timed pushes)
+                    "in_place_buckets": in_place,
                     "pushes": reps + warmup,
                     "seconds_median": median(walls),
                     "seconds_all": walls,
@@ -349,7 +388,7 @@ def measure_full(
         want = own_checksums(named)
         got = engine.checksums()
         bad = [n for n in want if abs(want[n] - got[n]) > 1e-6 * max(1.0, abs(want[n]))]
-        kind = VARIANTS[variants[0]][2]
+        kind = VARIANTS[variants[0]].engine
         results[f"engine_checksums_match_{kind}"] = not bad
         results[f"checksum_mismatches_{kind}"] = bad[:5]
         results[f"engine_weight_version_{kind}"] = engine.http.get(
@@ -469,10 +508,13 @@ def disaggregated(
         }
     )
     out["raw"] = measure_raw(named, buckets_mb, reps, warmup, work, save)
+    sources = {"separate": named}
+    if any(VARIANTS[v].trainer == "packed" for v in variants):
+        sources["packed"] = packed_copy(named)
     job = write_job(work, model=model)
     out["full"] = {}
     for kind in ("packed", "staged"):
-        mine = [v for v in variants if VARIANTS[v][2] == kind]
+        mine = [v for v in variants if VARIANTS[v].engine == kind]
         if not mine:
             continue
         t0 = time.perf_counter()
@@ -480,10 +522,16 @@ def disaggregated(
         engine = EngineProc(job, "1", log, staged=kind == "staged")
         print(f"{kind} engine up in {time.perf_counter() - t0:.1f} s", flush=True)
         try:
-            measure_full(named, engine, mine, buckets_mb, reps, warmup, out["full"], save)
+            measure_full(sources, engine, mine, buckets_mb, reps, warmup, out["full"], save)
             if kind == "packed" and timeline_mb:
-                out["timeline"] = measure_timeline(named, engine, timeline_mb, reps + 2)
-                save()
+                # One timeline per trainer layout: "timeline" (separate tensors, copied into
+                # flat buffers) and "timeline_inplace" (packed: sent from the weights).
+                for layout, key in (("separate", "timeline"), ("packed", "timeline_inplace")):
+                    if layout in sources:
+                        out[key] = measure_timeline(
+                            sources[layout], engine, timeline_mb, reps + 2
+                        )
+                        save()
         finally:
             engine.stop()
     table = []
@@ -503,6 +551,7 @@ def disaggregated(
                     "push_returned_over_raw": r["seconds_median"] / f["push_returned_s_median"],
                     "raw_ms": r["seconds_median"] * 1e3,
                     "direct_buckets": f["direct_buckets"],
+                    "in_place_buckets": f["in_place_buckets"],
                 }
             )
     out["table"] = table
@@ -514,7 +563,7 @@ def disaggregated(
             flush=True,
         )
     save()
-    del named
+    del named, sources
     torch.cuda.empty_cache()
     return out
 

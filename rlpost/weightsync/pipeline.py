@@ -17,13 +17,16 @@ trip in between, and the sender enqueues the broadcasts back to back. Paths, bod
 headers are exactly those of the one-request-at-a-time client (same contract).
 
 The reader runs in its own thread so neither side can block the other: the sender never
-waits on an answer to write the next request, and answers never pile up unread.
+waits on an answer to write the next request, and answers never pile up unread. The
+connection is kept for the next update while the engine keeps it open (keep-alive), so an
+update does not start with a connect.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import threading
 import time
@@ -120,6 +123,10 @@ class PipelinedChannel:
     """All requests of one update to one engine on one connection; answers read in order.
 
     ch = PipelinedChannel(url, token); ch.send(path, body, label) ... ; answers = ch.finish()
+
+    The connection outlives an update: `finish()` ends one update's exchange and leaves the
+    channel ready for the next, so the next update pays no connect. `reusable()` says whether
+    it may still be used (see WeightSender's keep_alive_s for why reuse is bounded in time).
     """
 
     def __init__(self, url: str, token: str = "", timeout_s: float = 300.0):
@@ -135,12 +142,13 @@ class PipelinedChannel:
         self.timeout_s = timeout_s
         self.sock = socket.create_connection((self.host, self.port), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._labels: list[str] = []
-        self.answers: list[Answer] = []
+        self._labels: list[str] = []  # this update's requests, in order
+        self.answers: list[Answer] = []  # this update's answers so far
         self.error: str | None = None  # a read failure (the connection is then unusable)
-        self._any_problem = False  # some answer so far is a failure
+        self._any_problem = False  # some answer of this update is a failure
         self._cond = threading.Condition()
-        self._closing = False
+        self._closed = False
+        self.idle_since = time.monotonic()  # last time every request had its answer
         self._reader = threading.Thread(target=self._read_loop, daemon=True, name="ws-pipe")
         self._reader.start()
 
@@ -169,7 +177,7 @@ class PipelinedChannel:
 
     @property
     def failed(self) -> bool:
-        """True once any answer so far is a failure (or the connection broke)."""
+        """True once any answer of this update is a failure (or the connection broke)."""
         with self._cond:
             return self.error is not None or self._any_problem
 
@@ -180,9 +188,11 @@ class PipelinedChannel:
         try:
             while True:
                 with self._cond:
-                    while len(self.answers) >= len(self._labels) and not self._closing:
+                    # Between updates nothing is read: an idle keep-alive connection that
+                    # the engine closes is noticed by reusable(), not reported as an error.
+                    while len(self.answers) >= len(self._labels) and not self._closed:
                         self._cond.wait()
-                    if self._closing and len(self.answers) >= len(self._labels):
+                    if self._closed:
                         return
                     label = self._labels[len(self.answers)]
                 answer = _read_answer(f, label)
@@ -193,19 +203,18 @@ class PipelinedChannel:
                     self._cond.notify_all()
         except (OSError, ValueError, PipelineError) as e:
             with self._cond:
-                if not self._closing or len(self.answers) < len(self._labels):
+                if not self._closed:
                     self.error = f"{type(e).__name__}: {e}"
                 self._cond.notify_all()
         finally:
             f.close()
 
     def finish(self, timeout_s: float | None = None) -> list[Answer]:
-        """Wait for the answer to every request sent; raise PipelineError if the connection
-        failed or the answers did not all come within `timeout_s`."""
+        """Wait for the answer to every request of this update and return them; raise
+        PipelineError if the connection failed or they did not all come within `timeout_s`.
+        Afterwards the channel is ready for the next update."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.timeout_s)
         with self._cond:
-            self._closing = True
-            self._cond.notify_all()
             while len(self.answers) < len(self._labels) and self.error is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -217,11 +226,29 @@ class PipelinedChannel:
             if len(self.answers) < len(self._labels):
                 missing = self._labels[len(self.answers)]
                 raise PipelineError(f"engine {self.url}: {missing}: {self.error}")
-            return list(self.answers)
+            answers = self.answers
+            self._labels, self.answers, self._any_problem = [], [], False
+            self.idle_since = time.monotonic()
+            return answers
+
+    def reusable(self, max_idle_s: float) -> bool:
+        """May the next update use this connection? Only if nothing failed, it has been idle
+        for less than `max_idle_s`, and the engine has not closed it (nothing to read)."""
+        with self._cond:
+            if self._closed or self.error is not None or self._labels or self._any_problem:
+                return False
+        if time.monotonic() - self.idle_since >= max_idle_s or not self._reader.is_alive():
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        # Readable while idle: the engine closed it (EOF) or sent bytes nobody asked for.
+        return not readable
 
     def close(self) -> None:
         with self._cond:
-            self._closing = True
+            self._closed = True
             self._cond.notify_all()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)

@@ -12,9 +12,13 @@ Default (`pipelined=True`, rlpost.weightsync.pipeline): per engine ONE keep-aliv
 connection carries all of an update's requests back to back; the broadcasts are enqueued
 without waiting for any answer, and the answers are checked in order at the end. The
 engine posts each bucket's receive as soon as it has answered the previous one, so no
-client round trip sits between buckets. `pipelined=False`: one request at a time, each
-bucket's answer awaited before the next bucket (SGLang clients' usual way; kept for
-comparison).
+client round trip sits between buckets. The connection is reused by the next update when
+that comes within `keep_alive_s`. `pipelined=False`: one request at a time, each bucket's
+answer awaited before the next bucket (SGLang clients' usual way; kept for comparison).
+
+"flattened_bucket": a bucket whose tensors already sit back to back in one storage, in
+order (a trainer that packed its weights, rlpost.weightsync.packed) is broadcast from that
+memory as it is; any other bucket is first copied into a flat buffer.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ import httpx
 import torch
 
 from rlpost.weightsync import payloads as P
-from rlpost.weightsync.flat import FLATTENED_BUCKET, empty_flat, fill_flat, flatten
+from rlpost.weightsync.flat import FLATTENED_BUCKET, empty_flat, fill_flat
 from rlpost.weightsync.group import SyncGroup, create_sync_group
+from rlpost.weightsync.packed import packed_span
 from rlpost.weightsync.pipeline import PipelinedChannel, PipelineError
 
 log = logging.getLogger("rlpost.weightsync")
@@ -75,6 +80,7 @@ class WeightSender:
         load_format: str | None = None,
         pause_mode: str = "abort",
         pipelined: bool = True,
+        keep_alive_s: float = 2.0,
     ):
         if not engine_urls:
             raise ValueError("weight sync needs at least one engine URL (RLPOST_ENGINE_URLS)")
@@ -95,11 +101,18 @@ class WeightSender:
         self.token = token
         self.http_timeout_s = http_timeout_s
         self.pipelined = pipelined
+        # An idle control connection is reused for this long. Servers close idle keep-alive
+        # connections on their own timer (uvicorn, which SGLang runs on: 5 s by default); a
+        # request written into a connection as it closes would be lost after its bucket's
+        # broadcast was enqueued, so reuse stays well inside that timer.
+        self.keep_alive_s = keep_alive_s
+        self._channels: dict[str, PipelinedChannel] = {}
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(headers=headers, timeout=http_timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=max(2, len(self.engine_urls)))
         self.group: SyncGroup | None = None
         self.last_bucket_sizes: list[int] = []
+        self.last_in_place_buckets = 0  # flattened buckets sent from the weights' own memory
         # "flattened_bucket": one broadcast per bucket, pipelined (see _send_flat).
         if load_format not in (None, FLATTENED_BUCKET):
             raise ValueError(f"load_format {load_format!r}: use None or {FLATTENED_BUCKET!r}")
@@ -189,6 +202,7 @@ class WeightSender:
             self.connect()
         assert self.group is not None
         device = "cuda" if self.backend == "nccl" else "cpu"
+        self.last_in_place_buckets = 0
         if self.pipelined:
             return self._push_pipelined(named_tensors, weight_version, device)
         start = time.perf_counter()
@@ -225,7 +239,11 @@ class WeightSender:
         sizes: list[int] = []
         in_flight: list[tuple[torch.Tensor, Any]] = []
         for bucket in P.buckets(named_tensors, self.bucket_mb):
-            flat = flatten([t for _, t in bucket], device)
+            (flat,), to_fill = self._bucket_tensors(bucket, device)
+            if to_fill:
+                fill_flat(flat, [t for _, t in bucket])
+            else:
+                self.last_in_place_buckets += 1
             body = P.update_distributed_payload(
                 bucket, str(weight_version), self.group_name, load_format=FLATTENED_BUCKET
             )
@@ -245,6 +263,37 @@ class WeightSender:
 
     # ------------------------------------------------------------------ pipelined
 
+    def _channel(self, url: str) -> PipelinedChannel:
+        """The control connection to `url`: the last update's, if it may be reused."""
+        ch = self._channels.pop(url, None)
+        if ch is not None and ch.reusable(self.keep_alive_s):
+            self._channels[url] = ch
+            return ch
+        if ch is not None:
+            ch.close()
+        try:
+            ch = PipelinedChannel(url, self.token, self.http_timeout_s)
+        except OSError as e:
+            raise WeightSyncFailed(f"engine {url}: cannot connect: {e}") from e
+        self._channels[url] = ch
+        return ch
+
+    def _drop_channels(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+    def _bucket_tensors(self, bucket, device: str) -> tuple[list[torch.Tensor], bool]:
+        """What goes on the wire for one bucket, and whether it still has to be filled
+        (fill_flat) after its request is written. Everything that can fail happens here."""
+        if self.load_format != FLATTENED_BUCKET:
+            return [t.detach().to(device).contiguous() for _, t in bucket], False
+        tensors = [t for _, t in bucket]
+        span = packed_span(tensors, [t.dtype for t in tensors])
+        if span is not None and span.device.type == device:
+            return [span], False  # the weights' own bytes: nothing to copy
+        return [empty_flat(tensors, device)], True
+
     def _push_pipelined(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: int, device: str
     ) -> float:
@@ -252,17 +301,14 @@ class WeightSender:
         checked at the end (see rlpost.weightsync.pipeline)."""
         assert self.group is not None
         start = time.perf_counter()
-        flat_format = self.load_format == FLATTENED_BUCKET
         channels: list[PipelinedChannel] = []
+        ok = False
         try:
-            try:
-                for url in self.engine_urls:
-                    channels.append(PipelinedChannel(url, self.token, self.http_timeout_s))
-            except OSError as e:
-                raise WeightSyncFailed(f"engine {url}: cannot connect: {e}") from e
+            channels = [self._channel(url) for url in self.engine_urls]
             for ch in channels:
                 ch.send(P.PATH_PAUSE, P.pause_payload(self.pause_mode), f"POST {P.PATH_PAUSE}")
             sizes: list[int] = []
+            in_place = 0
             # Broadcasts of the previous bucket: waited on after the next one is launched, so
             # the host never waits on the wire (NCCL: a wait only orders the CUDA stream).
             in_flight: list[Any] = []
@@ -272,14 +318,10 @@ class WeightSender:
                 for i, bucket in enumerate(P.buckets(named_tensors, self.bucket_mb)):
                     if any(ch.failed for ch in channels):
                         break  # an engine refused an update: send no more buckets
-                    # Everything that can fail is done before the request is written: once
-                    # an engine has a request, its broadcast must follow. The flat buffer is
-                    # allocated first and filled after the write, so the engine parses the
-                    # request while this GPU copies the bucket.
-                    if flat_format:
-                        tensors = [empty_flat([t for _, t in bucket], device)]
-                    else:
-                        tensors = [t.detach().to(device).contiguous() for _, t in bucket]
+                    # Once an engine has a request, its broadcast must follow. A flat buffer
+                    # is filled after the write, so the engine parses the request while this
+                    # GPU copies the bucket.
+                    tensors, to_fill = self._bucket_tensors(bucket, device)
                     body = P.update_distributed_payload(
                         bucket,
                         str(weight_version),
@@ -289,8 +331,10 @@ class WeightSender:
                     label = f"POST {P.PATH_UPDATE_DISTRIBUTED} (bucket {i}, {len(bucket)} tensors)"
                     for ch in channels:
                         ch.send(P.PATH_UPDATE_DISTRIBUTED, body, label)
-                    if flat_format:
+                    if to_fill:
                         fill_flat(tensors[0], [t for _, t in bucket])
+                    else:
+                        in_place += self.load_format == FLATTENED_BUCKET
                     works = [self.group.broadcast_async(t, src=0) for t in tensors]
                     for w in in_flight:
                         w.wait()
@@ -323,12 +367,14 @@ class WeightSender:
                 ]
             if errors:
                 raise WeightSyncFailed("; ".join(errors))
+            ok = True
         except PipelineError as e:
             raise WeightSyncFailed(str(e)) from e
         finally:
-            for ch in channels:
-                ch.close()
+            if not ok:  # after a failure, the next update starts on fresh connections
+                self._drop_channels()
         self.last_bucket_sizes = sizes
+        self.last_in_place_buckets = in_place
         return time.perf_counter() - start
 
     def close(self) -> None:
@@ -346,5 +392,6 @@ class WeightSender:
                 self._wait(futures)
             except WeightSyncFailed as e:
                 log.warning("destroying the weight-sync group on an engine failed: %s", e)
+        self._drop_channels()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rlpost.weightsync import WeightSender, WeightSyncFailed
+from rlpost.weightsync import payloads as P
 from rlpost.weightsync.pipeline import PipelinedChannel
 from tests.trainer.conftest import TOKEN
 from tests.trainer.test_weight_sync import (
@@ -45,6 +46,10 @@ def test_pipelined_and_sequential_pushes_give_the_same_engine_weights(engines, l
             assert len(sender.last_bucket_sizes) > 5  # many buckets down one connection
             total = sum(p.numel() * 4 for p in be.model.parameters())
             assert sum(sender.last_bucket_sizes) == total
+            # The torch backend packs its weights: with no cast (fp32 engines) every
+            # flattened bucket goes on the wire from the weights' own memory, no copy.
+            in_place = len(sender.last_bucket_sizes) if load_format else 0
+            assert sender.last_in_place_buckets == in_place
         finally:
             sender.close()
         for url in urls:
@@ -66,6 +71,51 @@ def test_pipelined_and_sequential_pushes_give_the_same_engine_weights(engines, l
         timeout=60,
     )
     assert r.status_code == 200 and len(r.json()["output_ids"]) == 2
+
+
+def test_separate_tensors_are_copied_into_flat_buckets_and_land_the_same(engines):
+    (url,) = engines(1)
+    be, tok = trained_backend()
+    ids = tok.encode(PROMPT)
+    # Every tensor its own storage (a trainer that did not pack, or a cast): copied first.
+    separate = [(n, t.clone()) for n, t in be.named_hf_weights()]
+    sender = WeightSender(
+        [url], token=TOKEN, backend="gloo", bucket_mb=0.05, load_format="flattened_bucket"
+    )
+    try:
+        sender.push(separate, weight_version=7)
+        buckets = list(P.buckets(separate, 0.05))
+        assert len(sender.last_bucket_sizes) == len(buckets) > 5
+        # Only a bucket of one tensor is already one run of memory.
+        alone = sum(len(b) == 1 for b in buckets)
+        assert sender.last_in_place_buckets == alone < len(buckets)
+    finally:
+        sender.close()
+    assert (engine_logprobs(url, ids) - trainer_logprobs(be, ids)).abs().max().item() <= 1e-4
+
+
+def test_the_control_connection_is_reused_within_keep_alive_and_renewed_after(engines):
+    (url,) = engines(1)
+    be, _ = trained_backend()
+    sender = WeightSender(
+        [url], token=TOKEN, backend="gloo", bucket_mb=0.2, load_format="flattened_bucket"
+    )
+
+    def local_port() -> int:
+        return sender._channels[url].sock.getsockname()[1]
+
+    try:
+        sender.push(be.named_hf_weights(), weight_version=1)
+        first = local_port()
+        sender.push(be.named_hf_weights(), weight_version=2)
+        assert local_port() == first  # within keep_alive_s: the same connection
+        sender.keep_alive_s = 0.0
+        sender.push(be.named_hf_weights(), weight_version=3)
+        assert local_port() != first  # idle too long: a fresh one
+    finally:
+        sender.close()
+    assert sender._channels == {}
+    assert httpx.get(f"{url}/get_weight_version", timeout=10).json() == {"weight_version": "3"}
 
 
 def test_a_bad_bucket_is_a_clear_error_not_a_hang(engines):
@@ -166,6 +216,24 @@ def test_channel_reads_pipelined_answers_in_order_content_length_and_chunked():
         req.index(f"POST /p{i} HTTP/1.1") for i in range(4)
     )
     assert req.count("Authorization: Bearer tok") == 4
+
+
+def test_channel_is_reusable_until_the_server_closes_it():
+    answers = [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    seen: list[bytes] = []
+    port = _serve(answers, seen)  # answers, then closes the connection 0.2 s later
+    ch = PipelinedChannel(f"http://127.0.0.1:{port}", "", timeout_s=10)
+    try:
+        ch.send("/a", {}, "first")
+        assert not ch.reusable(60)  # an answer is outstanding
+        assert [a.status for a in ch.finish(timeout_s=10)] == [200]
+        assert ch.reusable(60)
+        assert not ch.reusable(0.0)  # idle longer than allowed
+        time.sleep(0.6)
+        assert not ch.reusable(60)  # the server closed it: noticed before any write
+        assert ch.error is None  # an idle close is not an update's failure
+    finally:
+        ch.close()
 
 
 def test_channel_reports_a_connection_closed_before_all_answers():

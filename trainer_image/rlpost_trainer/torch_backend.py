@@ -1,7 +1,9 @@
 """The `torch` backend: a HF causal LM trained with plain torch (CPU or one GPU).
 
 Master weights are fp32 whatever the engines serve (small models, exact logprob match in
-tests); they are cast to spec.model.dtype when sent.
+tests); they are cast to spec.model.dtype when sent. They are packed in one buffer
+(rlpost.weightsync.packed): where no cast is needed, a flattened bucket is broadcast from the
+weights' own memory.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from rlpost.api import RLPostTrainJobSpec
 from rlpost.models import DTYPES, build_model
+from rlpost.weightsync.packed import pack_parameters
 from rlpost_trainer.batch import TrainBatch
 from rlpost_trainer.grpo import grpo_loss
 
@@ -58,6 +61,7 @@ class TorchBackend:
         self.device = torch.device("cuda" if use_cuda else "cpu")
         self.send_dtype = DTYPES[spec.model.dtype]
         self.model = build_model(spec.model, vocab_size, seed=spec.seed).float().to(self.device)
+        pack_parameters(self.model)  # before the optimizer: it keeps these same parameters
         self.model.train()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=spec.algorithm.lr, betas=(0.9, 0.99), weight_decay=0.0
