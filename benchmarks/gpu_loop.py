@@ -101,6 +101,9 @@ def main() -> None:
         result["async_over_sync_throughput"] = a["steps_per_s"] / s["steps_per_s"]
         print("async/sync throughput", result["async_over_sync_throughput"], flush=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
+    failed = [name for name, r in result["runs"].items() if "failed" in r]
+    if failed:  # the results are written; make test-gpu must still fail
+        sys.exit(f"rlpost run failed for: {', '.join(failed)} (see {args.out})")
 
 
 if __name__ == "__main__":

@@ -220,7 +220,9 @@ class RewardSpec(Model):
 
 class WeightSyncSpec(Model):
     transport: Transport = Transport.AUTO
-    bucket_mb: Annotated[int, Field(ge=1, le=16384)] = 512
+    # 1 GB: where the measured sync ratio levels off on H200 NVLink (docs/benchmarks-gpu.md);
+    # a trainer that copies its buckets holds two of them at a time.
+    bucket_mb: Annotated[int, Field(ge=1, le=16384)] = 1024
 
 
 class CheckpointSpec(Model):

@@ -70,7 +70,7 @@ class WeightSender:
         engine_urls: Sequence[str],
         token: str | None = None,
         backend: str = "gloo",
-        bucket_mb: float = 512,
+        bucket_mb: float = 1024,
         group_name: str = P.DEFAULT_GROUP,
         master_address: str | None = None,
         master_port: int | None = None,
