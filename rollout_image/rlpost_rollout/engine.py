@@ -106,6 +106,12 @@ class Engine:
             labels,
             registry=self.registry,
         ).labels(self.job_name)
+        self.m_direct = Counter(
+            "rlpost_weight_sync_direct_buckets",
+            "flattened buckets received straight into the weights (no staging copy)",
+            labels,
+            registry=self.registry,
+        ).labels(self.job_name)
         self._set_version(self.weight_version)
 
     def _set_version(self, version: str | None) -> None:
@@ -520,7 +526,8 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             raise HTTPException(400, "names, dtypes and shapes must have the same length")
         receiver = engine._receiver()
         group = receiver.group
-        return await apply_update(
+        direct_before = receiver.direct_buckets
+        answer = await apply_update(
             "distributed",
             receiver.receive,
             obj.names,
@@ -533,6 +540,8 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             # NCCL receives do not block the host; gloo's do (they stay off the loop).
             inline=group is not None and group.backend == "nccl",
         )
+        engine.m_direct.inc(receiver.direct_buckets - direct_before)
+        return answer
 
     @control("/update_weights_from_tensor", UpdateWeightsFromTensorReqInput)
     async def update_weights_from_tensor(obj: UpdateWeightsFromTensorReqInput):

@@ -30,10 +30,14 @@ MODEL = {
     "num_attention_heads": 8,
     "num_key_value_heads": 4,
     "max_position_embeddings": 64,
+    "tie_word_embeddings": False,  # pipeline stages hold the embedding and lm_head apart
 }
 
 
-def job(tmp: Path, dtype: str = "float32", backend: str = "torch", tp: int = 1) -> RLPostTrainJob:
+def job(
+    tmp: Path, dtype: str = "float32", backend: str = "torch", tp: int = 1, pp: int = 1,
+    kl_coef: float = 0.0,
+) -> RLPostTrainJob:  # fmt: skip
     prompts = tmp / "p.jsonl"
     prompts.write_text('{"prompt": "a=", "label": "a"}\n')
     return RLPostTrainJob.model_validate(
@@ -43,11 +47,11 @@ def job(tmp: Path, dtype: str = "float32", backend: str = "torch", tp: int = 1) 
                 "model": {"config": MODEL, "tokenizer": f"char:{ALPHABET}", "dtype": dtype},
                 "trainer": {
                     "backend": backend,
-                    "gpusPerPod": max(1, tp),
-                    "parallelism": {"tensor": tp},
+                    "gpusPerPod": tp * pp,
+                    "parallelism": {"tensor": tp, "pipeline": pp},
                 },
                 "rollout": {"engine": "reference", "gpusPerEngine": 1},
-                "algorithm": {"lr": 1e-3, "clip": 0.2},
+                "algorithm": {"lr": 1e-3, "clip": 0.2, "klCoef": kl_coef},
                 "data": {"prompts": str(prompts)},
                 "seed": 0,
             },
@@ -125,6 +129,14 @@ class GpuEngine:
         r.raise_for_status()
         meta = r.json()["meta_info"]
         return [x[0] for x in meta["input_token_logprobs"][1:]], meta["weight_version"]
+
+    def direct_buckets(self) -> float:
+        """The engine's rlpost_weight_sync_direct_buckets_total (from its /metrics)."""
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        lines = [ln for ln in text.splitlines()
+                 if ln.startswith("rlpost_weight_sync_direct_buckets_total")]  # fmt: skip
+        assert lines, text[-2000:]
+        return float(lines[0].rsplit(" ", 1)[1])
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -136,6 +136,10 @@ def test_engine_logprobs_match_megatron_after_push(tmp_path, dtype):
             sender.close()
         got, version = engine.logprobs(ids)
         assert version == "1"
+        # The megatron backend sends in the engine's dtype and in HF order, the engine's
+        # packed order: every bucket lands straight in the weights.
+        direct = engine.direct_buckets()
+        assert direct == buckets, (direct, buckets)
         diff = max(abs(a - b) for a, b in zip(got, want, strict=True))
         record(
             f"engine_vs_megatron_logprobs_{dtype}",
@@ -144,6 +148,7 @@ def test_engine_logprobs_match_megatron_after_push(tmp_path, dtype):
                 "before_push_max_abs_diff": moved,
                 "tokens": len(ids) - 1,
                 "buckets": buckets,
+                "direct_buckets": direct,
                 "transport": "nccl GPU0->GPU1" if two_gpus else "gloo (one GPU)",
                 "engine_dtype": dtype,
                 "trainer": "megatron, fp32 master weights",
@@ -159,11 +164,12 @@ def test_engine_logprobs_match_megatron_after_push(tmp_path, dtype):
         engine.stop()
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="tensor parallel needs 2 GPUs")
-def test_tensor_parallel_2_matches_the_torch_backend(tmp_path):
-    out = tmp_path / "tp2.json"
+def run_parallel_worker(tmp_path, name: str, *args: str) -> dict:
+    """tests/gpu/parallel_worker.py under torchrun on 2 GPUs; its JSON result."""
+    out = tmp_path / f"{name}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29517", str(ROOT / "tests/gpu/tp_worker.py"), str(out)]  # fmt: skip
+           "--master-port", "29517", str(ROOT / "tests/gpu/parallel_worker.py"), str(out),
+           *args]  # fmt: skip
     env = source_tree_env("0,1")
     env.pop("CUDA_VISIBLE_DEVICES")
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
@@ -171,8 +177,32 @@ def test_tensor_parallel_2_matches_the_torch_backend(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     res = json.loads(out.read_text())
-    record("megatron_tp2_vs_torch_fp32", res)
+    record(name, res)
+    return res
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="tensor parallel needs 2 GPUs")
+def test_tensor_parallel_2_matches_the_torch_backend(tmp_path):
+    res = run_parallel_worker(tmp_path, "megatron_tp2_vs_torch_fp32", "--tp", "2")
     assert res["loss_rel_diff"] <= 1e-3, res
     assert res["grad_norm_rel_diff"] <= 1e-3, res
     assert res["logprob_max_abs_diff"] <= 1e-4, res
     assert res["weights_after_step_max_abs_diff"] <= 1e-4, res
+    assert res["hf_order_matches"], res
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="pipeline parallel needs 2 GPUs")
+def test_pipeline_parallel_2_matches_the_torch_backend(tmp_path):
+    # 16 rows in micro-batches of 4 (each trimmed to its own width): four micro-batches
+    # through Megatron's 1F1B schedule, with the KL term's reference model piped too.
+    res = run_parallel_worker(
+        tmp_path, "megatron_pp2_vs_torch_fp32", "--pp", "2", "--micro-rows", "4", "--kl", "0.1"
+    )
+    assert res["micro_batches"] == 4, res
+    assert res["kl_torch"] > 0, res  # the KL term is really there
+    assert res["loss_rel_diff"] <= 1e-3, res
+    assert abs(res["kl_torch"] - res["kl_megatron"]) <= 1e-3 * abs(res["kl_torch"]), res
+    assert res["grad_norm_rel_diff"] <= 1e-3, res
+    assert res["logprob_max_abs_diff"] <= 1e-4, res
+    assert res["weights_after_step_max_abs_diff"] <= 1e-4, res
+    assert res["hf_order_matches"], res

@@ -16,6 +16,7 @@ from rlpost_trainer.megatron.convert import (
     hf_to_megatron,
     megatron_to_hf,
     parse_name,
+    stage_layers,
 )
 
 from rlpost.api import ModelSource
@@ -153,6 +154,32 @@ def test_pipeline_stage_layers_are_numbered_locally_and_offset_back():
         back["model.layers.2.mlp.down_proj.weight"], hf["model.layers.2.mlp.down_proj.weight"]
     )
     assert "model.layers.0.mlp.down_proj.weight" not in back
+
+
+def test_stages_split_layers_evenly_and_together_give_back_every_hf_tensor_in_order():
+    model = hf_model(num_hidden_layers=4, tie_word_embeddings=False)
+    s = LlamaShape.from_hf_config(model.config)
+    hf = {n: t for n, t in model.state_dict().items() if "rotary" not in n}
+    assert [stage_layers(s, 2, k) for k in (0, 1)] == [range(0, 2), range(2, 4)]
+    out = []
+    for k in (0, 1):
+        layers = stage_layers(s, 2, k)
+        stage = hf_to_megatron(hf, s, 1, layers=layers, first_stage=k == 0, last_stage=k == 1)
+        out += list(megatron_to_hf(stage, s, layer_offset=layers.start))
+    # Stage 0 then stage 1 is HF order (what the engines pack), and nothing is lost.
+    assert [n for n, _ in out] == [n for n, _ in model.named_parameters()]
+    assert all(torch.equal(t, hf[n]) for n, t in out)
+
+
+def test_pipeline_splits_that_cannot_work_are_refused_with_the_reason():
+    s = LlamaShape.from_hf_config(hf_model(tie_word_embeddings=False).config)  # 3 layers
+    with pytest.raises(ValueError, match="3 layers cannot be split evenly into 2"):
+        stage_layers(s, 2, 0)
+    tied = LlamaShape.from_hf_config(hf_model(num_hidden_layers=4, tie_word_embeddings=True).config)
+    assert tied.tie_embeddings
+    with pytest.raises(ValueError, match="tied word embeddings"):
+        stage_layers(tied, 2, 0)
+    assert stage_layers(tied, 1, 0) == range(4)  # one stage: ties are fine
 
 
 def test_tp_that_does_not_divide_the_heads_is_refused():

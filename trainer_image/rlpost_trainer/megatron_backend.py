@@ -1,4 +1,4 @@
-"""The `megatron` backend: Megatron-core GPTModel with tensor parallelism from the spec.
+"""The `megatron` backend: Megatron-core GPTModel with tensor and pipeline parallelism.
 
 Same contract as the torch backend (backend.py): fp32 master weights built from the same HF
 init as the engines (spec.model + spec.seed, converted to Megatron's fused layouts), the
@@ -6,14 +6,15 @@ same GRPO loss (grpo.grpo_loss) on the same micro-batches, AdamW, global grad-no
 at 1.0; `named_hf_weights()` converts back to HF names/layouts (fused QKV and gate/up split,
 TP shards gathered) in spec.model.dtype for the engines.
 
-Parallelism: trainer.parallelism.tensor = TP; the remaining ranks are data parallel (rows of
-the batch split between them, gradients all-reduced). Pipeline parallelism > 1 is refused
-with a clear error (not implemented yet).
+Parallelism: trainer.parallelism.tensor = TP, trainer.parallelism.pipeline = PP (layers split
+evenly between stages; micro-batches run through Megatron's pipeline schedule, the loss on
+the last stage); the remaining ranks are data parallel (rows of the batch split between them,
+gradients all-reduced). For weight sync every stage's HF tensors are collected on global
+rank 0 (first stage, TP rank 0), which pushes them.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,8 @@ from rlpost_trainer.megatron.convert import (
     LlamaShape,
     gather_tp,
     hf_to_megatron,
+    in_hf_order,
+    stage_layers,
     to_hf,
     tp_split_dim,
 )
@@ -36,20 +39,29 @@ from rlpost_trainer.torch_backend import MICRO_BATCH_ROWS, rows
 MAX_GRAD_NORM = 1.0
 
 
-def megatron_logprobs(model: torch.nn.Module, batch: TrainBatch, device: torch.device):
-    """log p(targets) [B, L-1] from a GPTModel (full-vocab logits, causal attention).
-
-    Batches are right-padded, so with a causal mask the real positions never see padding:
-    no padding mask is needed (the HF model's attention_mask changes nothing there either).
-    """
+def gpt_inputs(batch: TrainBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """GPTModel's inputs for a right-padded batch. With a causal mask the real positions never
+    see padding: no padding mask is needed (the HF model's attention_mask changes nothing
+    there either)."""
     ids = batch.input_ids.to(device)
     b, length = ids.shape
     position_ids = torch.arange(length, device=device).unsqueeze(0).expand(b, length)
     causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=device), 1)
-    logits = model(input_ids=ids, position_ids=position_ids, attention_mask=causal[None, None])
-    logits = logits[:, :-1, :].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(-1, batch.targets.to(device)[..., None])[..., 0]
+    return {"input_ids": ids, "position_ids": position_ids, "attention_mask": causal[None, None]}
+
+
+def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets) [B, L-1] from full-vocab logits [B, L, V]."""
+    logp = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)
+    return logp.gather(-1, targets.to(logits.device)[..., None])[..., 0]
+
+
+def megatron_logprobs(model: torch.nn.Module, batch: TrainBatch, device: torch.device):
+    """log p(targets) [B, L-1] from a whole (one-stage) GPTModel."""
+    return logprobs_from_logits(model(**gpt_inputs(batch, device)), batch.targets)
+
+
+STAT_KEYS = ("loss", "pg_loss", "kl", "clip_fraction", "ratio_mean", "kl_rollout")
 
 
 class MegatronBackend:
@@ -65,17 +77,16 @@ class MegatronBackend:
         self.spec = spec
         self.tp = spec.trainer.parallelism.tensor
         self.pp = spec.trainer.parallelism.pipeline
-        if self.pp != 1:
-            raise NotImplementedError(
-                "trainer.parallelism.pipeline > 1 is not implemented by the megatron backend "
-                "yet; use pipeline: 1 (tensor parallelism and data parallelism work)"
-            )
         init_distributed(self.tp, self.pp, spec.seed)
         self.tp_rank = mpu.get_tensor_model_parallel_rank()
         self.tp_group = mpu.get_tensor_model_parallel_group()
         self.dp_rank = mpu.get_data_parallel_rank()
         self.dp_size = mpu.get_data_parallel_world_size()
         self.dp_group = mpu.get_data_parallel_group()
+        self.pp_rank = mpu.get_pipeline_model_parallel_rank()
+        self.pp_group = mpu.get_pipeline_model_parallel_group()
+        self.first_stage = mpu.is_pipeline_first_stage()
+        self.last_stage = mpu.is_pipeline_last_stage()
         self.is_sync_rank = dist.get_rank() == 0
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.send_dtype = DTYPES[spec.model.dtype]
@@ -83,6 +94,7 @@ class MegatronBackend:
         hf = build_model(spec.model, vocab_size, seed=spec.seed)  # the engines' init, on CPU
         self.hf_config = hf.config
         self.shape = LlamaShape.from_hf_config(hf.config)
+        self.layers = stage_layers(self.shape, self.pp, self.pp_rank)  # this stage's, global
         hf_state = {n: t.detach().float() for n, t in hf.state_dict().items()}
         del hf
         self.model = build_gpt(self.shape, self.hf_config, self.tp, self.pp, torch.float32)
@@ -93,15 +105,29 @@ class MegatronBackend:
         )
         self.ref_model = None
         if spec.algorithm.kl_coef > 0:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            # A second model from the same HF weights (Megatron modules hold process groups,
+            # which do not deep-copy).
+            ref = build_gpt(self.shape, self.hf_config, self.tp, self.pp, torch.float32)
+            self.load_hf_state(hf_state, ref)
+            self.ref_model = ref.eval().requires_grad_(False)
         self._gathered: list[tuple[str, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ weights
 
-    def load_hf_state(self, hf_state: dict[str, torch.Tensor]) -> None:
-        """Set this rank's shard from a full HF state dict (names/shapes must match)."""
-        mine = hf_to_megatron(hf_state, self.shape, self.tp)[self.tp_rank]
-        params = dict(self.model.named_parameters())
+    def load_hf_state(
+        self, hf_state: dict[str, torch.Tensor], model: torch.nn.Module | None = None
+    ) -> None:
+        """Set this rank's shard of `model` (default: the policy) from a full HF state dict
+        (names/shapes must match)."""
+        mine = hf_to_megatron(
+            hf_state,
+            self.shape,
+            self.tp,
+            layers=self.layers,
+            first_stage=self.first_stage,
+            last_stage=self.last_stage,
+        )[self.tp_rank]
+        params = dict((model or self.model).named_parameters())
         if set(params) != set(mine):
             raise ValueError(
                 "Megatron parameters do not match the HF conversion: "
@@ -115,7 +141,8 @@ class MegatronBackend:
                 p.copy_(mine[name].to(p.device, p.dtype))
 
     def _gather_hf(self, dtype: torch.dtype) -> list[tuple[str, torch.Tensor]] | None:
-        """Full HF weights on the TP group's first rank (collective over the TP group)."""
+        """This stage's full HF weights on its TP group's first rank (collective over the TP
+        group)."""
         out: list[tuple[str, torch.Tensor]] = []
         first = self.tp_rank == 0
         for name, p in self.model.named_parameters():
@@ -126,30 +153,174 @@ class MegatronBackend:
                 dist.all_gather(parts, t.contiguous(), group=self.tp_group)
                 t = gather_tp(parts, dim)
             if first:
-                out.extend(to_hf(name, t, self.shape, self.tp))
-        return out if first else None
+                out.extend(to_hf(name, t, self.shape, self.tp, self.layers.start))
+        return in_hf_order(out) if first else None
+
+    def _collect_stages(
+        self, mine: list[tuple[str, torch.Tensor]] | None
+    ) -> list[tuple[str, torch.Tensor]] | None:
+        """Every stage's HF weights onto the first stage (TP rank 0 of each stage takes part;
+        stage order is HF order: embeddings, layers, final norm, lm_head)."""
+        if self.tp_rank != 0 or mine is None:
+            return None
+        ranks = dist.get_process_group_ranks(self.pp_group)
+        if self.pp_rank != 0:
+            meta = [[(n, tuple(t.shape), t.dtype) for n, t in mine]]
+            dist.send_object_list(meta, dst=ranks[0])
+            for _, t in mine:
+                dist.send(t.contiguous(), dst=ranks[0])
+            return None
+        out = list(mine)
+        for src in ranks[1:]:
+            meta = [None]
+            dist.recv_object_list(meta, src=src)
+            for name, shape, dtype in meta[0]:
+                t = torch.empty(shape, dtype=dtype, device=self.device)
+                dist.recv(t, src=src)
+                out.append((name, t))
+        return out
 
     def named_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        if self.tp == 1:
+        if self.tp == 1 and self.pp == 1:
+            out = []
             for name, p in self.model.named_parameters():
-                yield from to_hf(name, p.detach().to(self.send_dtype), self.shape, 1)
+                out += to_hf(name, p.detach().to(self.send_dtype), self.shape, 1)
+            yield from in_hf_order(out)  # the engines' packed order: buckets land in place
             return
-        # TP > 1: every TP rank took part in the gather at the end of train_step (only the
+        # TP or PP > 1: every rank took part in the gather at the end of train_step (only the
         # sync rank calls this method).
         if self._gathered is None:
-            raise RuntimeError("tensor parallel weights are gathered after a train_step")
+            raise RuntimeError("model-parallel weights are gathered after a train_step")
         yield from self._gathered
 
     def gather_for_sync(self) -> None:
-        """Collective (all TP ranks): gather the HF weights onto the sync rank."""
-        if self.tp > 1 and self.dp_rank == 0:
-            self._gathered = self._gather_hf(self.send_dtype)
+        """Collective (all TP and PP ranks of DP rank 0): gather the HF weights onto the sync
+        rank."""
+        if (self.tp > 1 or self.pp > 1) and self.dp_rank == 0:
+            stage = self._gather_hf(self.send_dtype)
+            self._gathered = self._collect_stages(stage) if self.pp > 1 else stage
 
     # ------------------------------------------------------------------ training
 
     @torch.no_grad()
     def compute_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        return megatron_logprobs(self.model, batch, self.device).cpu()
+        if self.pp == 1:
+            return megatron_logprobs(self.model, batch, self.device).cpu()
+        n, width = batch.targets.shape
+        parts = self._pipeline_logprobs(self.model, self._micro_batches(batch, 0, n))
+        out = torch.zeros(n, width, dtype=torch.float32, device=self.device)
+        if self.last_stage:  # micro-batches are trimmed to their own width: pad back
+            at = 0
+            for lp in parts:
+                out[at : at + lp.shape[0], : lp.shape[1]] = lp
+                at += lp.shape[0]
+        last = dist.get_process_group_ranks(self.pp_group)[-1]
+        dist.broadcast(out, src=last, group=self.pp_group)
+        return out.cpu()
+
+    # ------------------------------------------------------------------ pipeline schedule
+
+    @staticmethod
+    def _micro_batches(batch: TrainBatch, lo: int, hi: int) -> list[TrainBatch]:
+        starts = range(lo, hi, MICRO_BATCH_ROWS)
+        return [rows(batch, a, min(hi, a + MICRO_BATCH_ROWS)) for a in starts]
+
+    def _run_pipeline(self, model, items: list, loss_func_for, forward_only: bool) -> list:
+        """Megatron's pipeline schedule over `items` (one per micro-batch: a tuple whose first
+        element is the TrainBatch). `loss_func_for(item)` -> the last stage's loss function;
+        returns what those report, in order (empty on other stages)."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        def forward_step(data_iterator, stage_model):
+            item = next(data_iterator)
+            # Stages after the first take their input from the previous one (the schedule
+            # sets it); every stage needs the positions and mask.
+            return stage_model(**gpt_inputs(item[0], self.device)), loss_func_for(item)
+
+        widths = [item[0].input_ids.shape for item in items]
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(items),
+            model=model,
+            num_microbatches=len(items),
+            seq_length=max(w[1] for w in widths),  # shapes travel with each micro-batch
+            micro_batch_size=max(w[0] for w in widths),
+            forward_only=forward_only,
+        )
+
+    def _pipeline_logprobs(self, model, mbs: list[TrainBatch]) -> list[torch.Tensor]:
+        def loss_func_for(item):
+            def collect(logits):
+                lp = logprobs_from_logits(logits, item[0].targets).detach()
+                return torch.zeros((), device=self.device), {"logprobs": lp}
+
+            return collect
+
+        with torch.no_grad():
+            reports = self._run_pipeline(model, [(mb,) for mb in mbs], loss_func_for, True)
+        return [r["logprobs"] for r in reports] if self.last_stage else []
+
+    def _items(self, batch: TrainBatch, advantages: torch.Tensor, lo: int, hi: int) -> list:
+        """Rows lo..hi as micro-batches: (batch, advantages, weight in the full batch,
+        reference logprobs or None) each."""
+        n = batch.input_ids.shape[0]
+        mbs = self._micro_batches(batch, lo, hi)
+        refs: list = [None] * len(mbs)
+        if self.ref_model is not None:
+            if self.pp > 1:
+                refs = self._pipeline_logprobs(self.ref_model, mbs) or refs
+            else:
+                with torch.no_grad():
+                    refs = [megatron_logprobs(self.ref_model, mb, self.device) for mb in mbs]
+        starts = range(lo, hi, MICRO_BATCH_ROWS)
+        return [
+            (mb, advantages[a : a + mb.input_ids.shape[0]], mb.input_ids.shape[0] / n, ref)
+            for mb, a, ref in zip(mbs, starts, refs, strict=True)
+        ]
+
+    def _weighted_loss(self, item, logits: torch.Tensor):
+        """GRPO loss of one micro-batch and its stats, both weighted by its share of rows."""
+        mb, adv, weight, ref = item
+        alg = self.spec.algorithm
+        loss, stats = grpo_loss(
+            logprobs_from_logits(logits, mb.targets),
+            mb.old_logprobs.to(self.device),
+            adv.to(self.device),
+            mb.loss_mask.to(self.device),
+            clip=alg.clip,
+            kl_coef=alg.kl_coef,
+            ref_logprobs=ref,
+        )
+        vec = torch.tensor([getattr(stats, k) for k in STAT_KEYS], dtype=torch.float64)
+        return loss * weight, vec * weight
+
+    def _forward_backward(self, items: list) -> torch.Tensor:
+        """Gradients of the weighted loss over `items`; the stats totals on every stage."""
+        totals = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+        if self.pp == 1:
+            for item in items:
+                logits = self.model(**gpt_inputs(item[0], self.device))
+                loss, vec = self._weighted_loss(item, logits)
+                loss.backward()
+                totals += vec
+            return totals
+
+        def loss_func_for(item):
+            def loss_func(logits):
+                loss, vec = self._weighted_loss(item, logits)
+                # The schedule divides each micro-batch's loss by their number: undo it, so
+                # the step equals one full-batch step as in the one-stage path.
+                return loss * len(items), {"stats": vec}
+
+            return loss_func
+
+        reports = self._run_pipeline(self.model, items, loss_func_for, False)
+        out = totals.to(self.device)
+        for r in reports:
+            out += r["stats"].to(self.device)
+        last = dist.get_process_group_ranks(self.pp_group)[-1]
+        dist.broadcast(out, src=last, group=self.pp_group)
+        return out.cpu()
 
     def _grad_norm(self) -> torch.Tensor:
         """The norm of the full (unsharded) gradient: TP-split parameters summed over the TP
@@ -166,37 +337,23 @@ class MegatronBackend:
                 replicated += sq
         if self.tp > 1:
             dist.all_reduce(split, group=self.tp_group)
-        return (split + replicated).sqrt()
+        total = split + replicated
+        if self.pp > 1:  # stages hold disjoint parameters
+            dist.all_reduce(total, group=self.pp_group)
+        return total.sqrt()
 
     def train_step(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
-        alg = self.spec.algorithm
         self.optimizer.zero_grad(set_to_none=True)
         n = batch.input_ids.shape[0]
         # Data parallel: each DP rank takes a contiguous slice of the rows.
         per = -(-n // self.dp_size)
         lo_dp, hi_dp = min(n, self.dp_rank * per), min(n, (self.dp_rank + 1) * per)
-        keys = ("loss", "pg_loss", "kl", "clip_fraction", "ratio_mean", "kl_rollout")
-        totals = torch.zeros(len(keys), dtype=torch.float64)
-        for lo in range(lo_dp, hi_dp, MICRO_BATCH_ROWS):
-            hi = min(hi_dp, lo + MICRO_BATCH_ROWS)
-            mb = rows(batch, lo, hi)
-            logp = megatron_logprobs(self.model, mb, self.device)
-            ref = None
-            if self.ref_model is not None:
-                with torch.no_grad():
-                    ref = megatron_logprobs(self.ref_model, mb, self.device)
-            loss, stats = grpo_loss(
-                logp,
-                mb.old_logprobs.to(self.device),
-                advantages[lo:hi].to(self.device),
-                mb.loss_mask.to(self.device),
-                clip=alg.clip,
-                kl_coef=alg.kl_coef,
-                ref_logprobs=ref,
+        if self.pp > 1 and hi_dp <= lo_dp:
+            raise ValueError(
+                f"a batch of {n} rows leaves data-parallel rank {self.dp_rank} nothing to train "
+                "on with pipeline parallelism: use more rows per step"
             )
-            weight = (hi - lo) / n
-            (loss * weight).backward()
-            totals += torch.tensor([getattr(stats, k) for k in keys], dtype=torch.float64) * weight
+        totals = self._forward_backward(self._items(batch, advantages, lo_dp, hi_dp))
         if self.dp_size > 1:
             for p in self.model.parameters():
                 if p.grad is None:
@@ -213,7 +370,7 @@ class MegatronBackend:
                 p.grad.detach().mul_(coef)
         self.optimizer.step()
         self.gather_for_sync()
-        out = {k: float(v) for k, v in zip(keys, totals.tolist(), strict=True)}
+        out = {k: float(v) for k, v in zip(STAT_KEYS, totals.tolist(), strict=True)}
         out["grad_norm"] = float(grad_norm)
         return out
 
@@ -225,13 +382,17 @@ class MegatronBackend:
             "optimizer": self.optimizer.state_dict(),
             "tp": self.tp,
             "tp_rank": self.tp_rank,
+            "pp": self.pp,
+            "pp_rank": self.pp_rank,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("tp", 1) != self.tp or state.get("tp_rank", 0) != self.tp_rank:
+        saved = (state.get("tp", 1), state.get("tp_rank", 0), state.get("pp", 1))
+        saved += (state.get("pp_rank", 0),)
+        if saved != (self.tp, self.tp_rank, self.pp, self.pp_rank):
             raise ValueError(
-                f"checkpoint is of TP rank {state.get('tp_rank')}/{state.get('tp')}, this is "
-                f"{self.tp_rank}/{self.tp}"
+                f"checkpoint is of TP rank {saved[1]}/{saved[0]}, PP rank {saved[3]}/{saved[2]}; "
+                f"this is TP {self.tp_rank}/{self.tp}, PP {self.pp_rank}/{self.pp}"
             )
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])

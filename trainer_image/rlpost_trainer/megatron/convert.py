@@ -18,7 +18,7 @@ understood. Layer numbers in Megatron names are local to a pipeline stage (`laye
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +139,34 @@ HF_GLOBAL = {
     "lm_head": "lm_head.weight",
 }
 _LAYER_RE = re.compile(r"^(?:module\.)*decoder\.layers\.(\d+)\.(.+)$")
+# HF LlamaDecoderLayer's parameter order (named_parameters): what an engine that packs its
+# weights holds back to back, so buckets in this order land straight in them.
+HF_LAYER_ORDER = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+)
+_HF_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_HF_GLOBAL_RANK = {"model.embed_tokens.weight": 0, "model.norm.weight": 2, "lm_head.weight": 3}
+
+
+def hf_order_key(name: str) -> tuple[int, int, int]:
+    m = _HF_LAYER_RE.match(name)
+    if m:
+        return (1, int(m.group(1)), HF_LAYER_ORDER.index(m.group(2)))
+    return (_HF_GLOBAL_RANK[name], 0, 0)
+
+
+def in_hf_order(pairs: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """HF (name, tensor) pairs sorted as the HF model lists its parameters (Megatron keeps
+    the norms first in a layer; HF registers them last)."""
+    return sorted(pairs, key=lambda pair: hf_order_key(pair[0]))
 
 
 def parse_name(name: str) -> tuple[int | None, str, int | None, str]:
@@ -195,12 +223,31 @@ def to_hf(
 def megatron_to_hf(
     shards_by_rank: list[Mapping[str, torch.Tensor]], s: LlamaShape, layer_offset: int = 0
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """All TP ranks' named parameters of one pipeline stage -> HF (name, tensor), in order."""
+    """All TP ranks' named parameters of one pipeline stage -> HF (name, tensor), in HF
+    order."""
     tp = len(shards_by_rank)
+    out = []
     for name in shards_by_rank[0]:
         dim = tp_split_dim(name)
         full = gather_tp([r[name] for r in shards_by_rank], dim)
-        yield from to_hf(name, full, s, tp, layer_offset)
+        out += to_hf(name, full, s, tp, layer_offset)
+    yield from in_hf_order(out)
+
+
+def stage_layers(s: LlamaShape, pp: int, stage: int) -> range:
+    """The HF layer indices pipeline stage `stage` of `pp` holds (Megatron splits evenly)."""
+    if s.num_layers % pp:
+        raise ValueError(
+            f"{s.num_layers} layers cannot be split evenly into {pp} pipeline stages: choose "
+            "trainer.parallelism.pipeline dividing the model's num_hidden_layers"
+        )
+    if pp > 1 and s.tie_embeddings:
+        raise ValueError(
+            "tied word embeddings with trainer.parallelism.pipeline > 1 are not supported "
+            "(the embedding and the lm_head would sit on different stages)"
+        )
+    n = s.num_layers // pp
+    return range(stage * n, (stage + 1) * n)
 
 
 def hf_to_megatron(

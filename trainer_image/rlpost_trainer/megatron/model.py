@@ -83,6 +83,11 @@ def transformer_config(s: LlamaShape, hf_cfg, tp: int, pp: int, dtype: torch.dty
         perform_initialization=False,  # weights come from the HF model (same init as engines)
         use_cpu_initialization=False,
         sequence_parallel=False,
+        # Micro-batches are trimmed to their own longest row: pipeline stages exchange each
+        # activation's shape before it. (Megatron rejects that next to its default MoE
+        # dispatcher, "allgather", even in a dense model: name the one it accepts.)
+        variable_seq_lengths=pp > 1,
+        moe_token_dispatcher_type="alltoall",
     )
     return TransformerConfig(**kwargs)
 

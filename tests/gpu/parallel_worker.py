@@ -1,8 +1,12 @@
-"""torchrun --nproc-per-node 2 tests/gpu/tp_worker.py OUT.json: the megatron backend with
-tensor parallel 2 against the torch backend (rank 0) on the same weights and batch."""
+"""torchrun --nproc-per-node 2 tests/gpu/parallel_worker.py OUT.json --tp T --pp P: the
+megatron backend with tensor parallel T and pipeline parallel P against the torch backend
+(rank 0) on the same weights and batch. --micro-rows R splits the batch into micro-batches of
+R rows on the megatron side (several micro-batches through the pipeline schedule); --kl adds
+the KL term (a reference model, run through the pipeline too)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -19,17 +23,26 @@ from rlpost.models import build_tokenizer  # noqa: E402
 from tests.gpu.helpers import job, synthetic_batch  # noqa: E402
 
 
-def main(out: str) -> None:
-    from rlpost_trainer.megatron_backend import MegatronBackend
+def main() -> None:
+    import rlpost_trainer.megatron_backend as mb
     from rlpost_trainer.torch_backend import TorchBackend
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--micro-rows", type=int, default=None)
+    parser.add_argument("--kl", type=float, default=0.0)
+    args = parser.parse_args()
+    if args.micro_rows:
+        mb.MICRO_BATCH_ROWS = args.micro_rows
     torch.backends.cuda.matmul.allow_tf32 = False
     tmp = Path(tempfile.mkdtemp())
-    j = job(tmp, "float32", "megatron", tp=2)
+    j = job(tmp, "float32", "megatron", tp=args.tp, pp=args.pp, kl_coef=args.kl)
     vocab = build_tokenizer(j.spec.model).vocab_size
-    m = MegatronBackend()
+    m = mb.MegatronBackend()
     m.setup(j.spec, vocab)
-    assert m.tp == 2
+    assert (m.tp, m.pp) == (args.tp, args.pp)
     tb = synthetic_batch(vocab)
     lp_m = m.compute_logprobs(tb)
     g = torch.Generator().manual_seed(1)
@@ -39,28 +52,35 @@ def main(out: str) -> None:
     if dist.get_rank() == 0:
         after_m = dict(m.named_hf_weights())
         t = TorchBackend()
-        t.setup(job(tmp, "float32", "torch").spec, vocab)
+        t.setup(job(tmp, "float32", "torch", kl_coef=args.kl).spec, vocab)
         lp_t = t.compute_logprobs(tb.__class__(**{**vars(tb), "old_logprobs": tb.old_logprobs}))
         mask = tb.loss_mask.bool()
         s_t = t.train_step(tb, adv)
         after_t = dict(t.named_hf_weights())
-        assert set(after_t) == set(after_m)
+        assert set(after_t) == set(after_m), sorted(set(after_t) ^ set(after_m))[:5]
         res = {
-            "tp": 2,
+            "tp": args.tp,
+            "pp": args.pp,
+            "micro_batches": -(-tb.input_ids.shape[0] // mb.MICRO_BATCH_ROWS),
+            "kl_coef": args.kl,
             "loss_torch": s_t["loss"],
-            "loss_megatron_tp2": s_m["loss"],
+            "loss_megatron": s_m["loss"],
             "loss_rel_diff": abs(s_t["loss"] - s_m["loss"]) / abs(s_t["loss"]),
+            "kl_torch": s_t["kl"],
+            "kl_megatron": s_m["kl"],
             "grad_norm_rel_diff": abs(s_t["grad_norm"] - s_m["grad_norm"]) / s_t["grad_norm"],
             "logprob_max_abs_diff": float((lp_t - lp_m)[mask].abs().max()),
             "weights_after_step_max_abs_diff": max(
                 float((after_t[n] - after_m[n]).abs().max()) for n in after_t
             ),
+            # HF order is what the engines pack: the stages' tensors arrive in it.
+            "hf_order_matches": list(after_t) == list(after_m),
             "gpu": torch.cuda.get_device_name(0),
         }
-        Path(out).write_text(json.dumps(res))
+        Path(args.out).write_text(json.dumps(res))
         print(res, flush=True)
     dist.barrier()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
