@@ -2,7 +2,8 @@
 megatron backend with tensor parallel T and pipeline parallel P against the torch backend
 (rank 0) on the same weights and batch. --micro-rows R splits the batch into micro-batches of
 R rows on the megatron side (several micro-batches through the pipeline schedule); --kl adds
-the KL term (a reference model, run through the pipeline too)."""
+the KL term (a reference model, run through the pipeline too); --steps N compares the Nth
+step (the KL to the reference is 0 until the policy has moved once)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--micro-rows", type=int, default=None)
     parser.add_argument("--kl", type=float, default=0.0)
+    parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args()
     if args.micro_rows:
         mb.MICRO_BATCH_ROWS = args.micro_rows
@@ -48,14 +50,16 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     tb.old_logprobs = (lp_m + 0.1 * torch.randn(lp_m.shape, generator=g)) * tb.loss_mask
     adv = batch_advantages(tb)
-    s_m = m.train_step(tb, adv)
+    for _ in range(args.steps):
+        s_m = m.train_step(tb, adv)
     if dist.get_rank() == 0:
         after_m = dict(m.named_hf_weights())
         t = TorchBackend()
         t.setup(job(tmp, "float32", "torch", kl_coef=args.kl).spec, vocab)
         lp_t = t.compute_logprobs(tb.__class__(**{**vars(tb), "old_logprobs": tb.old_logprobs}))
         mask = tb.loss_mask.bool()
-        s_t = t.train_step(tb, adv)
+        for _ in range(args.steps):
+            s_t = t.train_step(tb, adv)
         after_t = dict(t.named_hf_weights())
         assert set(after_t) == set(after_m), sorted(set(after_t) ^ set(after_m))[:5]
         res = {
@@ -63,6 +67,7 @@ def main() -> None:
             "pp": args.pp,
             "micro_batches": -(-tb.input_ids.shape[0] // mb.MICRO_BATCH_ROWS),
             "kl_coef": args.kl,
+            "steps": args.steps,
             "loss_torch": s_t["loss"],
             "loss_megatron": s_m["loss"],
             "loss_rel_diff": abs(s_t["loss"] - s_m["loss"]) / abs(s_t["loss"]),

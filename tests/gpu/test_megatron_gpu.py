@@ -194,10 +194,12 @@ def test_tensor_parallel_2_matches_the_torch_backend(tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="pipeline parallel needs 2 GPUs")
 def test_pipeline_parallel_2_matches_the_torch_backend(tmp_path):
     # 16 rows in micro-batches of 4 (each trimmed to its own width): four micro-batches
-    # through Megatron's 1F1B schedule, with the KL term's reference model piped too.
+    # through Megatron's 1F1B schedule, with the KL term's reference model piped too; the
+    # second step is compared (after one step the policy differs from the reference).
     res = run_parallel_worker(
-        tmp_path, "megatron_pp2_vs_torch_fp32", "--pp", "2", "--micro-rows", "4", "--kl", "0.1"
-    )
+        tmp_path, "megatron_pp2_vs_torch_fp32",
+        "--pp", "2", "--micro-rows", "4", "--kl", "0.1", "--steps", "2",
+    )  # fmt: skip
     assert res["micro_batches"] == 4, res
     assert res["kl_torch"] > 0, res  # the KL term is really there
     assert res["loss_rel_diff"] <= 1e-3, res
