@@ -145,13 +145,16 @@ class EngineProc:
                 self.proc.kill()
 
 
-def build_source(model: dict | None = None):
+def build_source(model: dict | None = None, packed: bool = False):
     """The trainer's weights: the engine's architecture in bf16, random init on the GPU
-    (built in bf16 directly: no fp32 copy, seconds for 7B)."""
+    (built in bf16 directly: no fp32 copy, seconds for 7B). packed: the weights back to back
+    in one buffer (rlpost.weightsync.packed, as the torch backend holds them), so every bucket
+    is one run of their memory; same seed, same values."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlpost.models import TINY_DEFAULTS
+    from rlpost.weightsync.packed import pack_parameters
 
     cfg = LlamaConfig(**{**TINY_DEFAULTS, **(model or MODEL), "vocab_size": len(ALPHABET) + 3})
     torch.manual_seed(1234)
@@ -162,23 +165,9 @@ def build_source(model: dict | None = None):
             m = LlamaForCausalLM(cfg).to(torch.bfloat16)
     finally:
         torch.set_default_dtype(prev)
+    if packed:
+        pack_parameters(m)
     return [(n, p.detach()) for n, p in m.named_parameters()]
-
-
-def packed_copy(named):
-    """The same weights back to back in one buffer, in order: what a trainer that packed its
-    weights holds (rlpost.weightsync.packed), so every bucket is one run of its memory."""
-    import torch
-
-    first = named[0][1]
-    flat = torch.empty(sum(t.numel() for _, t in named), dtype=first.dtype, device=first.device)
-    out, at = [], 0
-    for name, t in named:
-        view = flat[at : at + t.numel()].view(t.shape)
-        view.copy_(t)
-        out.append((name, view))
-        at += t.numel()
-    return out
 
 
 def own_checksums(named) -> dict[str, float]:
@@ -510,7 +499,7 @@ def disaggregated(
     out["raw"] = measure_raw(named, buckets_mb, reps, warmup, work, save)
     sources = {"separate": named}
     if any(VARIANTS[v].trainer == "packed" for v in variants):
-        sources["packed"] = packed_copy(named)
+        sources["packed"] = build_source(model, packed=True)
     job = write_job(work, model=model)
     out["full"] = {}
     for kind in ("packed", "staged"):

@@ -182,10 +182,7 @@ class MegatronBackend:
 
     def named_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         if self.tp == 1 and self.pp == 1:
-            out = []
-            for name, p in self.model.named_parameters():
-                out += to_hf(name, p.detach().to(self.send_dtype), self.shape, 1)
-            yield from in_hf_order(out)  # the engines' packed order: buckets land in place
+            yield from self._gather_hf(self.send_dtype) or ()  # one rank: no collective
             return
         # TP or PP > 1: every rank took part in the gather at the end of train_step (only the
         # sync rank calls this method).
