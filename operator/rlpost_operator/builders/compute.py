@@ -1,0 +1,90 @@
+"""The gang's compute children: trainer/worker StatefulSet, engine and router
+Deployments, the buffer Pod. Created on admission, deleted on eviction/suspension/restart/finish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlpost import api
+
+from ..constants import (
+    ATTEMPT_LABEL,
+    RESUME_ANNOTATION,
+    ROLE_BUFFER,
+    ROLE_ROLLOUT,
+    ROLE_ROUTER,
+    ROLE_TRAINER,
+    ROLE_WORKER,
+)
+from .common import JobRef, StartInfo, names, object_meta, selector, with_hash
+from .pods import pod_template
+
+
+def build_training_statefulset(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo
+) -> dict[str, Any]:
+    role = ROLE_WORKER if spec.mode == api.Mode.COLOCATED else ROLE_TRAINER
+    name = names(ref.name)[role]
+    tmpl = pod_template(ref, spec, role, start)
+    meta = object_meta(ref, name, role)
+    if start.resume_step is not None:
+        meta["annotations"] = {RESUME_ANNOTATION: str(start.resume_step)}
+    meta["labels"][ATTEMPT_LABEL] = str(start.attempt)
+    return with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": meta,
+            "spec": {
+                "serviceName": name,
+                "replicas": spec.trainer.replicas,
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": selector(ref.name, role)},
+                "template": tmpl,
+            },
+        }
+    )
+
+
+def _deployment(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, role: str, replicas: int, start: StartInfo
+) -> dict[str, Any]:
+    meta = object_meta(ref, names(ref.name)[role], role)
+    meta["labels"][ATTEMPT_LABEL] = str(start.attempt)
+    return with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": selector(ref.name, role)},
+                "strategy": {"type": "Recreate"},
+                "template": pod_template(ref, spec, role, start),
+            },
+        }
+    )
+
+
+def build_buffer_pod(ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo) -> dict[str, Any]:
+    tmpl = pod_template(ref, spec, ROLE_BUFFER, start)
+    meta = object_meta(ref, names(ref.name)["buffer"], ROLE_BUFFER)
+    meta["labels"].update(tmpl["metadata"]["labels"])
+    if tmpl["metadata"].get("annotations"):
+        meta["annotations"] = dict(tmpl["metadata"]["annotations"])
+    pod_spec_ = dict(tmpl["spec"])
+    pod_spec_["restartPolicy"] = "Always"
+    pod_spec_["hostname"] = names(ref.name)["buffer"]
+    return with_hash({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec_})
+
+
+def build_compute_children(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo
+) -> list[dict[str, Any]]:
+    """The gang: created on admission, deleted on eviction/suspension/restart/finish."""
+    out = [build_training_statefulset(ref, spec, start)]
+    if spec.mode == api.Mode.DISAGGREGATED:
+        out.append(_deployment(ref, spec, ROLE_ROLLOUT, spec.rollout.engines, start))
+    out.append(_deployment(ref, spec, ROLE_ROUTER, 1, start))
+    out.append(build_buffer_pod(ref, spec, start))
+    return out

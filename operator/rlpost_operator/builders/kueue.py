@@ -1,0 +1,101 @@
+"""The Kueue Workload of a job and the admission facts read back from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlpost import api
+
+from ..constants import (
+    HASH_ANNOTATION,
+    KUEUE_GROUP,
+    KUEUE_VERSION,
+    QUEUE_LABEL,
+    RESOURCE_IN_USE_FINALIZER,
+)
+from .common import JobRef, PodSetUpdate, names, object_meta, pod_groups, spec_hash
+from .pods import pod_template
+
+
+def build_workload(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, queue: str, priority: int | None = None
+) -> dict[str, Any]:
+    """ONE Workload for the whole gang: all podSets are admitted together or not at all."""
+    pod_sets = []
+    for g in pod_groups(spec):
+        tmpl = pod_template(ref, spec, g.name)
+        # Kueue keeps only labels/annotations in a podSet template's metadata.
+        pod_sets.append({"name": g.name, "count": g.count, "template": tmpl})
+    wl: dict[str, Any] = {
+        "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
+        "kind": "Workload",
+        "metadata": {
+            **object_meta(ref, names(ref.name)["workload"]),
+            "finalizers": [RESOURCE_IN_USE_FINALIZER],
+        },
+        "spec": {"queueName": queue, "podSets": pod_sets, "active": not spec.suspend},
+    }
+    if spec.priority_class_name:
+        wl["spec"]["priorityClassRef"] = {
+            "group": KUEUE_GROUP,
+            "kind": "WorkloadPriorityClass",
+            "name": spec.priority_class_name,
+        }
+        # Kueue's webhook wants the class's value next to the reference (jobframework
+        # copies it the same way).
+        wl["spec"]["priority"] = int(priority or 0)
+    # The hash covers what is immutable in a Workload (podSets, queue, priority), not
+    # `active`, which follows spec.suspend.
+    immutable = {k: v for k, v in wl["spec"].items() if k not in ("active", "priority")}
+    wl["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(immutable)}
+    return wl
+
+
+def podset_updates(
+    workload: dict[str, Any], flavors: dict[str, dict[str, Any]]
+) -> dict[str, PodSetUpdate]:
+    """Per podSet: the assigned ResourceFlavors' nodeLabels/tolerations, then the admission
+    checks' podSetUpdates (Kueue jobframework: podset.FromAssignment + FromUpdate)."""
+    status = workload.get("status") or {}
+    out: dict[str, PodSetUpdate] = {}
+    for psa in (status.get("admission") or {}).get("podSetAssignments") or []:
+        upd = out.setdefault(psa["name"], PodSetUpdate())
+        seen: list[str] = []
+        for flavor_name in (psa.get("flavors") or {}).values():
+            if flavor_name in seen:
+                continue
+            seen.append(flavor_name)
+            fspec = (flavors.get(flavor_name) or {}).get("spec") or {}
+            upd.node_selector.update(fspec.get("nodeLabels") or {})
+            for t in fspec.get("tolerations") or []:
+                if t not in upd.tolerations:
+                    upd.tolerations.append(t)
+    for check in status.get("admissionChecks") or []:
+        for psu in check.get("podSetUpdates") or []:
+            upd = out.setdefault(psu["name"], PodSetUpdate())
+            upd.labels.update(psu.get("labels") or {})
+            upd.annotations.update(psu.get("annotations") or {})
+            upd.node_selector.update(psu.get("nodeSelector") or {})
+            for t in psu.get("tolerations") or []:
+                if t not in upd.tolerations:
+                    upd.tolerations.append(t)
+    return out
+
+
+def missing_flavors(workload: dict[str, Any], flavors: dict[str, dict[str, Any]]) -> list[str]:
+    status = workload.get("status") or {}
+    wanted = {
+        f
+        for psa in (status.get("admission") or {}).get("podSetAssignments") or []
+        for f in (psa.get("flavors") or {}).values()
+    }
+    return sorted(wanted - set(flavors))
+
+
+def job_queue_label(ref: JobRef, queue: str) -> dict[str, Any]:
+    """The job's own metadata patch: Kueue's queue-name label (an apply of labels only)."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": ref.name, "namespace": ref.namespace, "labels": {QUEUE_LABEL: queue}},
+    }

@@ -1,0 +1,75 @@
+"""Services and the job's NetworkPolicy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlpost import api
+
+from ..constants import (
+    APP,
+    BUFFER_PORT,
+    ENGINE_PORT,
+    INSTANCE_LABEL,
+    MASTER_PORT,
+    NAME_LABEL,
+    ROLE_BUFFER,
+    ROLE_ROLLOUT,
+    ROLE_ROUTER,
+    ROLE_TRAINER,
+    ROLE_WORKER,
+    ROUTER_PORT,
+)
+from .common import JobRef, names, object_meta, selector, with_hash
+
+
+def _service(
+    ref: JobRef, name: str, role: str, port: int, headless: bool = False
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": selector(ref.name, role),
+        "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
+    }
+    if headless:
+        spec["clusterIP"] = "None"
+        spec["publishNotReadyAddresses"] = role in (ROLE_TRAINER, ROLE_WORKER)
+    return with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": object_meta(ref, name, role),
+            "spec": spec,
+        }
+    )
+
+
+def build_services(ref: JobRef, spec: api.RLPostTrainJobSpec) -> list[dict[str, Any]]:
+    n = names(ref.name)
+    train_role = ROLE_WORKER if spec.mode == api.Mode.COLOCATED else ROLE_TRAINER
+    out = [
+        _service(ref, n[train_role], train_role, MASTER_PORT, headless=True),
+        _service(ref, n["router"], ROLE_ROUTER, ROUTER_PORT),
+        _service(ref, n["buffer"], ROLE_BUFFER, BUFFER_PORT),
+    ]
+    if spec.mode == api.Mode.DISAGGREGATED:
+        out.append(_service(ref, n["rollout"], ROLE_ROLLOUT, ENGINE_PORT, headless=True))
+    return out
+
+
+def build_network_policy(ref: JobRef) -> dict[str, Any]:
+    """Ingress to the job's pods only from the job's own pods (buffer, router, engines,
+    trainer ranks): another job's pods cannot reach its buffer or engine control ports.
+    The chart's namespace policy adds the operator and Prometheus (policies are a union)."""
+    sel = {NAME_LABEL: APP, INSTANCE_LABEL: ref.name}
+    return with_hash(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": object_meta(ref, f"{ref.name}-intra-job"),
+            "spec": {
+                "podSelector": {"matchLabels": sel},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": sel}}]}],
+            },
+        }
+    )

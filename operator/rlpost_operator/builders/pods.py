@@ -1,0 +1,209 @@
+"""The pod spec and pod template of each role (env, command, ports, probes, resources)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlpost import api
+
+from ..constants import (
+    ATTEMPT_LABEL,
+    BUFFER_PORT,
+    ENGINE_PORT,
+    GPU,
+    MASTER_PORT,
+    PODSET_LABEL,
+    RESUME_ANNOTATION,
+    ROLE_ROLLOUT,
+    ROLE_ROUTER,
+    ROLE_TRAINER,
+    ROLE_WORKER,
+    ROUTER_PORT,
+    TRAINER_METRICS_PORT,
+)
+from .common import JobRef, PodSetUpdate, StartInfo, labels, names, pod_groups
+from .security import container_security, pod_security
+from .storage import CONFIG_MOUNT, pod_volumes, state_dir
+
+
+def _resources(res: api.Resources, gpus: int) -> dict[str, Any]:
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if gpus:
+        requests[GPU] = str(gpus)
+        limits[GPU] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+SMALL = api.Resources(cpu="500m", memory="1Gi")
+
+
+def _common_env(ref: JobRef, resume_step: int | None) -> list[dict[str, Any]]:
+    n = names(ref.name)
+    env: list[dict[str, Any]] = [
+        {"name": "RLPOST_CONFIG", "value": f"{CONFIG_MOUNT}/job.yaml"},
+        {"name": "RLPOST_JOB_NAME", "value": ref.name},
+        {
+            "name": "RLPOST_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": n["token"], "key": "token"}},
+        },
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    if resume_step is not None:
+        env.append({"name": "RLPOST_RESUME_STEP", "value": str(resume_step)})
+    return env
+
+
+def _urls(ref: JobRef) -> list[dict[str, Any]]:
+    n = names(ref.name)
+    return [
+        {"name": "RLPOST_BUFFER_URL", "value": f"http://{n['buffer']}:{BUFFER_PORT}"},
+        {"name": "RLPOST_ROUTER_URL", "value": f"http://{n['router']}:{ROUTER_PORT}"},
+        # Engines are the Ready pods behind this headless Service (one A record each).
+        {"name": "RLPOST_ENGINE_SERVICE", "value": f"{n['rollout']}:{ENGINE_PORT}"},
+    ]
+
+
+def _probe(port: int, path: str) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": 10, "failureThreshold": 3}
+
+
+def pod_spec(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, role: str, resume_step: int | None = None
+) -> dict[str, Any]:
+    """The pod spec of one role (no admission facts: those are merged by `apply_update`)."""
+    n = names(ref.name)
+    groups = {g.name: g for g in pod_groups(spec)}
+    gpus = groups[role].gpus
+    env = _common_env(ref, resume_step)
+    shm = role in (ROLE_TRAINER, ROLE_WORKER, ROLE_ROLLOUT)
+    volumes, mounts = pod_volumes(ref, spec, shm=shm)
+    ports: list[dict[str, Any]] = []
+    readiness = None
+    if role in (ROLE_TRAINER, ROLE_WORKER):
+        image = spec.trainer.image
+        command = ["python", "-m", "rlpost_trainer"]
+        res = spec.trainer.resources
+        env += _urls(ref)
+        env += [
+            {"name": "RLPOST_STATE_DIR", "value": state_dir(ref, spec, role)},
+            {"name": "RLPOST_METRICS_PORT", "value": str(TRAINER_METRICS_PORT)},
+            {"name": "RLPOST_MODE", "value": str(spec.mode)},
+            {"name": "MASTER_ADDR", "value": f"{n[role]}-0.{n[role]}"},
+            {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
+            {
+                "name": "RANK",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+                },
+            },
+            {"name": "WORLD_SIZE", "value": str(spec.trainer.replicas)},
+            {"name": "LOCAL_RANK", "value": "0"},
+            {"name": "NPROC_PER_NODE", "value": str(max(spec.trainer.gpus_per_pod, 1))},
+            {"name": "NCCL_DEBUG", "value": "WARN"},
+            {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+            {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
+        ]
+        ports = [
+            {"name": "rendezvous", "containerPort": MASTER_PORT},
+            {"name": "metrics", "containerPort": TRAINER_METRICS_PORT},
+        ]
+    elif role == ROLE_ROLLOUT:
+        image = spec.rollout.image
+        module = (
+            "rlpost_rollout.launch_sglang"
+            if spec.rollout.engine == api.EngineKind.SGLANG
+            else "rlpost_rollout.engine"
+        )
+        command = ["python", "-m", module, "--port", str(ENGINE_PORT)]
+        res = spec.rollout.resources
+        env += [
+            {"name": "NCCL_DEBUG", "value": "WARN"},
+            {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+        ]
+        ports = [{"name": "http", "containerPort": ENGINE_PORT}]
+        readiness = _probe(ENGINE_PORT, "/health")
+    elif role == ROLE_ROUTER:
+        image = spec.rollout.router.image
+        command = ["python", "-m", "rlpost_rollout.router", "--port", str(ROUTER_PORT)]
+        res = SMALL
+        ports = [{"name": "http", "containerPort": ROUTER_PORT}]
+        readiness = _probe(ROUTER_PORT, "/health")
+    else:
+        image = spec.rollout.image
+        command = ["python", "-m", "rlpost_rollout.buffer", "--port", str(BUFFER_PORT)]
+        res = SMALL
+        env += [
+            {"name": "RLPOST_ROUTER_URL", "value": f"http://{n['router']}:{ROUTER_PORT}"},
+            {"name": "RLPOST_STATE_DIR", "value": state_dir(ref, spec, role)},
+        ]
+        ports = [{"name": "http", "containerPort": BUFFER_PORT}]
+        readiness = _probe(BUFFER_PORT, "/health")
+    container: dict[str, Any] = {
+        "name": role,
+        "image": image,
+        "command": command,
+        "env": env,
+        "ports": ports,
+        "resources": _resources(res, gpus),
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+    }
+    if readiness:
+        container["readinessProbe"] = readiness
+    return {
+        "serviceAccountName": n["sa"],
+        "automountServiceAccountToken": role in (ROLE_TRAINER, ROLE_WORKER, ROLE_ROUTER),
+        "securityContext": pod_security(),
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
+def apply_update(template: dict[str, Any], upd: PodSetUpdate | None) -> dict[str, Any]:
+    """Merge admission facts into a pod template (Kueue's podset.Merge: nodeSelector and
+    labels/annotations merged, tolerations appended without duplicates)."""
+    if upd is None:
+        return template
+    meta = template.setdefault("metadata", {})
+    meta.setdefault("labels", {}).update(upd.labels)
+    if upd.annotations:
+        meta.setdefault("annotations", {}).update(upd.annotations)
+    spec = template["spec"]
+    if upd.node_selector:
+        spec["nodeSelector"] = {**spec.get("nodeSelector", {}), **upd.node_selector}
+    if upd.tolerations:
+        tols = list(spec.get("tolerations", []))
+        for t in upd.tolerations:
+            if t not in tols:
+                tols.append(t)
+        spec["tolerations"] = tols
+    return template
+
+
+def pod_template(
+    ref: JobRef,
+    spec: api.RLPostTrainJobSpec,
+    role: str,
+    start: StartInfo | None = None,
+) -> dict[str, Any]:
+    pod_labels = labels(ref.name, role)
+    pod_labels[PODSET_LABEL] = role
+    annotations: dict[str, str] = {}
+    resume = None
+    if start is not None:
+        pod_labels[ATTEMPT_LABEL] = str(start.attempt)
+        resume = start.resume_step
+        if resume is not None:
+            annotations[RESUME_ANNOTATION] = str(resume)
+    tmpl: dict[str, Any] = {
+        "metadata": {"labels": pod_labels},
+        "spec": pod_spec(ref, spec, role, resume),
+    }
+    if annotations:
+        tmpl["metadata"]["annotations"] = annotations
+    if start is not None:
+        apply_update(tmpl, start.updates.get(role))
+    return tmpl
