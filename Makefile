@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv system-deps cluster-bins cluster cluster-down crds lint test test-unit test-e2e \
+.PHONY: venv system-deps cluster-bins images cluster cluster-down crds lint test test-unit test-e2e \
         test-gpu run-example bench clean chart-sync chart-lint
 
 # Python environment with every role, the operator and the test tools.
@@ -24,6 +24,12 @@ system-deps:
 cluster-bins:
 	@bash e2e/cluster/build.sh >/dev/null
 
+# The operator, trainer and rollout images, built with buildah from their Dockerfiles on a
+# local python:3.11-slim-bookworm (debootstrap); OCI archives + manifest.json in
+# ~/.cache/rlpost/images, rebuilt only when an input changes (see e2e/images).
+images: venv system-deps
+	$(BIN)/python -m e2e.images build
+
 cluster: venv cluster-bins
 	$(BIN)/python -m e2e.cluster up
 cluster-down: venv
@@ -40,7 +46,7 @@ run-example: venv
 	$(BIN)/rlpost run examples/copy-first-letter.yaml
 
 # The whole suite: unit, integration and e2e against the local control plane (not GPU).
-test: venv system-deps cluster-bins
+test: venv system-deps cluster-bins images
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

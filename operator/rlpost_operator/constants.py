@@ -30,6 +30,10 @@ DEFAULT_LOCAL_QUEUE = "default"
 JOB_API_VERSION = api.API_VERSION
 JOB_KIND = api.KIND
 
+# The non-root uid/gid the three images create (USER 10001, owner of /var/lib/rlpost):
+# every pod runs as it (docs/CONTRACTS.md).
+IMAGE_UID = 10001
+
 # Ports of the roles (docs/CONTRACTS.md).
 BUFFER_PORT = 8000
 ROUTER_PORT = 30000

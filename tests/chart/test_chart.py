@@ -73,7 +73,9 @@ def test_operator_deployment_is_hardened():
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
+    # The image's own user (operator/Dockerfile: USER 10001:10001), as in the operator's pods.
+    psc = pod["securityContext"]
+    assert (psc["runAsUser"], psc["runAsGroup"], psc["fsGroup"]) == (10001, 10001, 10001)
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True

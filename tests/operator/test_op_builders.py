@@ -99,6 +99,9 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     sc = c["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["seccompProfile"]["type"] == "RuntimeDefault" and sc["runAsNonRoot"] is True
+    # The uid the images create and own /var/lib/rlpost with (USER 10001 in each Dockerfile).
+    psc = tmpl["spec"]["securityContext"]
+    assert (psc["runAsUser"], psc["runAsGroup"], psc["fsGroup"]) == (10001, 10001, 10001)
     vols = {v["name"]: v for v in tmpl["spec"]["volumes"]}
     assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
     assert vols["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..constants import IMAGE_UID
+
 
 def container_security() -> dict[str, Any]:
     return {
@@ -19,8 +21,8 @@ def container_security() -> dict[str, Any]:
 def pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "runAsGroup": 1000,
-        "fsGroup": 1000,
+        "runAsUser": IMAGE_UID,
+        "runAsGroup": IMAGE_UID,
+        "fsGroup": IMAGE_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }

@@ -1,0 +1,5 @@
+"""The production images built locally with buildah (see build.py and `python -m e2e.images`)."""
+
+from .build import ensure_base, ensure_images, images, read_manifest, status, tags
+
+__all__ = ["ensure_base", "ensure_images", "images", "read_manifest", "status", "tags"]
