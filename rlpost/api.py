@@ -13,6 +13,7 @@ clear error in `rlpost run`).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -233,6 +234,12 @@ class CheckpointSpec(Model):
 
 class FailurePolicy(Model):
     max_restarts: Annotated[int, Field(ge=0, le=100)] = 3
+    # An admitted gang whose pods are not all Ready this long after it was started (pods
+    # Pending/Unschedulable: GPU fragmentation, a node gone) gives its quota back: the
+    # operator deactivates its Workload and requeues it after a backoff (Kueue's
+    # waitForPodsReady, per job). Past podsReadyRequeueLimit such requeues the job Fails.
+    pods_ready_timeout_seconds: Annotated[int, Field(ge=5, le=86400)] = 600
+    pods_ready_requeue_limit: Annotated[int, Field(ge=0, le=100)] = 5
 
 
 class RLPostTrainJobSpec(Model):
@@ -309,6 +316,10 @@ class RLPostTrainJobStatus(Model):
     # from (RLPOST_RESUME_STEP), and pods Ready / pods expected of the running gang.
     resume_step: int | None = None
     ready_pods: str | None = None
+    # Gangs requeued because their pods were not Ready within
+    # failurePolicy.podsReadyTimeoutSeconds, and when the current backoff ends.
+    pods_ready_requeues: int | None = None
+    requeue_at: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
     observed_generation: int | None = None
@@ -323,8 +334,30 @@ class ObjectMeta(Model):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
+# Child names are `<job>-<role>`; the longest label-limited one is the trainer
+# StatefulSet's `controller-revision-hash` label value `<job>-trainer-<10-char hash>` (a
+# label value: at most 63 characters), so a job name may have at most 44 characters. Child
+# Services are DNS-1035 labels: lowercase letters, digits and '-', starting with a letter.
+MAX_JOB_NAME = 44
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+JOB_NAME_RULES = [
+    cel(
+        f"size(self.metadata.name) <= {MAX_JOB_NAME}",
+        f"metadata.name must be at most {MAX_JOB_NAME} characters: the job's children are "
+        f"named <name>-trainer, <name>-rollout, ... and their pods' labels are limited to 63",
+    ),
+    cel(
+        f"self.metadata.name.matches('{JOB_NAME_PATTERN}')",
+        "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting "
+        "with a letter): the job's Services are named after it",
+    ),
+]
+
+
 class RLPostTrainJob(Model):
     """The whole object, as `kubectl apply -f` or `rlpost run` reads it."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": JOB_NAME_RULES})
 
     api_version: Annotated[str, Field(pattern=rf"^{GROUP}/{VERSION}$")] = API_VERSION
     kind: Annotated[str, Field(pattern=rf"^{KIND}$")] = KIND
@@ -334,6 +367,24 @@ class RLPostTrainJob(Model):
 
 
 # ---------------------------------------------------------------------------- semantics
+
+
+def name_errors(name: str) -> list[str]:
+    """The CEL rules on metadata.name (JOB_NAME_RULES), for `rlpost run` and the operator
+    (a CRD installed before the rules existed lets such a name through)."""
+    errors: list[str] = []
+    if len(name) > MAX_JOB_NAME:
+        errors.append(
+            f"metadata.name {name!r} has {len(name)} characters, at most {MAX_JOB_NAME} are "
+            f"allowed: its children ({name}-trainer, ...) would overflow the 63-character "
+            "label limit; use a shorter name"
+        )
+    if not re.match(JOB_NAME_PATTERN, name):
+        errors.append(
+            f"metadata.name {name!r} must be a DNS-1035 label (lowercase letters, digits and "
+            "'-', starting with a letter): the job's Services are named after it"
+        )
+    return errors
 
 
 def semantic_errors(spec: RLPostTrainJobSpec) -> list[str]:

@@ -150,6 +150,11 @@ def status_schema() -> dict[str, Any]:
     return schema
 
 
+def root_validations() -> list[dict[str, str]]:
+    extra = api.RLPostTrainJob.model_config.get("json_schema_extra") or {}
+    return list(extra.get("x-kubernetes-validations") or [])  # type: ignore[union-attr]
+
+
 def build_crd() -> dict[str, Any]:
     columns = [
         {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
@@ -190,6 +195,9 @@ def build_crd() -> dict[str, Any]:
                             "description": "An RL post-training job: a Kueue-admitted gang "
                             "of trainer, rollout engines, router and buffer.",
                             "required": ["spec"],
+                            # Rules on the whole object (metadata.name: the children's names
+                            # derive from it), from the RLPostTrainJob model.
+                            "x-kubernetes-validations": root_validations(),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -24,8 +24,15 @@ import kopf
 from rlpost import api
 
 from . import builders as b
-from . import metrics, protocol
-from .constants import APP, INSTANCE_LABEL, NAME_LABEL, ROLE_LABEL, TRAINING_ROLES
+from . import metrics, protocol, validation
+from .constants import (
+    APP,
+    HASH_ANNOTATION,
+    INSTANCE_LABEL,
+    NAME_LABEL,
+    ROLE_LABEL,
+    TRAINING_ROLES,
+)
 from .kube import ApiError, Kube
 
 log = logging.getLogger("rlpost.operator")
@@ -193,6 +200,9 @@ class Controller:
         self.tasks: list[asyncio.Task] = []
         self._lookups: dict[tuple[str, str, str], tuple[float, dict | None]] = {}
         self._flavors_listed = 0.0
+        self._nodes: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        # Writes the API server refused, per job, until a write of that object succeeds.
+        self.child_errors: dict[Key, dict[tuple[str, str], protocol.ChildError]] = defaultdict(dict)
         self.reconciles = 0
 
     async def call(self, fn, *args):
@@ -294,9 +304,42 @@ class Controller:
         self._lookups[k] = (time.monotonic(), found)
         return found
 
+    def _gpu_nodes(self) -> list[dict[str, Any]]:
+        """Nodes (for GPU capacity), listed at most every 10 s."""
+        at, nodes = self._nodes
+        if time.monotonic() - at >= 10:
+            nodes = self.kube.list("Node")
+            self._nodes = (time.monotonic(), nodes)
+        return nodes
+
+    def queue_capacity(self, ns: str, queue: str) -> validation.QueueCapacity | None:
+        """LocalQueue -> ClusterQueue -> its GPU flavors -> the nodes they can place pods on.
+        None when any of it cannot be read (the check is skipped, never guessed)."""
+        try:
+            lq = self._lookup("LocalQueue", ns, queue)
+            cq_name = ((lq or {}).get("spec") or {}).get("clusterQueue")
+            if not cq_name:
+                return None
+            cq = self._lookup("ClusterQueue", None, cq_name)
+            if cq is None:
+                return None
+            self.refresh_flavors()
+            return validation.queue_capacity(queue, cq, self.cache.flavors, self._gpu_nodes())
+        except ApiError as exc:
+            log.warning("capacity check skipped", extra={"queue": queue, "error": str(exc)[:200]})
+            return None
+
+    @staticmethod
+    def _before_admission(obs: protocol.Observed) -> bool:
+        phase = (obs.job.get("status") or {}).get("phase")
+        if phase in (*protocol.WAS_ADMITTED, *protocol.FINISHED_PHASES):
+            return False
+        return obs.workload is None or not protocol.has_quota_reservation(obs.workload)
+
     # ------------------------------------------------------------------ one pass
     async def reconcile(self, key: Key) -> float | None:
         if key not in self.cache.jobs:
+            self.child_errors.pop(key, None)
             for (kind, _), obj in list(self.cache.objs.get(key, {}).items()):
                 if kind == "Workload":
                     for action in protocol.orphan_workload_plan(obj):
@@ -317,22 +360,56 @@ class Controller:
         if obs.workload and b.missing_flavors(obs.workload, obs.flavors):
             await self.call(self.refresh_flavors)
             obs.flavors = self.cache.flavors
+        queue = spec.get("queueName") or "default"
+        if self._before_admission(obs) and isinstance(queue, str):
+            obs.capacity = await self.call(self.queue_capacity, key[0], queue)
+        obs.child_errors = list(self.child_errors.get(key, {}).values())
         plan = protocol.reconcile(obs)
         self.reconciles += 1
         # Applies/creates of one pass are independent: issued together. Deletes and
         # patches keep their order.
         # Two waves: what pods reference (ServiceAccount, ConfigMaps, Secret) first.
         parallel = [a for a in plan.actions if a.verb in ("apply", "create")]
+        refused: list[protocol.ChildError] = []
+        fresh = False
         for wave in (False, True):
             batch = [a for a in parallel if (a.kind in protocol.COMPUTE_KINDS) is wave]
             if batch:
-                await asyncio.gather(*(self.execute_action(key, a) for a in batch))
+                results = await asyncio.gather(
+                    *(self.execute_action(key, a) for a in batch), return_exceptions=True
+                )
+                got, new = self._record(key, batch, results)
+                refused += got
+                fresh = fresh or new
+        failure: BaseException | None = None
         for action in plan.actions:
             if action.verb not in ("apply", "create"):
-                await self.execute_action(key, action)
+                try:
+                    await self.execute_action(key, action)
+                except ApiError as exc:
+                    failure = failure or exc
+        # The status is written even when a write failed: what the pass decided is true
+        # (e.g. the Workload is admitted) and the refusal shows on the next pass.
         if plan.status_changed:
             await self.write_status(key, obs.job, plan)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
+        if refused:
+            first = refused[0]
+            log.warning(
+                "child refused",
+                extra={
+                    "job": f"{key[0]}/{key[1]}",
+                    "child": f"{first.kind}/{first.name}",
+                    "code": first.code,
+                    "retryable": first.retryable,
+                    "error": first.message[:300],
+                },
+            )
+            if fresh and not all(e.retryable for e in refused):
+                return 0.05  # the next pass fails the job with the API server's message
+            raise ApiError(first.code, first.message)  # retried with backoff
+        if failure is not None:
+            raise failure
         if plan.actions or plan.status_changed:
             log.info(
                 "reconciled",
@@ -344,6 +421,37 @@ class Controller:
                 },
             )
         return plan.requeue_after
+
+    def _record(
+        self, key: Key, actions: list[protocol.Action], results: list[Any]
+    ) -> tuple[list[protocol.ChildError], bool]:
+        """Remember refused child writes (the protocol reads them next pass); forget those
+        that went through."""
+        errors = self.child_errors[key]
+        refused = []
+        fresh = False
+        for a, res in zip(actions, results, strict=True):
+            if isinstance(res, ApiError):
+                body = a.body or {}
+                e = protocol.ChildError(
+                    a.kind,
+                    a.name,
+                    res.status,
+                    protocol.api_message(res.body),
+                    protocol._annotation(body, HASH_ANNOTATION),
+                )
+                if errors.get((a.kind, a.name)) != e:
+                    fresh = True
+                errors[(a.kind, a.name)] = e
+                refused.append(e)
+                metrics.CHILD_REFUSALS.labels(kind=a.kind, retryable=str(e.retryable)).inc()
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                errors.pop((a.kind, a.name), None)
+        if not errors:
+            self.child_errors.pop(key, None)
+        return refused, fresh
 
     async def execute_action(self, key: Key, a: protocol.Action) -> None:
         ns = key[0]
@@ -403,6 +511,8 @@ class Controller:
             metrics.EVICTIONS.inc()
         if plan.restarted:
             metrics.RESTARTS.inc()
+        if plan.step == "pods_ready_timeout":
+            metrics.PODS_READY_TIMEOUTS.inc()
         if plan.admission_wait is not None and plan.status.get("phase") in ("Admitted", "Running"):
             metrics.ADMISSION_WAIT.observe(max(plan.admission_wait, 0.0))
 

@@ -54,6 +54,8 @@ KINDS: dict[str, Kind] = {
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "Workload": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "workloads"),
     "LocalQueue": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "localqueues"),
+    "ClusterQueue": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "clusterqueues", False),
+    "Node": Kind("v1", "nodes", False),
     "ResourceFlavor": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "resourceflavors", False),
     "WorkloadPriorityClass": Kind(
         f"{KUEUE_GROUP}/{KUEUE_VERSION}", "workloadpriorityclasses", False

@@ -22,6 +22,15 @@ RESTARTS = Counter("rlpost_job_restarts_total", "Gang restarts after a trainer/w
 EVICTIONS = Counter(
     "rlpost_job_evictions_total", "Running jobs stopped by Kueue eviction or spec.suspend"
 )
+CHILD_REFUSALS = Counter(
+    "rlpost_child_writes_refused_total",
+    "Child writes the API server refused (retryable: 5xx/409/429/quota, else the job fails)",
+    ["kind", "retryable"],
+)
+PODS_READY_TIMEOUTS = Counter(
+    "rlpost_pods_ready_timeouts_total",
+    "Gangs whose pods were not all Ready within failurePolicy.podsReadyTimeoutSeconds",
+)
 API_REQUESTS = Counter(
     "rlpost_api_requests_total", "Kubernetes API requests made by the operator", ["verb", "code"]
 )

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +37,7 @@ from pydantic import ValidationError
 from rlpost import api
 
 from . import builders as b
+from . import validation
 from .constants import (
     ATTEMPT_LABEL,
     GPU,
@@ -55,6 +57,13 @@ COMPUTE_KINDS = ("StatefulSet", "Deployment", "Pod")
 COMPUTE_ROLES = (*TRAINING_ROLES, ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER)
 CONDITION_TYPES = ("Queued", "Admitted", "Running", "Suspended", "Succeeded", "Failed")
 FINISHED_PHASES = (api.Phase.SUCCEEDED.value, api.Phase.FAILED.value)
+PODS_READY_TIMEOUT = "PodsReadyTimeout"
+CHILD_REJECTED = "ChildRejected"
+CHILD_INVALID_SPEC = "InvalidSpec"
+# Backoff of a gang requeued after a pods-ready timeout: 60 s, doubling, at most 1 h
+# (Kueue's waitForPodsReady.requeuingStrategy defaults).
+REQUEUE_BACKOFF_S = 60.0
+REQUEUE_BACKOFF_MAX_S = 3600.0
 WAS_ADMITTED = (
     api.Phase.ADMITTED.value,
     api.Phase.RUNNING.value,
@@ -78,7 +87,46 @@ class Observed:
     default_queue_exists: bool = False
     priority_class_exists: bool = True
     priority: int | None = None  # the WorkloadPriorityClass's value
+    # GPU nodes the job's queue can use (read by the controller before admission only).
+    capacity: validation.QueueCapacity | None = None
+    # Writes of earlier passes that the API server refused (the controller remembers them).
+    child_errors: list[ChildError] = field(default_factory=list)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class ChildError:
+    """The API server's answer to a write of a child (kept until a write of it succeeds)."""
+
+    kind: str
+    name: str
+    code: int
+    message: str
+    spec_hash: str | None = None  # the hash of the object that was refused
+
+    @property
+    def retryable(self) -> bool:
+        return retryable(self.code, self.message)
+
+    def describe(self) -> str:
+        return f"the API server refused {self.kind} {self.name} (HTTP {self.code}): {self.message}"
+
+
+def retryable(code: int, message: str = "") -> bool:
+    """5xx, no answer, conflicts, throttling and namespace ResourceQuota limits heal on
+    their own; any other 4xx (invalid, forbidden, too large) does not."""
+    if code == 0 or code >= 500 or code in (409, 429):
+        return True
+    return code == 403 and "exceeded quota" in message
+
+
+def api_message(body: str) -> str:
+    """The `message` of a metav1.Status body (else the body itself), on one line."""
+    try:
+        msg = json.loads(body).get("message") or body
+    except (ValueError, AttributeError):
+        msg = body
+    return " ".join(str(msg).split())[:900]
 
 
 @dataclass
@@ -316,7 +364,7 @@ class _Pass:
 
     # ---- steps
     def validate(self) -> bool:
-        errors: list[str] = []
+        errors: list[str] = list(validation.name_errors(self.ref.name))
         try:
             self.spec = api.RLPostTrainJobSpec.model_validate(self.job.get("spec") or {})
         except ValidationError as exc:
@@ -342,6 +390,11 @@ class _Pass:
                     f"'{self.spec.priority_class_name}' does not exist "
                     "(kubectl get workloadpriorityclasses)"
                 )
+            if self.before_admission():
+                errors += validation.pre_admission_errors(
+                    self.ref, self.spec, self.spec.wire(), self.obs.capacity
+                )
+            errors += self.workload_refused()
         if not errors:
             self.drop_condition("InvalidSpec")
             return True
@@ -355,7 +408,33 @@ class _Pass:
         ):
             self.plan.events.append(("Warning", "InvalidSpec", message))
         self.plan.requeue_after = 30.0 if not self.queue else None
+        self.drop_unadmitted_workload()
         return False
+
+    def before_admission(self) -> bool:
+        """Nothing of the job runs or holds quota yet: pre-admission checks apply."""
+        if self.old_status.get("phase") in (*WAS_ADMITTED, *FINISHED_PHASES):
+            return False
+        return self.wl is None or not has_quota_reservation(self.wl)
+
+    def workload_refused(self) -> list[str]:
+        """Kueue's webhooks (or the API server) refused the Workload: the spec is the cause."""
+        name = self.n["workload"]
+        return [
+            f"Kueue refused the job's Workload: {e.describe()}"
+            for e in self.obs.child_errors
+            if e.kind == "Workload" and e.name == name and not e.retryable and self.wl is None
+        ]
+
+    def drop_unadmitted_workload(self) -> None:
+        """An invalid job's Workload that holds no quota and runs no pod goes (Kueue would
+        otherwise admit it and hold GPUs for a job that cannot start)."""
+        wl = self.wl
+        if wl is None or deleting(wl) or has_quota_reservation(wl) or self.compute_pods():
+            return
+        if RESOURCE_IN_USE_FINALIZER in (wl["metadata"].get("finalizers") or []):
+            self._drop_finalizer(wl, "invalid spec: the Workload goes")
+        self.act("delete", "Workload", wl["metadata"]["name"], why="invalid spec")
 
     def finished(self) -> bool:
         if self.st.get("phase") not in FINISHED_PHASES:
@@ -390,6 +469,9 @@ class _Pass:
             elif RESOURCE_IN_USE_FINALIZER in (wl["metadata"].get("finalizers") or []):
                 self._drop_finalizer(wl, "Workload finished")
         ttl = self.spec.ttl_seconds_after_finished if self.spec else None
+        failed = cond({"status": self.st}, "Failed") or {}
+        if failed.get("status") == "True" and failed.get("reason") == CHILD_REJECTED:
+            ttl = 0  # half-created: nothing of it is kept
         done_at = parse_ts(self.st.get("completionTime"))
         if ttl is not None and done_at is not None:
             left = (done_at - self.obs.now).total_seconds() + ttl
@@ -462,17 +544,36 @@ class _Pass:
             self.plan.events.append(
                 ("Normal", "WorkloadReplaced", "pod groups changed: the job is queued again")
             )
+            msg = "pod groups changed: stopping the gang, then the job is queued again"
+            self.condition("Running", False, "WorkloadReplaced", msg)
+            self.st["admission"] = None
+            self.st["readyPods"] = None
+            self.phase(api.Phase.QUEUED, "Queued", msg)
             return True
         active = (wl.get("spec") or {}).get("active", True)
-        if active is not (not self.spec.suspend):
+        backoff_left = self.backoff_left()
+        want = not self.spec.suspend and backoff_left is None
+        if backoff_left is not None:
+            self.plan.requeue_after = backoff_left
+        elif self.st.get("requeueAt") and active:
+            self.st["requeueAt"] = None  # the backoff is over and the Workload active again
+        if active is not want:
+            why = "spec.suspend" if self.spec.suspend else "pods-ready backoff"
             self.act(
-                "patch",
-                "Workload",
-                wl["metadata"]["name"],
-                {"spec": {"active": not self.spec.suspend}},
-                why="spec.suspend",
+                "patch", "Workload", wl["metadata"]["name"], {"spec": {"active": want}}, why=why
             )
+            if not want:
+                self.wl = wl = copy.deepcopy(wl)
+                wl.setdefault("spec", {})["active"] = False
         return False
+
+    def backoff_left(self) -> float | None:
+        """Seconds until a gang that timed out waiting for Ready pods is queued again."""
+        at = parse_ts(self.st.get("requeueAt"))
+        if at is None:
+            return None
+        left = (at - self.obs.now).total_seconds()
+        return left if left > 0 else None
 
     def progress(self) -> bool:
         cm = self.live("ConfigMap", self.n["progress"])
@@ -497,7 +598,10 @@ class _Pass:
         evicted = cond(wl, "Evicted")
         evicted_now = bool(evicted and evicted.get("status") == "True")
         admitted = is_true(wl, "Admitted") and not evicted_now
-        if admitted and not self.spec.suspend:
+        # Deactivated by this operator (pods-ready backoff) and not yet evicted by Kueue:
+        # the gang must not start again.
+        active = (wl.get("spec") or {}).get("active", True)
+        if admitted and not self.spec.suspend and active:
             return False
         self.plan.step = "not_admitted"
         gone = self.stop_gang("not admitted")
@@ -511,11 +615,17 @@ class _Pass:
             reason, message = "SuspendedByUser", "spec.suspend is true"
         else:
             reason, message = "Pending", ""
+        timed_out = _cond_reason(self.old_status, "Suspended", True) == PODS_READY_TIMEOUT and bool(
+            self.st.get("requeueAt") or not (wl.get("spec") or {}).get("active", True)
+        )
         if self.spec.suspend or evicted_now or was in WAS_ADMITTED:
             if self.spec.suspend and not evicted_now:
                 reason, message = "SuspendedByUser", "spec.suspend is true"
             sus_msg = message or "waiting to be admitted again"
-            if not self.spec.suspend:
+            if timed_out and not self.spec.suspend:
+                reason = PODS_READY_TIMEOUT
+                sus_msg = _cond_msg(self.old_status, "Suspended") or ""
+            elif not self.spec.suspend:
                 sus_msg = f"{sus_msg}; resumes from step {self.st.get('lastCheckpointStep', 0)}"
                 sus_msg += " when Kueue admits it again"
             self.condition("Suspended", True, reason, sus_msg)
@@ -523,10 +633,23 @@ class _Pass:
                 evicted_now or self.spec.suspend
             ):
                 self.plan.evicted = True
-            self.phase(api.Phase.SUSPENDED, reason, sus_msg, warning=reason == "Preempted")
+            self.phase(
+                api.Phase.SUSPENDED,
+                reason,
+                sus_msg,
+                warning=reason in ("Preempted", PODS_READY_TIMEOUT),
+            )
         else:
             self.phase(api.Phase.QUEUED, "Queued", f"waiting for Kueue in queue {self.queue}")
-        if qr and qr.get("status") == "False":
+        if qr and qr.get("status") == "True" and not evicted_now and not self.spec.suspend:
+            cq = ((wl.get("status") or {}).get("admission") or {}).get("clusterQueue")
+            self.condition(
+                "Queued",
+                True,
+                "QuotaReserved",
+                f"quota reserved in ClusterQueue {cq}; waiting for the Workload's admission checks",
+            )
+        elif qr and qr.get("status") == "False":
             self.condition("Queued", True, qr.get("reason", "Pending"), qr.get("message", ""))
         elif evicted_now:
             self.condition("Queued", False, "Evicted", "stopping the gang before re-queueing")
@@ -540,6 +663,7 @@ class _Pass:
         self.condition("Admitted", False, reason if evicted_now else "NotAdmitted", message)
         self.condition("Running", False, "NotAdmitted", "the gang is stopped")
         self.st["readyPods"] = None
+        self.st["admission"] = None
         return True
 
     def _clear_reservation(self, wl: dict[str, Any], evicted: dict[str, Any]) -> None:
@@ -570,6 +694,8 @@ class _Pass:
     def failures(self) -> bool:
         assert self.spec is not None
         attempt = str(self.st.get("restarts") or 0)
+        if self.spec_failure(attempt):
+            return True
         failed = [
             why
             for p in [*self.compute_pods(), *self.obs.failed_pods]
@@ -604,6 +730,141 @@ class _Pass:
         self.phase(api.Phase.RESTARTING, "Restarting", msg, warning=True)
         self.stop_gang("restart after a failure")
         return True
+
+    def spec_failure(self, attempt: str) -> bool:
+        """A role that exited with INVALID_SPEC_EXIT_CODE found the spec unusable at start (a
+        custom function that does not import): Failed at once, restarts would not heal it."""
+        for p in [*self.compute_pods(), *self.obs.failed_pods]:
+            if _label(p, ATTEMPT_LABEL) != attempt:
+                continue
+            why = invalid_spec_exit(p)
+            if why is None:
+                continue
+            self.plan.step = "failures"
+            self.condition("InvalidSpec", True, "InvalidSpec", why)
+            self.fail(CHILD_INVALID_SPEC, why)
+            return True
+        return False
+
+    def fail(self, reason: str, msg: str) -> None:
+        self.condition("Failed", True, reason, msg)
+        self.condition("Running", False, "Failed", msg)
+        self.st["completionTime"] = self.st.get("completionTime") or ts(self.obs.now)
+        self.st["readyPods"] = None
+        self.phase(api.Phase.FAILED, reason, msg, warning=True)
+        self.stop_gang("job failed")
+
+    def child_errors(self, desired: list[dict[str, Any]]) -> tuple[list[ChildError], list]:
+        """The refusals of the API server that still apply to what this pass would write."""
+        want = {
+            (o["kind"], o["metadata"]["name"]): _annotation(o, HASH_ANNOTATION) for o in desired
+        }
+        fatal, transient = [], []
+        for e in self.obs.child_errors:
+            key = (e.kind, e.name)
+            if key not in want or (e.spec_hash and want[key] and e.spec_hash != want[key]):
+                continue
+            (transient if e.retryable else fatal).append(e)
+        return fatal, transient
+
+    def unschedulable(self, attempt: int) -> str | None:
+        """The scheduler's reason for the first pod of the gang it cannot place."""
+        for p in sorted(self.compute_pods(), key=lambda p: p["metadata"]["name"]):
+            if _label(p, ATTEMPT_LABEL) != str(attempt) or deleting(p):
+                continue
+            sched = cond(p, "PodScheduled")
+            if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+                return (
+                    f"pod {p['metadata']['name']} cannot be scheduled: {sched.get('message', '')}"
+                )
+        return None
+
+    def was_ready_since(self, started: datetime) -> bool:
+        """The gang of this attempt was all Ready once (the start timeout no longer applies;
+        a pod lost later is a failure or an eviction, not a start that never happened)."""
+        running = cond({"status": self.old_status}, "Running")
+        if not running:
+            return False
+        if running.get("status") == "True":
+            return True
+        flipped = parse_ts(running.get("lastTransitionTime"))
+        return flipped is not None and flipped > started
+
+    def gang_started(self, attempt: int) -> datetime | None:
+        times = [
+            parse_ts(o["metadata"].get("creationTimestamp"))
+            for o in self.compute_objects()
+            if _label(o, ATTEMPT_LABEL) == str(attempt) and not deleting(o)
+        ]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    def pods_ready_timeout(self, wl: dict[str, Any], why: str) -> None:
+        """Kueue's waitForPodsReady, per job: give the quota back (deactivate the Workload,
+        requeue after a backoff), or Fail past failurePolicy.podsReadyRequeueLimit."""
+        assert self.spec is not None
+        fp = self.spec.failure_policy
+        count = int(self.st.get("podsReadyRequeues") or 0)
+        base = (
+            f"the gang's pods were not all Ready {fp.pods_ready_timeout_seconds} s after it "
+            f"started ({self.st.get('readyPods')} Ready); {why}"
+        )
+        self.plan.step = "pods_ready_timeout"
+        if count >= fp.pods_ready_requeue_limit:
+            self.fail(
+                PODS_READY_TIMEOUT,
+                f"{base}; requeued {count} times, failurePolicy.podsReadyRequeueLimit is "
+                f"{fp.pods_ready_requeue_limit}",
+            )
+            return
+        delay = min(REQUEUE_BACKOFF_S * 2**count, REQUEUE_BACKOFF_MAX_S)
+        at = self.obs.now + timedelta(seconds=delay)
+        self.st["podsReadyRequeues"] = count + 1
+        self.st["requeueAt"] = ts(at)
+        msg = (
+            f"{base}; quota given back, queued again at {ts(at)} "
+            f"(requeue {count + 1} of {fp.pods_ready_requeue_limit})"
+        )
+        self.act(
+            "patch", "Workload", wl["metadata"]["name"], {"spec": {"active": False}}, why=msg[:80]
+        )
+        self.stop_gang("pods not ready in time")
+        self.condition("Suspended", True, PODS_READY_TIMEOUT, msg)
+        self.condition("Running", False, PODS_READY_TIMEOUT, msg)
+        self.st["readyPods"] = None
+        self.st["admission"] = None
+        self.plan.evicted = True
+        self.plan.requeue_after = delay
+        self.phase(api.Phase.SUSPENDED, PODS_READY_TIMEOUT, msg, warning=True)
+
+    def workload_pods_ready(self, wl: dict[str, Any], ready: bool, message: str) -> None:
+        """The Workload's PodsReady condition, as Kueue's jobframework keeps it (what Kueue's
+        own waitForPodsReady reads). Written only when its status flips."""
+        current = cond(wl, "PodsReady")
+        value = "True" if ready else "False"
+        if current is not None and current.get("status") == value:
+            return
+        conds = copy.deepcopy((wl.get("status") or {}).get("conditions") or [])
+        reason = "PodsReady" if ready else "WaitForStart"
+        set_condition(
+            conds,
+            "PodsReady",
+            ready,
+            reason,
+            message,
+            self.obs.now,
+            wl["metadata"].get("generation"),
+        )
+        self.act(
+            "patch_status",
+            "Workload",
+            wl["metadata"]["name"],
+            {
+                "metadata": {"resourceVersion": wl["metadata"]["resourceVersion"]},
+                "status": {"conditions": conds},
+            },
+            why=f"PodsReady {value}",
+        )
 
     def start(self) -> Plan:
         assert self.spec is not None and self.wl is not None
@@ -642,12 +903,26 @@ class _Pass:
             updates=b.podset_updates(wl, self.obs.flavors), resume_step=resume, attempt=attempt
         )
         wire = api.RLPostTrainJobSpec.model_validate(self.job["spec"]).wire()
-        for obj in b.build_static_children(self.ref, self.spec, wire):
+        static = b.build_static_children(self.ref, self.spec, wire)
+        config = b.build_config_map(self.ref, wire, resume)
+        progress = b.build_progress_config_map(self.ref)
+        compute = b.build_compute_children(self.ref, self.spec, start)
+        fatal, transient = self.child_errors([*static, config, progress, *compute])
+        if fatal:
+            # Retrying cannot help: say why, remove what was made, give the quota back.
+            self.plan.step = "child_rejected"
+            self.fail(CHILD_REJECTED, f"{fatal[0].describe()}; fix the spec and submit it again")
+            return self.finish()
+        if transient:
+            self.condition("ChildrenApplied", False, "Retrying", transient[0].describe())
+        elif any(c["type"] == "ChildrenApplied" for c in self.st["conditions"]):
+            self.condition("ChildrenApplied", True, "Applied", "every child is applied")
+        for obj in static:
             self.ensure(obj, "static child")
-        self.ensure(b.build_config_map(self.ref, wire, resume), "job config")
-        self.ensure_once(b.build_progress_config_map(self.ref), "progress ConfigMap")
+        self.ensure(config, "job config")
+        self.ensure_once(progress, "progress ConfigMap")
         self.ensure_once(b.build_token_secret(self.ref, secrets.token_urlsafe(32)), "job token")
-        for obj in b.build_compute_children(self.ref, self.spec, start):
+        for obj in compute:
             self.ensure(obj, "gang")
 
         admission = (wl.get("status") or {}).get("admission") or {}
@@ -678,9 +953,27 @@ class _Pass:
         if ready >= expected:
             self.condition("Running", True, "AllPodsReady", f"{ready}/{expected} pods Ready")
             self.phase(api.Phase.RUNNING, "Running", f"all {expected} pods Ready")
+            self.workload_pods_ready(wl, True, f"{ready}/{expected} pods Ready")
+            return self.finish()
+        why = self.unschedulable(attempt)
+        started = self.gang_started(attempt)
+        limit = self.spec.failure_policy.pods_ready_timeout_seconds
+        if started is not None and not self.was_ready_since(started):
+            waited = (self.obs.now - started).total_seconds()
+            if waited >= limit:
+                self.pods_ready_timeout(wl, why or "no pod reports why")
+                return self.finish()
+            self.plan.requeue_after = max(limit - waited, 1.0)
+        if why:
+            msg = f"{ready}/{expected} pods Ready; {why}"
+            if _cond_reason(self.old_status, "Running") != "Unschedulable":
+                self.plan.events.append(("Warning", "Unschedulable", msg))
+            self.condition("Running", False, "Unschedulable", msg)
         else:
             self.condition("Running", False, "PodsNotReady", f"{ready}/{expected} pods Ready")
-            self.phase(api.Phase.ADMITTED, "Admitted", f"ClusterQueue {cq}; flavors {flv}")
+        self.phase(api.Phase.ADMITTED, "Admitted", f"ClusterQueue {cq}; flavors {flv}")
+        if is_true(wl, "PodsReady"):
+            self.workload_pods_ready(wl, False, f"{ready}/{expected} pods Ready")
         return self.finish()
 
 
@@ -690,6 +983,28 @@ def _admission_wait(wl: dict[str, Any], now: datetime) -> float | None:
     if req and req.get("lastTransitionTime"):
         since = max(since or now, parse_ts(req["lastTransitionTime"]) or now)
     return (now - since).total_seconds() if since else None
+
+
+def _cond_reason(status: dict[str, Any], ctype: str, true_only: bool = False) -> str | None:
+    for c in status.get("conditions") or []:
+        if c["type"] == ctype and (not true_only or c.get("status") == "True"):
+            return c.get("reason")
+    return None
+
+
+def invalid_spec_exit(pod: dict[str, Any]) -> str | None:
+    """A container that exited with validation.INVALID_SPEC_EXIT_CODE: its termination
+    message says what in the spec is wrong."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+            term = state.get("terminated")
+            if term and term.get("exitCode") == validation.INVALID_SPEC_EXIT_CODE:
+                msg = " ".join((term.get("message") or "").split())[:900]
+                return (
+                    f"pod {pod['metadata']['name']} ({_label(pod, ROLE_LABEL)}) refused the spec "
+                    f"at start: {msg or 'exit code ' + str(validation.INVALID_SPEC_EXIT_CODE)}"
+                )
+    return None
 
 
 def _cond_msg(status: dict[str, Any], ctype: str) -> str | None:

@@ -38,6 +38,8 @@ def settle(j, wl=None, children=(), pods=(), **kw):
             made[(a.kind, a.name)] = stored(a.body)
         if a.verb == "delete":
             made.pop((a.kind, a.name), None)
+        if a.verb == "patch_status" and a.kind == "Workload" and wl is not None:
+            wl.setdefault("status", {})["conditions"] = a.body["status"]["conditions"]
     return plan, j2, list(made.values())
 
 
@@ -90,7 +92,9 @@ def test_admitted_starts_children_then_running_then_quiet():
     pods = [pod(n, r) for n, r in zip(names, roles, strict=True)]
     pods += [pod("router", "router"), pod("j-buffer", "buffer", owner=False)]
     plan, j, children = settle(j, wl, children, pods)
-    assert plan.actions == [] and plan.status["phase"] == "Running"
+    # the Workload's PodsReady condition flips (what Kueue's waitForPodsReady reads)
+    assert verbs(plan) == [("patch_status", "Workload", "rlposttrainjob-j")]
+    assert p.is_true(wl, "PodsReady") and plan.status["phase"] == "Running"
     assert plan.events == [("Normal", "Running", "all 7 pods Ready")]
     # nothing changed: nothing to write, status identical
     plan, j2, _ = settle(j, wl, children, pods)
