@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +13,8 @@ from pathlib import Path
 import uvicorn
 
 from rlpost.logs import setup_logging
-from rlpost.models import TINY_DEFAULTS, build_tokenizer
+from rlpost.models import TINY_DEFAULTS, ModelError, build_tokenizer
+from rlpost.refuse import refuse_spec
 from rlpost_rollout import config
 from rlpost_rollout.buffer.app import Buffer, batch_timeout_default, create_app
 from rlpost_rollout.buffer.dataset import DatasetError, load_jsonl
@@ -20,6 +22,7 @@ from rlpost_rollout.buffer.driver import Driver, DriverConfig
 from rlpost_rollout.buffer.metrics import BufferMetrics
 from rlpost_rollout.buffer.store import Store
 from rlpost_rollout.rewards import make_reward
+from rlpost_rollout.rewards.base import check_function
 
 log = logging.getLogger("rlpost_rollout.buffer")
 
@@ -46,6 +49,8 @@ def build(job, state_dir: str, router_url: str) -> Buffer:
         tokenizer,
         max_ctx,
         seed=spec.seed,
+        messages_key=spec.data.messages_key,
+        apply_chat_template=spec.data.apply_chat_template,
     )
     metrics.rejected_rows.inc(len(source.rejected))
     store = Store(state_dir)
@@ -56,6 +61,7 @@ def build(job, state_dir: str, router_url: str) -> Buffer:
         max_staleness=spec.rollout.max_staleness,
         max_new_tokens=spec.rollout.max_new_tokens,
         temperature=spec.rollout.temperature,
+        stop=list(spec.rollout.stop),
         dynamic_sampling=spec.algorithm.dynamic_sampling,
         max_inflight_groups=int(
             os.environ.get("RLPOST_MAX_INFLIGHT_GROUPS", spec.algorithm.rollout_batch_size)
@@ -80,6 +86,20 @@ def build(job, state_dir: str, router_url: str) -> Buffer:
     return buffer
 
 
+# Exit code of a role that finds the spec unusable at start (EX_CONFIG): the operator fails
+# the job at once instead of restarting it (docs/CONTRACTS.md).
+INVALID_SPEC_EXIT_CODE = 78
+
+
+def invalid_spec(message: str) -> None:
+    """Report a spec error through the pod's termination message and exit 78."""
+    log.error("invalid spec", extra={"error": message})
+    path = os.environ.get("RLPOST_TERMINATION_LOG", "/dev/termination-log")
+    with contextlib.suppress(OSError):  # not in a pod: the log line and exit code say it
+        Path(path).write_text(message[:4000])
+    sys.exit(INVALID_SPEC_EXIT_CODE)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="0.0.0.0")
@@ -93,8 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     router = os.environ.get("RLPOST_ROUTER_URL")
     if not state_dir or not router:
         sys.exit("the buffer needs RLPOST_STATE_DIR (durable directory) and RLPOST_ROUTER_URL")
+    if job.spec.reward.type == "custom":
+        try:
+            check_function(job.spec.reward.function or "")
+        except ValueError as exc:
+            invalid_spec(str(exc))
     try:
         buffer = build(job, state_dir, router)
+    except ModelError as exc:  # the spec's model/tokenizer cannot work: InvalidSpec
+        refuse_spec("buffer", str(exc))
     except (DatasetError, ValueError) as exc:
         log.error("buffer cannot start", extra={"error": str(exc)})
         sys.exit(f"buffer cannot start: {exc}")

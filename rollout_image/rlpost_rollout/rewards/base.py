@@ -34,6 +34,21 @@ def load_function(path: str) -> Callable[..., Any]:
     return fn
 
 
+def check_function(path: str) -> Callable[..., Any]:
+    """Load a custom reward function and check it can be called as fn(prompt, response,
+    label): run at the start of every role that uses it (a ValueError says what is wrong)."""
+    fn = load_function(path)
+    try:
+        inspect.signature(fn).bind("prompt", "response", "label")
+    except TypeError as exc:
+        raise ValueError(
+            f"reward.function {path!r} cannot be called as fn(prompt, response, label): {exc}"
+        ) from exc
+    except ValueError:
+        pass  # no signature to read (a builtin): called as is
+    return fn
+
+
 def _checked(value: Any, where: str) -> float:
     try:
         reward = float(value)
@@ -49,7 +64,7 @@ def make_reward(spec: RewardSpec) -> RewardFn:
     if spec.type == RewardType.REMOTE:
         return _remote(spec.url or "", timeout)
     if spec.type == RewardType.CUSTOM:
-        fn, where = load_function(spec.function or ""), f"reward {spec.function}"
+        fn, where = check_function(spec.function or ""), f"reward {spec.function}"
     elif spec.type == RewardType.MATH:
         fn, where = math_answer, "reward math"
     else:

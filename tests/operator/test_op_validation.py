@@ -1,0 +1,144 @@
+"""Validation before admission (validation.py): names, the rendered config's size, GPUs per
+pod against the nodes a queue can use, custom reward paths. Pure: no API server."""
+
+from __future__ import annotations
+
+from operator_helpers import FLAVORS, job
+from rlpost_operator import builders as b
+from rlpost_operator import validation as v
+
+from rlpost import api, crdgen
+
+REF = b.JobRef("j", "ns", "uid-1")
+
+
+def spec(**kw) -> api.RLPostTrainJobSpec:
+    return api.RLPostTrainJobSpec.model_validate(job(**kw)["spec"])
+
+
+def node(name, kind, gpus, taint=False):
+    n = {
+        "metadata": {"name": name, "labels": {"rlpost.dev/gpu-kind": kind}},
+        "spec": {},
+        "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "32"}},
+    }
+    if taint:
+        n["spec"]["taints"] = [
+            {"key": "rlpost.dev/gpu-kind", "value": kind, "effect": "NoSchedule"}
+        ]
+    return n
+
+
+def cq(*flavors):
+    return {
+        "metadata": {"name": "team-a"},
+        "spec": {
+            "resourceGroups": [
+                {"coveredResources": ["cpu", "memory"], "flavors": [{"name": "cpu"}]},
+                {"coveredResources": ["nvidia.com/gpu"], "flavors": [{"name": f} for f in flavors]},
+            ]
+        },
+    }
+
+
+NODES = [
+    node("gpu-a-0", "a", 8),
+    node("gpu-a-1", "a", 8),
+    node("gpu-b-0", "b", 16, taint=True),
+    node("gpu-c-0", "c", 32),  # no flavor of the queue selects it
+]
+
+
+# ---------------------------------------------------------------------------- names
+
+
+def test_name_limits_match_the_longest_child_name():
+    assert v.name_errors("a" * api.MAX_JOB_NAME) == []
+    long = "a" * (api.MAX_JOB_NAME + 1)
+    (err,) = v.name_errors(long)
+    assert f"at most {api.MAX_JOB_NAME}" in err and "shorter name" in err
+    # the trainer StatefulSet's controller-revision-hash label: <sts>-<10 chars> <= 63
+    assert len(b.names("a" * api.MAX_JOB_NAME)["trainer"]) + 11 <= 63
+    assert v.name_errors("1job") and v.name_errors("Job") and v.name_errors("a.b")
+
+
+def test_crd_rejects_long_names_with_cel_on_metadata_name():
+    root = crdgen.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules = root["x-kubernetes-validations"]
+    assert any(f"size(self.metadata.name) <= {api.MAX_JOB_NAME}" == r["rule"] for r in rules)
+    assert any("matches" in r["rule"] for r in rules)
+
+
+# ---------------------------------------------------------------------------- config size
+
+
+def test_config_over_one_mib_is_invalid_and_names_the_field():
+    big = spec(model={"config": {"hidden_size": 8, "blob": "x" * (1024 * 1024)}})
+    (err,) = v.config_size_errors(REF, big.wire())
+    assert "j-config" in err and "1 MiB" in err and "spec.model.config.blob" in err
+    assert v.config_size_errors(REF, spec().wire()) == []
+
+
+def test_config_size_counts_like_the_api_server():
+    cm = b.build_config_map(REF, spec().wire(), 12)
+    size = v.config_map_data_size(cm)
+    assert size == sum(len(k) + len(val.encode()) for k, val in cm["data"].items())
+
+
+# ---------------------------------------------------------------------------- GPU capacity
+
+
+def test_capacity_follows_flavor_labels_and_taints():
+    cap = v.queue_capacity("q", cq("gpu-a", "gpu-b"), FLAVORS, NODES)
+    assert cap.nodes == {"gpu-a": {"gpu-a-0": 8, "gpu-a-1": 8}, "gpu-b": {"gpu-b-0": 16}}
+    flavors = {
+        **FLAVORS,
+        "gpu-b": {
+            "metadata": {"name": "gpu-b"},
+            "spec": FLAVORS["gpu-a"]["spec"] | {"nodeLabels": {"rlpost.dev/gpu-kind": "b"}},
+        },
+    }
+    cap = v.queue_capacity("q", cq("gpu-b"), flavors, NODES)
+    assert cap.nodes == {"gpu-b": {}}  # the taint is not tolerated: no node
+    assert cap.largest() is None
+
+
+def test_pod_larger_than_every_node_can_never_be_scheduled():
+    cap = v.queue_capacity("q", cq("gpu-a"), FLAVORS, NODES)
+    (err,) = v.capacity_errors(spec(trainer={"replicas": 1, "gpusPerPod": 16}), cap)
+    assert err.startswith("can never be scheduled: trainer pods request 16 nvidia.com/gpu")
+    assert "has 8" in err and "gpu-a-0 8" in err and "trainer.gpusPerPod to at most 8" in err
+    errs = v.capacity_errors(spec(rollout={"engines": 1, "gpusPerEngine": 12}), cap)
+    assert len(errs) == 1 and "rollout.gpusPerEngine" in errs[0]
+    assert v.capacity_errors(spec(trainer={"replicas": 4, "gpusPerPod": 8}), cap) == []
+    # a larger flavor of the same queue can hold it
+    cap = v.queue_capacity("q", cq("gpu-a", "gpu-b"), FLAVORS, NODES)
+    assert v.capacity_errors(spec(trainer={"replicas": 1, "gpusPerPod": 16}), cap) == []
+
+
+def test_no_matching_node_says_nothing():
+    cap = v.queue_capacity("q", cq("gpu-a"), FLAVORS, [node("gpu-c-0", "c", 32)])
+    assert v.capacity_errors(spec(trainer={"replicas": 1, "gpusPerPod": 16}), cap) == []
+    assert v.capacity_errors(spec(), None) == []
+
+
+# ---------------------------------------------------------------------------- custom functions
+
+
+def reward(fn):
+    return spec(reward={"type": "custom", "function": fn})
+
+
+def test_custom_function_in_the_rollout_image_is_checked_from_source():
+    assert v.custom_function_errors(reward("rlpost_rollout.rewards.builtin:exact_match")) == []
+    (err,) = v.custom_function_errors(reward("rlpost_rollout.rewards.builtin:exact_matc"))
+    assert "has no function 'exact_matc'" in err
+    (err,) = v.custom_function_errors(reward("rlpost_rollout.rewardz:f"))
+    assert "does not exist in the rollout image" in err
+    (err,) = v.custom_function_errors(reward("rlpost_rollout.rewards.base:load_function"))
+    assert "takes 1 positional arguments" in err and "(prompt, response, label)" in err
+
+
+def test_custom_function_elsewhere_is_left_to_the_buffer():
+    assert v.custom_function_errors(reward("mycompany.rewards:score")) == []
+    assert v.custom_function_errors(spec()) == []
