@@ -377,12 +377,17 @@ class WeightSender:
         self.last_in_place_buckets = in_place
         return time.perf_counter() - start
 
-    def close(self) -> None:
+    def close(self, engine_urls: Sequence[str] | None = None) -> None:
+        """Destroy the group and release the connections. `engine_urls`: the members to
+        tell (default all; an engine that is gone is left out so nothing waits on it)."""
         if self.group is not None:
-            futures = self._post_all(
-                P.PATH_DESTROY_GROUP,
-                [P.destroy_group_payload(self.group_name)] * len(self.engine_urls),
-            )
+            tell = self.engine_urls if engine_urls is None else [u.rstrip("/") for u in engine_urls]
+            futures = [
+                self.pool.submit(
+                    self._post, url, P.PATH_DESTROY_GROUP, P.destroy_group_payload(self.group_name)
+                )
+                for url in tell
+            ]
             # NCCL tears a communicator down collectively (the engine's shutdown waits for
             # ours): leave the group while the engines leave theirs, then read the answers.
             # Waiting for the answers first deadlocked on GPUs.

@@ -81,6 +81,11 @@ class Engine:
         self.released: set[str] = set()
         self.receiver = None
         self.buckets_since_pause = 0  # /update_weights_from_distributed calls not yet synced
+        self.update_failed = False  # a bucket of the update since the last pause was refused
+        # In a cluster (RLPOST_WAIT_FOR_WEIGHTS=1, set by the operator) the engine is not
+        # ready until the trainer has pushed it a full set of weights: /health answers 503,
+        # so the pod is not Ready and the router does not send it requests before that.
+        self.awaiting_weights = os.environ.get("RLPOST_WAIT_FOR_WEIGHTS") == "1"
         self.requests_total = 0
         self.started = time.time()
         self.registry = CollectorRegistry()
@@ -261,6 +266,10 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
     # ---------------------------------------------------------------- health & info
     @app.get("/health")
     async def health():
+        if engine.awaiting_weights:
+            return JSONResponse(
+                {"status": "waiting for the first weights from the trainer"}, status_code=503
+            )
         return JSONResponse({})
 
     @app.get("/health_generate")
@@ -430,6 +439,7 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
     @control("/pause_generation", PauseGenerationReqInput)
     async def pause_generation(obj: PauseGenerationReqInput):
         engine.scheduler.pause(abort_running=obj.mode == "abort")
+        engine.update_failed = False
         return {"message": "Generation paused successfully.", "status": "ok"}
 
     @control("/continue_generation", ContinueGenerationReqInput)
@@ -448,6 +458,11 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
                 },
             )
             engine.buckets_since_pause = 0
+            if not engine.update_failed and engine.awaiting_weights:
+                engine.awaiting_weights = False
+                log.info(
+                    "first weights received: ready", extra={"weight_version": engine.weight_version}
+                )
         engine.scheduler.resume()
         return {"message": "Generation continued successfully.", "status": "ok"}
 
@@ -509,6 +524,7 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
                 await run_locked(fn, *args)
         except Exception as exc:
             log.exception("weight update failed", extra={"kind": kind})
+            engine.update_failed = True
             return JSONResponse({"success": False, "message": f"{kind}: {exc}"}, status_code=400)
         engine.m_sync.observe(time.monotonic() - started)
         engine._set_version(version)
@@ -518,6 +534,7 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             log.debug("bucket loaded", extra={"kind": kind, "weight_version": version})
         else:
             log.info("weights updated", extra={"kind": kind, "weight_version": version})
+            engine.awaiting_weights = False
         return ok(f"weights updated ({kind}); weight_version={engine.weight_version}")
 
     @control("/update_weights_from_distributed", UpdateWeightsFromDistributedReqInput)

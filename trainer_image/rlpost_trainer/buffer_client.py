@@ -16,6 +16,10 @@ class BufferError(RuntimeError):
     pass
 
 
+class BatchNotReady(BufferError):
+    """GET /batch timed out on the buffer side (HTTP 504): the batch may still come."""
+
+
 class BufferClient:
     def __init__(self, url: str, token: str | None, timeout_s: float = 60.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -49,6 +53,8 @@ class BufferClient:
                     params={"step": step, "timeout_s": timeout_s},
                     timeout=timeout_s + 30,
                 )
+                if r.status_code == 504:
+                    raise BatchNotReady(f"buffer GET /batch?step={step}: HTTP 504: {r.text[:500]}")
                 return Batch.model_validate(self._check(r, f"GET /batch?step={step}"))
             except httpx.TransportError as e:
                 if attempt == retries:

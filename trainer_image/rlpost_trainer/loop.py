@@ -16,13 +16,15 @@ import yaml
 
 from rlpost.api import RLPostTrainJob, Transport
 from rlpost.models import build_tokenizer
-from rlpost.weightsync import WeightSender
+from rlpost.storage import checkpoint_dir, resolve_job_paths
 from rlpost_trainer import checkpoint
 from rlpost_trainer.backend import TrainerBackend, make_backend
 from rlpost_trainer.batch import Batch, batch_advantages, collate
-from rlpost_trainer.buffer_client import BufferClient, BufferError
+from rlpost_trainer.buffer_client import BatchNotReady, BufferClient, BufferError
+from rlpost_trainer.engines import engine_set_from_env
 from rlpost_trainer.metrics import TrainerMetrics
 from rlpost_trainer.progress import Progress
+from rlpost_trainer.resume import resume_point
 
 log = logging.getLogger("rlpost_trainer")
 
@@ -31,7 +33,8 @@ def load_job() -> RLPostTrainJob:
     path = Path(os.environ.get("RLPOST_CONFIG", "/etc/rlpost/job.yaml"))
     if not path.exists():
         raise SystemExit(f"job config {path} not found (set RLPOST_CONFIG)")
-    return RLPostTrainJob.model_validate(yaml.safe_load(path.read_text()))
+    # Model and data paths point into their PVC mounts in a cluster (rlpost.storage).
+    return resolve_job_paths(RLPostTrainJob.model_validate(yaml.safe_load(path.read_text())))
 
 
 def sync_backend(job: RLPostTrainJob, device_is_cuda: bool) -> str:
@@ -49,9 +52,7 @@ def sync_backend(job: RLPostTrainJob, device_is_cuda: bool) -> str:
 
 
 def checkpoint_root(job: RLPostTrainJob) -> Path:
-    if job.spec.checkpoint.path:
-        return Path(job.spec.checkpoint.path)
-    return Path(os.environ.get("RLPOST_STATE_DIR", ".")) / "checkpoints"
+    return checkpoint_dir(job.spec)
 
 
 def batch_stats(batch: Batch) -> dict[str, Any]:
@@ -79,18 +80,13 @@ class Trainer:
         token = os.environ.get("RLPOST_TOKEN") or None
         buffer_url = os.environ.get("RLPOST_BUFFER_URL", f"http://{self.name}-buffer:8000")
         self.buffer = BufferClient(buffer_url, token)
-        urls = [u for u in os.environ.get("RLPOST_ENGINE_URLS", "").split(",") if u.strip()]
-        self.sender = None
-        if urls and self.backend.is_sync_rank:
+        # RLPOST_ENGINE_URLS (rlpost run) or the engines' headless Service (a cluster): one
+        # rule for engines that come and go (rlpost_trainer.engines).
+        self.engines = None
+        if self.backend.is_sync_rank:
             on_cuda = getattr(self.backend, "device", torch.device("cpu")).type == "cuda"
-            self.sender = WeightSender(
-                urls,
-                token=token,
-                backend=sync_backend(job, on_cuda),
-                bucket_mb=self.spec.weight_sync.bucket_mb,
-                # Async runs keep the requests generated ahead (see WeightSender).
-                pause_mode="in_place" if self.spec.rollout.max_staleness > 0 else "abort",
-            )
+            self.engines = engine_set_from_env(job, token, sync_backend(job, on_cuda))
+        self.engine_check_s = float(os.environ.get("RLPOST_ENGINE_CHECK_S", "5"))
         self.ckpt_root = checkpoint_root(job)
         self.metrics = TrainerMetrics(self.name)
         self.progress = Progress(self.name)
@@ -100,9 +96,13 @@ class Trainer:
 
     def resume_step(self) -> int:
         env = os.environ.get("RLPOST_RESUME_STEP")
-        if env not in (None, ""):
-            return int(env)
-        return checkpoint.latest_step(self.ckpt_root) or 0
+        requested = int(env) if env not in (None, "") else None
+        step, why = resume_point(self.ckpt_root, requested)
+        if why:  # that checkpoint is missing: an older one, or a fresh start
+            log.warning(why, extra={"requested": requested, "step": step})
+            if step == 0:  # the buffer applied RLPOST_RESUME_STEP at its start
+                self.buffer.resume(0, 0)
+        return step
 
     def restore(self, step: int) -> None:
         state = checkpoint.load(self.ckpt_root, step)
@@ -121,15 +121,33 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def push_weights(self, version: int) -> float:
-        if self.sender is None:
+        if self.engines is None:
             return 0.0
-        seconds = self.sender.push(self.backend.named_hf_weights(), version)
+        seconds = self.engines.push(self.backend.named_hf_weights, version)
         self.metrics.sync.observe(seconds)
         return seconds
 
+    def wait_batch(self, step: int) -> Batch:
+        """GET /batch in slices; in between, engines that are new, replaced or restarted
+        get the live weights (version `step`): such an engine is not Ready before that, and
+        the batch may need it."""
+        if self.engines is None:
+            return self.buffer.batch(step, self.batch_timeout_s)
+        deadline = time.monotonic() + self.batch_timeout_s
+        while True:
+            seconds = self.engines.catch_up(self.backend.named_hf_weights, step)
+            if seconds is not None:
+                self.metrics.sync.observe(seconds)
+            left = deadline - time.monotonic()
+            try:
+                return self.buffer.batch(step, max(1.0, min(self.engine_check_s, left)))
+            except BatchNotReady:
+                if time.monotonic() >= deadline:
+                    raise
+
     def train_one(self, step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        batch = self.buffer.batch(step, self.batch_timeout_s)
+        batch = self.wait_batch(step)
         if batch.step != step:
             raise BufferError(f"asked the buffer for step {step}, got step {batch.step}")
         t_batch = time.perf_counter()
@@ -188,6 +206,6 @@ class Trainer:
         log.info("training finished", extra={"steps": self.spec.steps})
 
     def close(self) -> None:
-        if self.sender is not None:
-            self.sender.close()
+        if self.engines is not None:
+            self.engines.close()
         self.buffer.close()
