@@ -99,6 +99,11 @@ ClusterRole in cluster-wide mode). Keep in step with operator/ (docs/CONTRACTS.m
 - apiGroups: [kueue.x-k8s.io]
   resources: [resourceflavors, clusterqueues, workloadpriorityclasses]
   verbs: [get, list, watch]
+# Nodes: a pod asking for more GPUs than any node of its queue's flavors is InvalidSpec
+# before admission (read only).
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get, list]
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [get, list, watch]
