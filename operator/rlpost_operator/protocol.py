@@ -55,6 +55,8 @@ from .constants import (
 
 COMPUTE_KINDS = ("StatefulSet", "Deployment", "Pod")
 COMPUTE_ROLES = (*TRAINING_ROLES, ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER)
+# Roles whose pod failures do not restart the gang (replaced one by one; the loop goes on).
+SERVING_ROLES = (ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER)
 CONDITION_TYPES = ("Queued", "Admitted", "Running", "Suspended", "Succeeded", "Failed")
 FINISHED_PHASES = (api.Phase.SUCCEEDED.value, api.Phase.FAILED.value)
 PODS_READY_TIMEOUT = "PodsReadyTimeout"
@@ -420,11 +422,16 @@ class _Pass:
     def workload_refused(self) -> list[str]:
         """Kueue's webhooks (or the API server) refused the Workload: the spec is the cause."""
         name = self.n["workload"]
-        return [
-            f"Kueue refused the job's Workload: {e.describe()}"
+        errors = [
+            e
             for e in self.obs.child_errors
             if e.kind == "Workload" and e.name == name and not e.retryable and self.wl is None
         ]
+        if errors and self.spec is not None and self.queue is not None:
+            desired = b.build_workload(self.ref, self.spec, self.queue, self.obs.priority)
+            now = _annotation(desired, HASH_ANNOTATION)
+            errors = [e for e in errors if not e.spec_hash or e.spec_hash == now]
+        return [f"Kueue refused the job's Workload: {e.describe()}" for e in errors]
 
     def drop_unadmitted_workload(self) -> None:
         """An invalid job's Workload that holds no quota and runs no pod goes (Kueue would
@@ -720,6 +727,7 @@ class _Pass:
             self.stop_gang("job failed")
             return True
         self.st["restarts"] = restarts + 1
+        self.st["roleRestarts"] = None  # counts the new gang's pods
         resume = self.st.get("lastCheckpointStep")
         msg = (
             f"{failed[0]}; restarting the gang from checkpoint step {resume or 0} "
@@ -730,6 +738,55 @@ class _Pass:
         self.phase(api.Phase.RESTARTING, "Restarting", msg, warning=True)
         self.stop_gang("restart after a failure")
         return True
+
+    def replace_failed_buffer(self) -> None:
+        """The buffer is a bare Pod: no controller replaces it when it ends up Failed
+        (evicted, node lost). Delete it; the next pass creates it again, and its state
+        volume (the samples it accepted) is kept."""
+        pod = self.live("Pod", self.n["buffer"])
+        if pod is None or deleting(pod):
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if phase not in ("Failed", "Succeeded"):
+            return
+        why = pod_failure(pod) or f"pod {self.n['buffer']} is {phase}"
+        self.act("delete", "Pod", self.n["buffer"], why="buffer pod ended: recreate it")
+        self.plan.events.append(
+            ("Warning", "BufferRecreated", f"{why}; recreating it (its state volume is kept)")
+        )
+
+    def role_restarts(self, attempt: int) -> None:
+        """Engine, router and buffer pods restart without stopping the gang (their
+        Deployment or the kubelet restarts them; the operator recreates a Failed buffer
+        pod): count them per role in status.roleRestarts, one Warning Event per increase."""
+        counts: dict[str, int] = {}
+        why: dict[str, str] = {}
+        for p in [*self.compute_pods(), *self.obs.failed_pods]:
+            role = _label(p, ROLE_LABEL)
+            if role not in SERVING_ROLES or _label(p, ATTEMPT_LABEL) != str(attempt):
+                continue
+            st = p.get("status") or {}
+            n = sum(int(cs.get("restartCount") or 0) for cs in st.get("containerStatuses") or [])
+            n += st.get("phase") == "Failed"  # the pod itself is replaced
+            counts[role] = counts.get(role, 0) + n
+            if n and (reason := pod_failure(p)):
+                why[role] = reason
+        old = self.old_status.get("roleRestarts") or {}
+        new = {r: max(int(old.get(r, 0)), counts.get(r, 0)) for r in sorted({*old, *counts})}
+        if not any(new.values()):
+            return
+        self.st["roleRestarts"] = new
+        for role, n in new.items():
+            if n > int(old.get(role, 0)):
+                owner = "the operator" if role == ROLE_BUFFER else "its Deployment"
+                self.plan.events.append(
+                    (
+                        "Warning",
+                        "RoleRestarted",
+                        f"{why.get(role, f'a {role} pod restarted')}; restarted by the kubelet "
+                        f"or replaced by {owner}, training goes on ({role} restarts: {n})",
+                    )
+                )
 
     def spec_failure(self, attempt: str) -> bool:
         """A role that exited with INVALID_SPEC_EXIT_CODE found the spec unusable at start (a
@@ -922,8 +979,13 @@ class _Pass:
         self.ensure(config, "job config")
         self.ensure_once(progress, "progress ConfigMap")
         self.ensure_once(b.build_token_secret(self.ref, secrets.token_urlsafe(32)), "job token")
+        state_pvc = b.build_state_pvc(self.ref, self.spec)
+        if state_pvc is not None:  # kept across restarts and suspensions; goes with the job
+            self.ensure_once(state_pvc, "state volume")
+        self.replace_failed_buffer()
         for obj in compute:
             self.ensure(obj, "gang")
+        self.role_restarts(attempt)
 
         admission = (wl.get("status") or {}).get("admission") or {}
         flavors = {
