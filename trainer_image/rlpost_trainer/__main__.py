@@ -7,13 +7,20 @@ import os
 import signal
 import sys
 
-import torch
-
 from rlpost.logs import setup_logging
 
 
 def main() -> int:
     setup_logging("trainer")
+    from rlpost_trainer.ranks import Gang, needs_launch
+
+    if needs_launch():
+        # This pod's gang has more than one rank: start them (launch.py) and wait.
+        from rlpost_trainer.launch import launch
+
+        return launch(Gang.from_env())
+    import torch
+
     torch.set_num_threads(int(os.environ.get("RLPOST_TORCH_THREADS", "1")))
     # SIGTERM (pod deletion, `rlpost run` stopping) ends the loop through the normal
     # exception path, so the weight-sync group is torn down and logs are flushed.

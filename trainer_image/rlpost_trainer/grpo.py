@@ -39,6 +39,20 @@ def per_sequence_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (per_seq * has_tokens).sum() / has_tokens.sum().clamp(min=1)
 
 
+def seq_mean(x: torch.Tensor, mask: torch.Tensor, n_seqs: float | None) -> torch.Tensor:
+    """per_sequence_mean, or with `n_seqs` the sum of the per-sequence means over `n_seqs`:
+    the share of these rows in the mean over a larger batch (micro-batches, data-parallel
+    ranks), so the shares add up to exactly the full batch's value."""
+    if n_seqs is None:
+        return per_sequence_mean(x, mask)
+    return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
+
+
+def token_mean(x: torch.Tensor, mask: torch.Tensor, n_tokens: float | None) -> torch.Tensor:
+    """masked_mean, or with `n_tokens` this part's share of the full batch's token mean."""
+    return masked_mean(x, mask) if n_tokens is None else (x * mask).sum() / n_tokens
+
+
 @dataclass
 class LossStats:
     loss: float
@@ -59,11 +73,16 @@ def grpo_loss(
     clip: float,
     kl_coef: float = 0.0,
     ref_logprobs: torch.Tensor | None = None,
+    n_seqs: float | None = None,
+    n_tokens: float | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """PPO-clipped policy loss with per-sequence advantages broadcast over tokens.
 
     advantages: [B] (one per sample) or [B, T]. old_logprobs come from the rollout engine
     (the policy that sampled), so ratio = pi_theta / pi_old is the importance weight.
+    `n_seqs` (sequences with trained tokens) and `n_tokens` (trained tokens) of the whole
+    batch, when these rows are a part of it: the loss and every statistic are then this
+    part's share of the whole batch's value (global normalisation; shares add up).
     """
     mask = mask.to(logprobs.dtype)
     adv = advantages[:, None] if advantages.dim() == 1 else advantages
@@ -71,21 +90,21 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv
     pg = -torch.minimum(unclipped, clipped)
-    loss = per_sequence_mean(pg, mask)
+    loss = seq_mean(pg, mask, n_seqs)
     kl_value = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     if kl_coef > 0:
         if ref_logprobs is None:
             raise ValueError("kl_coef > 0 needs ref_logprobs")
-        kl_value = per_sequence_mean(k3_kl(logprobs, ref_logprobs), mask)
+        kl_value = seq_mean(k3_kl(logprobs, ref_logprobs), mask, n_seqs)
         loss = loss + kl_coef * kl_value
     with torch.no_grad():
         was_clipped = ((ratio - 1.0).abs() > clip).to(mask.dtype)
         stats = LossStats(
             loss=float(loss),
-            pg_loss=float(per_sequence_mean(pg, mask)),
+            pg_loss=float(seq_mean(pg, mask, n_seqs)),
             kl=float(kl_value),
-            clip_fraction=float(masked_mean(was_clipped, mask)),
-            ratio_mean=float(masked_mean(ratio, mask)),
-            kl_rollout=float(per_sequence_mean(k3_kl(logprobs, old_logprobs), mask)),
+            clip_fraction=float(token_mean(was_clipped, mask, n_tokens)),
+            ratio_mean=float(token_mean(ratio, mask, n_tokens)),
+            kl_rollout=float(seq_mean(k3_kl(logprobs, old_logprobs), mask, n_seqs)),
         )
     return loss, stats

@@ -1,6 +1,11 @@
 """The trainer's RL loop: batch s from the buffer -> GRPO step -> push weights s+1 -> tell the
 buffer -> report -> checkpoint. Restart-safe: resumes from RLPOST_RESUME_STEP or the latest
 checkpoint, and the buffer serves step s's batch idempotently.
+
+With several ranks (ranks.py) every rank runs this loop; global rank 0 alone talks to the
+buffer (it pulls each batch once and hands it to the others), pushes weights, reports
+progress and writes the replicated checkpoint state; every rank trains its rows of the batch
+and loads the checkpoint on resume.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from rlpost.api import RLPostTrainJob, Transport
@@ -19,11 +25,12 @@ from rlpost.models import build_tokenizer
 from rlpost.storage import checkpoint_dir, resolve_job_paths
 from rlpost_trainer import checkpoint
 from rlpost_trainer.backend import TrainerBackend, make_backend
-from rlpost_trainer.batch import Batch, batch_advantages, collate
+from rlpost_trainer.batch import Batch, TrainBatch, batch_advantages, collate
 from rlpost_trainer.buffer_client import BatchNotReady, BufferClient, BufferError
 from rlpost_trainer.engines import engine_set_from_env
 from rlpost_trainer.metrics import TrainerMetrics
 from rlpost_trainer.progress import Progress
+from rlpost_trainer.ranks import Ranks, control_group, init_process_group
 from rlpost_trainer.resume import resume_point
 
 log = logging.getLogger("rlpost_trainer")
@@ -69,12 +76,26 @@ def batch_stats(batch: Batch) -> dict[str, Any]:
     }
 
 
+class NoProgress:
+    """Progress on a rank other than global rank 0: nothing is reported."""
+
+    def update(self, record: dict[str, Any] | None = None, **fields: Any) -> None:
+        pass
+
+
 class Trainer:
     def __init__(self, job: RLPostTrainJob, backend: TrainerBackend | None = None):
         self.job = job
         self.spec = job.spec
         self.name = os.environ.get("RLPOST_JOB_NAME") or job.metadata.name
         self.tokenizer = build_tokenizer(self.spec.model)
+        self.batch_timeout_s = float(os.environ.get("RLPOST_BATCH_TIMEOUT_S", "900"))
+        # Ranks wait for rank 0's batch in a collective: allow the buffer's wait and more.
+        group_timeout_s = self.batch_timeout_s + 1800
+        self.ranks = Ranks.from_env()
+        on_cuda = torch.cuda.is_available() and self.spec.trainer.gpus_per_pod > 0
+        init_process_group(self.ranks, on_cuda, group_timeout_s)
+        self.ctrl = control_group(group_timeout_s)
         self.backend = backend or make_backend(self.spec)
         self.backend.setup(self.spec, self.tokenizer.vocab_size)
         token = os.environ.get("RLPOST_TOKEN") or None
@@ -89,24 +110,46 @@ class Trainer:
         self.engine_check_s = float(os.environ.get("RLPOST_ENGINE_CHECK_S", "5"))
         self.ckpt_root = checkpoint_root(job)
         self.metrics = TrainerMetrics(self.name)
-        self.progress = Progress(self.name)
-        self.batch_timeout_s = float(os.environ.get("RLPOST_BATCH_TIMEOUT_S", "900"))
+        self.progress = Progress(self.name) if self.ranks.is_main else NoProgress()
 
     # ------------------------------------------------------------------ resume
 
     def resume_step(self) -> int:
-        env = os.environ.get("RLPOST_RESUME_STEP")
-        requested = int(env) if env not in (None, "") else None
-        step, why = resume_point(self.ckpt_root, requested)
-        if why:  # that checkpoint is missing: an older one, or a fresh start
-            log.warning(why, extra={"requested": requested, "step": step})
-            if step == 0:  # the buffer applied RLPOST_RESUME_STEP at its start
-                self.buffer.resume(0, 0)
-        return step
+        """Rank 0's answer, on every rank."""
+        step = 0
+        if self.ranks.is_main:
+            env = os.environ.get("RLPOST_RESUME_STEP")
+            requested = int(env) if env not in (None, "") else None
+            step, why = resume_point(self.ckpt_root, requested)
+            if why:  # that checkpoint is missing: an older one, or a fresh start
+                log.warning(why, extra={"requested": requested, "step": step})
+                if step == 0:  # the buffer applied RLPOST_RESUME_STEP at its start
+                    self.buffer.resume(0, 0)
+        return self.from_main(step)
+
+    def from_main(self, obj: Any) -> Any:
+        """Global rank 0's `obj` on every rank (itself when there is one rank)."""
+        if self.ctrl is None:
+            return obj
+        box = [obj if self.ranks.is_main else None]
+        dist.broadcast_object_list(box, src=0, group=self.ctrl)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.ctrl is not None:
+            dist.barrier(group=self.ctrl)
 
     def restore(self, step: int) -> None:
+        """Every rank loads the checkpoint (the replicated state, and its own shard if the
+        backend's state is sharded); rank 0 then brings engines and buffer to step k."""
         state = checkpoint.load(self.ckpt_root, step)
-        self.backend.load_state_dict(state["backend"])
+        shard = getattr(self.backend, "shard_key", None)
+        if shard is not None:
+            self.backend.load_state_dict(checkpoint.load_shard(self.ckpt_root, step, shard))
+        else:
+            self.backend.load_state_dict(state["backend"])
+        if not self.ranks.is_main:
+            return
         # Engines may be fresh (random init): give them the checkpoint's weights first, so
         # nothing the buffer generates from now on uses weights older than version `step`.
         self.push_weights(step)
@@ -145,23 +188,36 @@ class Trainer:
                 if time.monotonic() >= deadline:
                     raise
 
+    def next_batch(self, step: int) -> tuple[TrainBatch, torch.Tensor, dict[str, Any] | None]:
+        """Step's batch, its advantages and stats on every rank. Rank 0 alone pulls it (the
+        buffer serves each step once to one trainer) and hands it to the others; the
+        advantages are normalised over whole groups before any rank takes its rows."""
+        payload = None
+        if self.ranks.is_main:
+            batch = self.wait_batch(step)
+            if batch.step != step:
+                raise BufferError(f"asked the buffer for step {step}, got step {batch.step}")
+            tb = collate(batch, self.tokenizer.pad_token_id)
+            advantages = batch_advantages(tb) * self.spec.algorithm.advantage_sign
+            payload = (tb, advantages, batch_stats(batch))
+        tb, advantages, stats = self.from_main(payload)
+        return tb, advantages, stats if self.ranks.is_main else None
+
     def train_one(self, step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        batch = self.wait_batch(step)
-        if batch.step != step:
-            raise BufferError(f"asked the buffer for step {step}, got step {batch.step}")
+        tb, advantages, bstats = self.next_batch(step)
         t_batch = time.perf_counter()
-        tb = collate(batch, self.tokenizer.pad_token_id)
-        advantages = batch_advantages(tb) * self.spec.algorithm.advantage_sign
         stats = self.backend.train_step(tb, advantages)
         t_train = time.perf_counter()
+        if not self.ranks.is_main:
+            return {"step": step, "loss": stats.get("loss")}
         sync_s = self.push_weights(step + 1)
         self.buffer.post_weight_version(step + 1)
         t_end = time.perf_counter()
         record = {
             "step": step,
             "weight_version": step + 1,
-            **batch_stats(batch),
+            **bstats,
             "loss": stats.get("loss"),
             "pg_loss": stats.get("pg_loss"),
             "kl": stats.get("kl") if self.spec.algorithm.kl_coef > 0 else None,
@@ -182,9 +238,36 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def save_checkpoint(self, step: int) -> None:
+        """Rank 0 writes `step-k/state.pt` (the cursor, and the backend state when it is the
+        same on every rank, as data parallel's is); a backend with sharded state (Megatron
+        TP/PP: `shard_key`) has each shard written once, into the same directory, before
+        rank 0 completes it."""
+        main = self.ranks.is_main
+        cursor = self.buffer.checkpoint_cursor(step) if main else None
+        shard = getattr(self.backend, "shard_key", None)
+        if shard is None:
+            if main:
+                checkpoint.save(self.ckpt_root, step, self.backend.state_dict(), cursor)
+            return
+        tmp = checkpoint.begin(self.ckpt_root, step) if main else None
+        self.barrier()
+        if getattr(self.backend, "writes_shard", True):
+            checkpoint.save_shard(self.ckpt_root, step, shard, self.backend.state_dict())
+        self.barrier()
+        if main:
+            checkpoint.save(self.ckpt_root, step, None, cursor, tmp=tmp)
+        self.barrier()
+
     def run(self) -> None:
-        self.metrics.serve()
-        self.buffer.wait_ready()
+        if self.ranks.is_main:
+            self.metrics.serve()
+            self.buffer.wait_ready()
+        r = self.ranks
+        log.info(
+            "trainer rank started",
+            extra={"rank": r.rank, "world_size": r.world_size, "local_rank": r.local_rank},
+        )
         start = self.resume_step()
         if start > 0:
             self.restore(start)
@@ -196,12 +279,12 @@ class Trainer:
             record["elapsed_s"] = time.time() - started
             nxt = step + 1
             if nxt % interval == 0 or nxt == self.spec.steps:
-                cursor = self.buffer.checkpoint_cursor(nxt)
-                checkpoint.save(self.ckpt_root, nxt, self.backend.state_dict(), cursor)
+                self.save_checkpoint(nxt)
                 last_ckpt = nxt
                 record["checkpoint"] = nxt
             self.progress.update(record, step=nxt, weightVersion=nxt, lastCheckpointStep=last_ckpt)
-            log.info("step", extra=record)
+            if self.ranks.is_main:
+                log.info("step", extra=record)
         self.progress.update(done=True)
         log.info("training finished", extra={"steps": self.spec.steps})
 
@@ -209,3 +292,5 @@ class Trainer:
         if self.engines is not None:
             self.engines.close()
         self.buffer.close()
+        if self.ctrl is not None and dist.is_initialized():
+            dist.destroy_process_group()

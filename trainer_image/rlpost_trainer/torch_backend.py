@@ -1,4 +1,4 @@
-"""The `torch` backend: a HF causal LM trained with plain torch (CPU or one GPU).
+"""The `torch` backend: a HF causal LM trained with plain torch (CPU or GPUs, data parallel).
 
 Master weights are fp32 whatever the engines serve (small models, exact logprob match in
 tests); they are cast to spec.model.dtype when sent. They are packed in one buffer
@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from rlpost.api import RLPostTrainJobSpec
 from rlpost.models import DTYPES, build_model
 from rlpost.weightsync.packed import pack_parameters
 from rlpost_trainer.batch import TrainBatch
-from rlpost_trainer.grpo import grpo_loss
+from rlpost_trainer.grpo import LossStats, grpo_loss
+from rlpost_trainer.ranks import dp_rows
 
 # Rows per forward/backward; the loss is accumulated so the step equals one full-batch step.
 MICRO_BATCH_ROWS = 64
@@ -53,15 +56,29 @@ def rows(batch: TrainBatch, lo: int, hi: int) -> TrainBatch:
 
 
 class TorchBackend:
+    """Data parallel over every rank of the default process group (if one is initialised):
+    each rank trains on its rows of the batch, gradients are summed (each rank's loss is its
+    share of the whole batch's), so every rank takes the same optimizer step."""
+
     is_sync_rank = True
 
     def setup(self, spec: RLPostTrainJobSpec, vocab_size: int) -> None:
         self.spec = spec
+        self.rank, self.world = 0, 1
+        if dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.is_sync_rank = self.rank == 0
         use_cuda = torch.cuda.is_available() and spec.trainer.gpus_per_pod > 0
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        # One GPU per rank: the launcher's LOCAL_RANK, set as the current device.
+        cuda = torch.device("cuda", torch.cuda.current_device()) if use_cuda else None
+        self.device = cuda or torch.device("cpu")
         self.send_dtype = DTYPES[spec.model.dtype]
         self.model = build_model(spec.model, vocab_size, seed=spec.seed).float().to(self.device)
         pack_parameters(self.model)  # before the optimizer: it keeps these same parameters
+        if self.world > 1:
+            with torch.no_grad():  # replicas start identical whatever built them
+                for p in self.model.parameters():
+                    dist.broadcast(p.data, src=0)
         self.model.train()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=spec.algorithm.lr, betas=(0.9, 0.99), weight_decay=0.0
@@ -75,12 +92,17 @@ class TorchBackend:
         return token_logprobs(self.model, batch, self.device).cpu()
 
     def train_step(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
+        """`batch` is the whole step's batch on every rank; this rank trains on its rows.
+        The loss is normalised over the whole batch (its sequences and tokens), so the
+        summed gradients equal one full-batch step on one rank."""
         alg = self.spec.algorithm
         self.optimizer.zero_grad(set_to_none=True)
-        n = batch.input_ids.shape[0]
-        totals: dict[str, float] = {}
-        for lo in range(0, n, MICRO_BATCH_ROWS):
-            hi = min(n, lo + MICRO_BATCH_ROWS)
+        n_seqs = float((batch.loss_mask.sum(-1) > 0).sum().clamp(min=1))
+        n_tokens = float(batch.loss_mask.sum().clamp(min=1))
+        first, end = dp_rows(batch.input_ids.shape[0], self.rank, self.world)
+        totals = {f.name: 0.0 for f in fields(LossStats)}
+        for lo in range(first, end, MICRO_BATCH_ROWS):
+            hi = min(end, lo + MICRO_BATCH_ROWS)
             mb = rows(batch, lo, hi)
             logp = token_logprobs(self.model, mb, self.device)
             ref = None
@@ -95,15 +117,34 @@ class TorchBackend:
                 clip=alg.clip,
                 kl_coef=alg.kl_coef,
                 ref_logprobs=ref,
+                n_seqs=n_seqs,
+                n_tokens=n_tokens,
             )
-            weight = (hi - lo) / n
-            (loss * weight).backward()
+            loss.backward()
             for key, value in vars(stats).items():
-                totals[key] = totals.get(key, 0.0) + value * weight
+                totals[key] += value
+        if self.world > 1:
+            totals = self._all_reduce(totals)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=1.0)
         self.optimizer.step()
         totals["grad_norm"] = float(grad_norm)
         return totals
+
+    def _all_reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        """Sum the gradients (one flat buffer) and the statistics over the ranks."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # a rank without rows (batch smaller than the world)
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        at = 0
+        for p in params:
+            p.grad.copy_(flat[at : at + p.numel()].view_as(p.grad))
+            at += p.numel()
+        stats = torch.tensor(list(totals.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(stats)
+        return dict(zip(totals, stats.tolist(), strict=True))
 
     def named_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, p in self.model.named_parameters():
