@@ -227,9 +227,21 @@ class WeightSyncSpec(Model):
 
 
 class CheckpointSpec(Model):
-    path: str | None = None  # directory in `pvc` (cluster) or local
+    # A directory inside the state volume in a cluster (a leading '/' is ignored there), a
+    # local directory for `rlpost run`.
+    path: str | None = None
+    # The user's own PVC for checkpoints and buffer samples (mounted at /checkpoints; each
+    # job keeps its state in `<path>/<job name>`). Unset: the operator creates the PVC
+    # `<job>-state`, owned by the job, from the three fields below.
     pvc: str | None = None
     interval_steps: Annotated[int, Field(ge=1)] = 50
+    # StorageClass of `<job>-state` (default: the cluster's default class).
+    storage_class_name: str | None = None
+    size: Quantity = "10Gi"
+    # ReadWriteOnce: the trainer pods and the buffer pod (all that mount it) share a node.
+    access_mode: Annotated[
+        str, Field(pattern=r"^(ReadWriteOnce|ReadWriteMany|ReadWriteOncePod)$")
+    ] = "ReadWriteOnce"
 
 
 class FailurePolicy(Model):
@@ -312,6 +324,9 @@ class RLPostTrainJobStatus(Model):
     weight_version: int | None = None
     last_checkpoint_step: int | None = None
     restarts: int | None = None
+    # Engine, router and buffer pods that failed and were replaced or restarted (the gang
+    # goes on), per role: {"rollout": 1, "buffer": 0, ...}.
+    role_restarts: dict[str, int] | None = None
     # Set by the operator when it (re)starts the children: the checkpoint step they resume
     # from (RLPOST_RESUME_STEP), and pods Ready / pods expected of the running gang.
     resume_step: int | None = None

@@ -40,6 +40,7 @@ ROUTER_PORT = 30000
 ENGINE_PORT = 30000
 MASTER_PORT = 29500
 TRAINER_METRICS_PORT = 9400
+ROUTER_METRICS_PORT = 29000  # sglang-router's --prometheus-port
 
 # Roles whose pods run the gang (stopped on eviction/suspension/restart/finish).
 ROLE_TRAINER = "trainer"

@@ -31,7 +31,6 @@ from .constants import (
     INSTANCE_LABEL,
     NAME_LABEL,
     ROLE_LABEL,
-    TRAINING_ROLES,
 )
 from .kube import ApiError, Kube
 
@@ -50,6 +49,7 @@ CHILD_KINDS = {
     "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
 }
 
 Key = tuple[str, str]  # (namespace, job name)
@@ -133,8 +133,9 @@ class Cache:
         if self._newer(self.objs[key].get(slot), obj):
             self.objs[key][slot] = _strip(kind, obj)
         role = obj["metadata"].get("labels", {}).get(ROLE_LABEL)
-        # A failed training pod is remembered even after its controller deletes it.
-        if kind == "Pod" and role in TRAINING_ROLES and protocol.pod_failure(obj):
+        # A failed pod of the gang is remembered even after its controller deletes it
+        # (training pods: the gang restarts; others: counted in status.roleRestarts).
+        if kind == "Pod" and role in protocol.COMPUTE_ROLES and protocol.pod_failure(obj):
             uid = obj["metadata"].get("uid", obj["metadata"]["name"])
             self.failed[key][uid] = _strip(kind, obj)
         return key

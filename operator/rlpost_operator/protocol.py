@@ -773,7 +773,8 @@ class _Pass:
                 why[role] = reason
         old = self.old_status.get("roleRestarts") or {}
         new = {r: max(int(old.get(r, 0)), counts.get(r, 0)) for r in sorted({*old, *counts})}
-        if not any(new.values()):
+        new = {r: n for r, n in new.items() if n}
+        if not new:
             return
         self.st["roleRestarts"] = new
         for role, n in new.items():

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from rlpost.api import RLPostTrainJob
+from rlpost.storage import resolve_job_paths
 
 DEFAULT_CONFIG = "/etc/rlpost/job.yaml"
 
@@ -18,7 +19,9 @@ def load_job(path: str | None = None) -> RLPostTrainJob:
     file = Path(path)
     if not file.exists():
         raise SystemExit(f"job config {path!r} not found (set RLPOST_CONFIG)")
-    return RLPostTrainJob.model_validate(yaml.safe_load(file.read_text()))
+    # Model and data paths point into their PVC mounts in a cluster (rlpost.storage: the
+    # same rule as the trainer's).
+    return resolve_job_paths(RLPostTrainJob.model_validate(yaml.safe_load(file.read_text())))
 
 
 def token() -> str | None:

@@ -12,24 +12,27 @@ import os
 import sys
 
 from rlpost.logs import setup_logging
+from rlpost.storage import resolve_spec_paths
 from rlpost_rollout import config
+from rlpost_rollout.ready import UNSYNCED_VERSION
 
 log = logging.getLogger("rlpost_rollout.launch_sglang")
 
-MODELS_MOUNT = "/models"  # where the operator mounts spec.model.pvc
-
-
-def model_location(path: str, pvc: str | None) -> str:
-    if pvc and not os.path.isabs(path):
-        return os.path.join(MODELS_MOUNT, path)
-    return path
-
 
 def sglang_argv(
-    job, port: int, *, host: str = "0.0.0.0", token: str | None = None, python: str | None = None
+    job,
+    port: int,
+    *,
+    host: str = "0.0.0.0",
+    token: str | None = None,
+    python: str | None = None,
+    wait_for_weights: bool = False,
 ) -> list[str]:
-    """The `python -m sglang.launch_server` command line for this job (pure; unit-tested)."""
-    spec = job.spec
+    """The `python -m sglang.launch_server` command line for this job (pure; unit-tested).
+
+    wait_for_weights (a cluster): the engine starts at weight version -1, which no trainer
+    push carries, so `rlpost_rollout.ready` keeps the pod not Ready until the first push."""
+    spec = resolve_spec_paths(job.spec)  # model paths inside the /models mount
     if not spec.model.path:
         raise ValueError(
             "SGLang needs model.path (a weights directory); model.config builds random weights "
@@ -37,16 +40,16 @@ def sglang_argv(
         )
     argv = [
         python or sys.executable, "-m", "sglang.launch_server",
-        "--model-path", model_location(spec.model.path, spec.model.pvc),
+        "--model-path", spec.model.path,
         "--host", host,
         "--port", str(port),
         "--tp-size", str(max(1, spec.rollout.gpus_per_engine)),
         "--dtype", spec.model.dtype,
-        "--weight-version", "0",
+        "--weight-version", UNSYNCED_VERSION if wait_for_weights else "0",
         "--enable-metrics",
     ]  # fmt: skip
     if spec.model.tokenizer and not spec.model.tokenizer.startswith("char:"):
-        argv += ["--tokenizer-path", model_location(spec.model.tokenizer, spec.model.pvc)]
+        argv += ["--tokenizer-path", spec.model.tokenizer]
     if token:
         argv += ["--admin-api-key", token]
     user = list(spec.rollout.sglang_args)
@@ -66,7 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("engine")
     job = config.load_job(args.config)
     try:
-        cmd = sglang_argv(job, args.port, host=args.host, token=config.token())
+        cmd = sglang_argv(
+            job,
+            args.port,
+            host=args.host,
+            token=config.token(),
+            wait_for_weights=os.environ.get("RLPOST_WAIT_FOR_WEIGHTS") == "1",
+        )
     except ValueError as exc:
         sys.exit(f"sglang cannot start: {exc}")
     redacted = ["<token>" if config.token() and a == config.token() else a for a in cmd]

@@ -147,6 +147,7 @@ def test_rbac_is_least_privilege():
             ("", "secrets", "create"),
             ("rbac.authorization.k8s.io", "roles", "create"),
             ("", "events", "create"),
+            ("", "persistentvolumeclaims", "create"),
         ]:
             assert need in granted, need
         assert ("rlpost.dev", "rlposttrainjobs", "create") not in granted

@@ -91,7 +91,11 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     c = tmpl["spec"]["containers"][0]
     env = {e["name"]: e for e in c["env"]}
     assert env["MASTER_ADDR"]["value"] == "j-trainer-0.j-trainer"
-    assert "pod-index" in env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert "pod-index" in env["RLPOST_POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    # The gang (rlpost_trainer.ranks): pods x ranks per pod; the trainer's launcher gives each
+    # rank its RANK/WORLD_SIZE/LOCAL_RANK, the pod sets none of them.
+    assert (env["NNODES"]["value"], env["NPROC_PER_NODE"]["value"]) == ("2", "4")
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK"} & set(env)
     assert env["RLPOST_RESUME_STEP"]["value"] == "40"
     assert env["RLPOST_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "j-token", "key": "token"}
     assert "value" not in env["RLPOST_TOKEN"]
@@ -106,9 +110,11 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
     assert vols["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     assert vols["data"]["persistentVolumeClaim"]["claimName"] == "datasets"
-    assert vols["checkpoints"]["persistentVolumeClaim"]["claimName"] == "ckpt"
+    assert vols["state"]["persistentVolumeClaim"]["claimName"] == "ckpt"
     assert vols["config"]["configMap"]["name"] == "j-config"
-    assert env["RLPOST_STATE_DIR"]["value"].startswith("/checkpoints/runs/j/")
+    assert env["RLPOST_STATE_DIR"]["value"] == "/checkpoints/runs/j/trainer"
+    assert env["RLPOST_CHECKPOINT_DIR"]["value"] == "/checkpoints/runs/j/trainer/checkpoints"
+    assert b.build_state_pvc(REF, s) is None  # the user's own PVC: none is created
     rollout = objs["j-rollout"]["spec"]["template"]
     assert rollout["spec"]["containers"][0]["resources"]["requests"][GPU] == "2"
     buf = objs["j-buffer"]
@@ -138,3 +144,73 @@ def test_role_is_least_privilege_and_config_renders_job():
     )
     svc = {s_["metadata"]["name"]: s_ for s_ in b.build_services(REF, spec())}
     assert svc["j-trainer"]["spec"]["clusterIP"] == "None"
+
+
+def test_default_state_is_a_pvc_owned_by_the_job_mounted_where_state_is_kept():
+    s = spec()
+    pvc = b.build_state_pvc(REF, s)
+    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["metadata"]["name"] == "j-state"
+    assert pvc["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert "storageClassName" not in pvc["spec"]  # the cluster's default class
+    s2 = spec(checkpoint={"storageClassName": "local-path", "size": "2Gi", "path": "/runs"})
+    pvc2 = b.build_state_pvc(REF, s2)
+    assert pvc2["spec"]["storageClassName"] == "local-path"
+    assert pvc2["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s2, b.StartInfo())}
+
+    def pod(name):
+        o = objs[name]
+        return o["spec"]["template"]["spec"] if "template" in o["spec"] else o["spec"]
+
+    def env(name):
+        return {e["name"]: e.get("value") for e in pod(name)["containers"][0]["env"]}
+
+    def claims(name):
+        return {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod(name)["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+
+    # trainer and buffer keep state in the PVC (checkpoint.path is inside it, '/' ignored)
+    assert claims("j-trainer") == claims("j-buffer") == {"j-state"}
+    assert env("j-trainer")["RLPOST_STATE_DIR"] == "/state/runs/trainer"
+    assert env("j-trainer")["RLPOST_CHECKPOINT_DIR"] == "/state/runs/trainer/checkpoints"
+    assert env("j-buffer")["RLPOST_STATE_DIR"] == "/state/runs/buffer"
+    # engines and router keep none (a ReadWriteOnce volume binds its users to one node)
+    assert claims("j-rollout") == claims("j-router") == set()
+
+
+def test_engines_wait_for_weights_behind_a_service_that_publishes_not_ready_pods():
+    s = spec(rollout={"engines": 3, "gpusPerEngine": 2, "engine": "reference"})
+    svc = {x["metadata"]["name"]: x for x in b.build_services(REF, s)}
+    assert svc["j-rollout"]["spec"]["clusterIP"] == "None"
+    assert svc["j-rollout"]["spec"]["publishNotReadyAddresses"] is True
+    assert svc["j-router"]["spec"].get("publishNotReadyAddresses") is None
+    objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s, b.StartInfo())}
+    eng = objs["j-rollout"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in eng["env"]}
+    assert env["RLPOST_WAIT_FOR_WEIGHTS"] == "1"
+    assert eng["readinessProbe"]["httpGet"]["path"] == "/health"
+    trainer = objs["j-trainer"]["spec"]["template"]["spec"]["containers"][0]
+    tenv = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert tenv["RLPOST_ENGINE_SERVICE"] == "j-rollout:30000"
+    assert "RLPOST_ENGINE_URLS" not in tenv
+    # SGLang's /health cannot wait: an exec probe reads the pushed weight version
+    s2 = spec(model={"path": "m", "pvc": "models"}, rollout={"engines": 3, "gpusPerEngine": 2,
+              "engine": "sglang"})  # fmt: skip
+    objs2 = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s2, b.StartInfo())}
+    probe = objs2["j-rollout"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["exec"]["command"][:3] == ["python", "-m", "rlpost_rollout.ready"]
+
+
+def test_router_exposes_prometheus_metrics():
+    objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, spec(), b.StartInfo())}
+    tmpl = objs["j-router"]["spec"]["template"]
+    c = tmpl["spec"]["containers"][0]
+    assert c["command"][-2:] == ["--prometheus-port", "29000"]
+    assert {"name": "metrics", "containerPort": 29000} in c["ports"]
+    ann = tmpl["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "29000"

@@ -259,3 +259,84 @@ def test_workload_deleted_drops_finalizer_after_gang_gone_and_orphans():
     (drop,) = [a for a in plan.actions if a.verb == "patch"]
     assert drop.body["metadata"]["finalizers"] == []
     assert p.orphan_workload_plan(wl)[0].body["metadata"]["finalizers"] == []
+
+
+def test_state_pvc_is_created_once_and_kept_across_restarts():
+    j = job(status={"phase": "Queued"})
+    wl = admit(wl_for(j))
+    plan, j, children = settle(j, wl)
+    assert ("create", "PersistentVolumeClaim", "j-state") in verbs(plan)
+    pvc = next(a.body for a in plan.actions if a.kind == "PersistentVolumeClaim")
+    assert pvc["metadata"]["ownerReferences"][0]["kind"] == "RLPostTrainJob"
+    plan, j, children = settle(j, wl, children)
+    assert not any(a.kind == "PersistentVolumeClaim" for a in plan.actions)  # never re-made
+    # stopping the gang (eviction) leaves it alone: it is not a compute child
+    wl["status"]["conditions"].append(cond("Evicted", "True", "Preempted", "x"))
+    plan, j, children = settle(j, wl, children, [])
+    assert not any(a.kind == "PersistentVolumeClaim" for a in plan.actions)
+    assert any(c["kind"] == "PersistentVolumeClaim" for c in children)
+    # the user's own checkpoint PVC: none is created
+    j2 = job(status={"phase": "Queued"}, checkpoint={"pvc": "mine"})
+    plan, _, _ = settle(j2, admit(wl_for(j2)))
+    assert not any(a.kind == "PersistentVolumeClaim" for a in plan.actions)
+
+
+def restarted(p_, n):
+    p_["status"]["containerStatuses"] = [
+        {
+            "name": "c",
+            "restartCount": n,
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+        }
+    ]
+    return p_
+
+
+def test_engine_router_buffer_failures_do_not_stop_the_gang_and_are_counted():
+    j, wl, children, pods = running_world()
+    pods[2] = restarted(pods[2], 1)  # an engine container restarted by the kubelet
+    plan, j, children = settle(j, wl, children, pods)
+    assert not any(a.verb == "delete" for a in plan.actions)  # the gang goes on
+    assert plan.status["phase"] == "Running" and not plan.status.get("restarts")
+    assert plan.status["roleRestarts"] == {"rollout": 1}
+    (ev,) = plan.events
+    assert ev[:2] == ("Warning", "RoleRestarted") and "exited with code 137" in ev[2]
+    assert "rollout restarts: 1" in ev[2]
+    # the same observation again: no new Event, no status write
+    plan, j, children = settle(j, wl, children, pods)
+    assert plan.events == [] and not plan.status_changed
+    # that engine pod is replaced by its Deployment (the operator saw it fail): still 1,
+    # then the router restarts twice
+    failed_engine = pods.pop(2)
+    pods.append(pod("r9", "rollout"))
+    pods[-2] = restarted(pods[-2], 2) if pods[-2]["metadata"]["name"] == "router" else pods[-2]
+    router = next(x for x in pods if x["metadata"]["name"] == "router")
+    restarted(router, 2)
+    plan, j, children = settle(j, wl, children, pods, failed_pods=[failed_engine])
+    assert plan.status["roleRestarts"] == {"rollout": 1, "router": 2}
+    assert [e[1] for e in plan.events] == ["RoleRestarted"]
+
+
+def test_failed_buffer_pod_is_recreated_with_its_volume():
+    j, wl, children, pods = running_world()
+    buf = next(x for x in pods if x["metadata"]["name"] == "j-buffer")
+    buf["status"] = {"phase": "Failed", "reason": "Evicted", "message": "node low on memory"}
+    live_buf = next(
+        c for c in children if c["kind"] == "Pod" and c["metadata"]["name"] == "j-buffer"
+    )
+    live_buf["status"] = buf["status"]
+    plan, j, children = settle(j, wl, children, pods)
+    assert ("delete", "Pod", "j-buffer") in verbs(plan)
+    assert not any(a.kind in ("StatefulSet", "Deployment") for a in plan.actions)
+    assert not any(a.kind == "PersistentVolumeClaim" and a.verb == "delete" for a in plan.actions)
+    reasons = [e[1] for e in plan.events]
+    assert "BufferRecreated" in reasons and "RoleRestarted" in reasons
+    assert plan.status["roleRestarts"] == {"buffer": 1}
+    # gone: the next pass creates it again, same volume
+    pods = [x for x in pods if x["metadata"]["name"] != "j-buffer"]
+    plan, j, children = settle(j, wl, children, pods, failed_pods=[buf])
+    new = next(a.body for a in plan.actions if a.kind == "Pod" and a.verb == "apply")
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in new["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]  # fmt: skip
+    assert claims == ["j-state"]
+    assert plan.status["roleRestarts"] == {"buffer": 1}  # counted once

@@ -48,6 +48,35 @@ def test_sglang_argv_from_the_spec():
     assert f["--weight-version"] == "0"
     assert argv[-2:] == ["--mem-fraction-static", "0.7"]  # user args last, verbatim
     assert "--admin-api-key" not in sglang_argv(job(), 1, token=None)
+    # absolute paths are used as given; without a model PVC nothing is prefixed
+    g = flag_values(sglang_argv(job(model={"path": "/weights/q", "pvc": "models"}), 1))
+    assert g["--model-path"] == "/weights/q"
+    g = flag_values(sglang_argv(job(model={"path": "q"}), 1))
+    assert g["--model-path"] == "q"
+
+
+def test_sglang_in_a_cluster_is_not_ready_before_the_trainers_first_push():
+    from rlpost_rollout.ready import UNSYNCED_VERSION, ready
+
+    f = flag_values(sglang_argv(job(), 1, wait_for_weights=True))
+    assert f["--weight-version"] == UNSYNCED_VERSION == "-1"
+    assert ready({"weight_version": "-1"}) == (
+        False,
+        "waiting for the first weights from the trainer",
+    )
+    assert ready({"weight_version": "0"})[0] and ready({"weight_version": 12})[0]
+    assert not ready({})[0]
+    # the probe command itself: an engine that does not answer is not ready
+    from rlpost.local.runner import free_port
+
+    port = str(free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "rlpost_rollout.ready", "--port", port, "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "not answering" in done.stdout
 
 
 def test_sglang_argv_rejects_what_it_cannot_run():

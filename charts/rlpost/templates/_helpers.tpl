@@ -81,6 +81,10 @@ ClusterRole in cluster-wide mode). Keep in step with operator/ (docs/CONTRACTS.m
 - apiGroups: [""]
   resources: [services, configmaps, secrets, serviceaccounts]
   verbs: [get, list, watch, create, patch, update, delete]
+# The per-job state volume `<job>-state` (checkpoints, buffer samples), owned by the job.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, list, watch, create, delete]
 # Per-job Role/RoleBinding (the trainer patches `<job>-progress`).
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]

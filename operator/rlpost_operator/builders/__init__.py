@@ -37,7 +37,16 @@ from .static import (
     build_static_children,
     build_token_secret,
 )
-from .storage import CHECKPOINT_MOUNT, CONFIG_MOUNT, DATA_MOUNT, MODEL_MOUNT, STATE_MOUNT
+from .storage import (
+    CHECKPOINT_MOUNT,
+    CONFIG_MOUNT,
+    DATA_MOUNT,
+    MODEL_MOUNT,
+    STATE_MOUNT,
+    build_state_pvc,
+    checkpoint_dir,
+    state_dir,
+)
 
 __all__ = [
     "CHECKPOINT_MOUNT",
@@ -59,10 +68,12 @@ __all__ = [
     "build_role_binding",
     "build_service_account",
     "build_services",
+    "build_state_pvc",
     "build_static_children",
     "build_token_secret",
     "build_training_statefulset",
     "build_workload",
+    "checkpoint_dir",
     "expected_pods",
     "job_queue_label",
     "labels",
@@ -75,5 +86,6 @@ __all__ = [
     "podset_updates",
     "selector",
     "spec_hash",
+    "state_dir",
     "with_hash",
 ]

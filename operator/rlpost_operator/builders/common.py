@@ -80,6 +80,7 @@ def names(job: str) -> dict[str, str]:
         "rollout": f"{job}-rollout",
         "router": f"{job}-router",
         "buffer": f"{job}-buffer",
+        "state": f"{job}-state",
     }
 
 

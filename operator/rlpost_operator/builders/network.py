@@ -32,7 +32,9 @@ def _service(
     }
     if headless:
         spec["clusterIP"] = "None"
-        spec["publishNotReadyAddresses"] = role in (ROLE_TRAINER, ROLE_WORKER)
+        # Trainer ranks rendezvous before they are Ready; the trainer resolves engines
+        # that are not Ready yet (they become Ready after its first weight push).
+        spec["publishNotReadyAddresses"] = role in (ROLE_TRAINER, ROLE_WORKER, ROLE_ROLLOUT)
     return with_hash(
         {
             "apiVersion": "v1",

@@ -14,16 +14,18 @@ from ..constants import (
     MASTER_PORT,
     PODSET_LABEL,
     RESUME_ANNOTATION,
+    ROLE_BUFFER,
     ROLE_ROLLOUT,
     ROLE_ROUTER,
     ROLE_TRAINER,
     ROLE_WORKER,
+    ROUTER_METRICS_PORT,
     ROUTER_PORT,
     TRAINER_METRICS_PORT,
 )
 from .common import JobRef, PodSetUpdate, StartInfo, labels, names, pod_groups
 from .security import container_security, pod_security
-from .storage import CONFIG_MOUNT, pod_volumes, state_dir
+from .storage import CONFIG_MOUNT, checkpoint_dir, pod_volumes, state_dir
 
 
 def _resources(res: api.Resources, gpus: int) -> dict[str, Any]:
@@ -60,7 +62,8 @@ def _urls(ref: JobRef) -> list[dict[str, Any]]:
     return [
         {"name": "RLPOST_BUFFER_URL", "value": f"http://{n['buffer']}:{BUFFER_PORT}"},
         {"name": "RLPOST_ROUTER_URL", "value": f"http://{n['router']}:{ROUTER_PORT}"},
-        # Engines are the Ready pods behind this headless Service (one A record each).
+        # Engines: every pod behind this headless Service, Ready or not (it publishes
+        # not-ready addresses; an engine is Ready once the trainer pushed it weights).
         {"name": "RLPOST_ENGINE_SERVICE", "value": f"{n['rollout']}:{ENGINE_PORT}"},
     ]
 
@@ -78,7 +81,9 @@ def pod_spec(
     gpus = groups[role].gpus
     env = _common_env(ref, resume_step)
     shm = role in (ROLE_TRAINER, ROLE_WORKER, ROLE_ROLLOUT)
-    volumes, mounts = pod_volumes(ref, spec, shm=shm)
+    # The state volume (checkpoints, buffer samples) only where state is kept.
+    keeps_state = role in (ROLE_TRAINER, ROLE_WORKER, ROLE_BUFFER)
+    volumes, mounts = pod_volumes(ref, spec, shm=shm, state=keeps_state)
     ports: list[dict[str, Any]] = []
     readiness = None
     if role in (ROLE_TRAINER, ROLE_WORKER):
@@ -88,18 +93,20 @@ def pod_spec(
         env += _urls(ref)
         env += [
             {"name": "RLPOST_STATE_DIR", "value": state_dir(ref, spec, role)},
+            {"name": "RLPOST_CHECKPOINT_DIR", "value": checkpoint_dir(ref, spec, role)},
             {"name": "RLPOST_METRICS_PORT", "value": str(TRAINER_METRICS_PORT)},
             {"name": "RLPOST_MODE", "value": str(spec.mode)},
             {"name": "MASTER_ADDR", "value": f"{n[role]}-0.{n[role]}"},
             {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
+            # The gang: NNODES pods of NPROC_PER_NODE ranks; `python -m rlpost_trainer` starts
+            # this pod's ranks and gives each RANK/WORLD_SIZE/LOCAL_RANK (rlpost_trainer.ranks).
             {
-                "name": "RANK",
+                "name": "RLPOST_POD_INDEX",
                 "valueFrom": {
                     "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
                 },
             },
-            {"name": "WORLD_SIZE", "value": str(spec.trainer.replicas)},
-            {"name": "LOCAL_RANK", "value": "0"},
+            {"name": "NNODES", "value": str(spec.trainer.replicas)},
             {"name": "NPROC_PER_NODE", "value": str(max(spec.trainer.gpus_per_pod, 1))},
             {"name": "NCCL_DEBUG", "value": "WARN"},
             {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
@@ -121,14 +128,35 @@ def pod_spec(
         env += [
             {"name": "NCCL_DEBUG", "value": "WARN"},
             {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+            # Not Ready (so not routed to) until the trainer has pushed it weights.
+            {"name": "RLPOST_WAIT_FOR_WEIGHTS", "value": "1"},
         ]
         ports = [{"name": "http", "containerPort": ENGINE_PORT}]
-        readiness = _probe(ENGINE_PORT, "/health")
+        if spec.rollout.engine == api.EngineKind.SGLANG:
+            # SGLang's own /health cannot wait for weights: ready once /model_info reports
+            # a weight version the trainer pushed (rlpost_rollout.ready).
+            readiness = {
+                "exec": {
+                    "command": ["python", "-m", "rlpost_rollout.ready", "--port", str(ENGINE_PORT)]
+                },
+                "periodSeconds": 10,
+                "timeoutSeconds": 5,
+                "failureThreshold": 3,
+            }
+        else:
+            readiness = _probe(ENGINE_PORT, "/health")
     elif role == ROLE_ROUTER:
         image = spec.rollout.router.image
-        command = ["python", "-m", "rlpost_rollout.router", "--port", str(ROUTER_PORT)]
+        command = [
+            "python", "-m", "rlpost_rollout.router", "--port", str(ROUTER_PORT),
+            "--prometheus-port", str(ROUTER_METRICS_PORT),
+        ]  # fmt: skip
         res = SMALL
-        ports = [{"name": "http", "containerPort": ROUTER_PORT}]
+        ports = [
+            {"name": "http", "containerPort": ROUTER_PORT},
+            # The chart's PodMonitor scrapes ports named `metrics`.
+            {"name": "metrics", "containerPort": ROUTER_METRICS_PORT},
+        ]
         readiness = _probe(ROUTER_PORT, "/health")
     else:
         image = spec.rollout.image
@@ -202,6 +230,14 @@ def pod_template(
         "metadata": {"labels": pod_labels},
         "spec": pod_spec(ref, spec, role, resume),
     }
+    if role == ROLE_ROUTER:  # for Prometheus setups that scrape by annotation
+        annotations.update(
+            {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(ROUTER_METRICS_PORT),
+                "prometheus.io/path": "/metrics",
+            }
+        )
     if annotations:
         tmpl["metadata"]["annotations"] = annotations
     if start is not None:
