@@ -263,6 +263,32 @@ def test_rank_env_follows_the_pod_index():
     assert [dp_rows(2, r, 4) for r in range(4)] == [(0, 1), (1, 2), (2, 2), (2, 2)]
 
 
+def test_the_operator_pod_env_gives_the_launcher_its_gang():
+    """The trainer pod's env as the operator builds it, with the pod-index label resolved
+    as the kubelet does for pod 1: its launcher starts ranks 4..7 of 8."""
+    from rlpost_operator import builders as b
+
+    from rlpost import api
+
+    job = job_dict(trainer={"replicas": 2, "gpusPerPod": 4})
+    spec = api.RLPostTrainJobSpec.model_validate(job["spec"])
+    pod = b.pod_spec(b.JobRef("j", "ns", "uid"), spec, "trainer")
+    env = {}
+    for e in pod["containers"][0]["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "pod-index" in str(e.get("valueFrom")):
+            env[e["name"]] = "1"
+    assert pod["containers"][0]["command"] == ["python", "-m", "rlpost_trainer"]
+    assert needs_launch(env)
+    gang = Gang.from_env(env)
+    ranks = [Ranks.from_env(gang.rank_env(i)) for i in range(gang.nproc)]
+    assert [(r.rank, r.world_size, r.local_rank) for r in ranks] == [
+        (4, 8, 0), (5, 8, 1), (6, 8, 2), (7, 8, 3),
+    ]  # fmt: skip
+    assert env["MASTER_ADDR"] == "j-trainer-0.j-trainer"
+
+
 # ---------------------------------------------------------------------- world 4 == world 1
 
 
