@@ -1,7 +1,9 @@
 """Where the trainer reports progress.
 
 In a cluster (KUBERNETES_SERVICE_HOST set) rank 0 merge-patches the ConfigMap
-`<job>-progress` with its ServiceAccount (docs/CONTRACTS.md "Progress reporting"). Outside
+`<job>-progress` with its ServiceAccount (docs/CONTRACTS.md "Progress reporting"); the
+projected token expires and the kubelet rewrites the file, so it is re-read whenever the file
+changed and once more after a 401 (`ServiceAccountToken`, `TokenAuth`). Outside
 one (`rlpost run`) it writes `progress.json` and appends `steps.jsonl` in
 $RLPOST_PROGRESS_DIR. Both may be active; neither is required.
 """
@@ -26,19 +28,77 @@ def sa_dir() -> Path:
     return Path(os.environ.get("RLPOST_SERVICEACCOUNT_DIR") or SA_DIR)
 
 
+class ServiceAccountToken:
+    """The token file, re-read when it changed (the kubelet rotates projected tokens by
+    swapping the file: new inode, mtime or size) or when `reload` is called (after a 401)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self.value = ""
+        self.reloads = 0  # reads after the first (tests, logs)
+        self.reload()
+        self.reloads = 0
+
+    def _stat(self) -> tuple[int, int, int]:
+        st = os.stat(self.path)  # follows the kubelet's ..data symlink
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> str:
+        try:
+            if self._stat() != self._stamp:
+                self.reload()
+        except OSError as e:
+            log.warning("ServiceAccount token unreadable, keeping the last one: %s", e)
+        return self.value
+
+    def reload(self) -> bool:
+        """Read the file again; True when the token changed."""
+        stamp = self._stat()
+        value = self.path.read_text().strip()
+        changed = value != self.value
+        self._stamp, self.value = stamp, value
+        self.reloads += 1
+        if changed and self.reloads > 1:
+            log.info("ServiceAccount token reloaded (rotated by the kubelet)")
+        return changed
+
+
+class TokenAuth(httpx.Auth):
+    """Bearer auth with the current token; a 401 re-reads the file and, if the token
+    changed, sends the request once more."""
+
+    requires_request_body = True
+
+    def __init__(self, token: ServiceAccountToken):
+        self.token = token
+
+    def auth_flow(self, request: httpx.Request):
+        request.headers["Authorization"] = f"Bearer {self.token.current()}"
+        response = yield request
+        if response.status_code == 401:
+            try:
+                changed = self.token.reload()
+            except OSError:
+                changed = False
+            if changed:
+                request.headers["Authorization"] = f"Bearer {self.token.value}"
+                yield request
+
+
 class ConfigMapProgress:
     def __init__(self, job: str):
         host = os.environ["KUBERNETES_SERVICE_HOST"]
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         sa = sa_dir()
         namespace = os.environ.get("RLPOST_NAMESPACE") or (sa / "namespace").read_text()
-        token = (sa / "token").read_text().strip()
+        self.token = ServiceAccountToken(sa / "token")
         ca = sa / "ca.crt"
         self.url = (
             f"https://{host}:{port}/api/v1/namespaces/{namespace.strip()}/configmaps/{job}-progress"
         )
         self.http = httpx.Client(
-            headers={"Authorization": f"Bearer {token}"},
+            auth=TokenAuth(self.token),
             verify=ssl.create_default_context(cafile=str(ca)) if ca.exists() else True,
             timeout=10.0,
         )
