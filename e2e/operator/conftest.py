@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from e2e.cluster.localcluster import free_port
+from e2e.state_pvs import StaticPVBinder
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "rlposttrainjobs.rlpost.dev.yaml"
@@ -198,8 +199,16 @@ class Operator:
         return self.log.read_text()[-n:] if self.log.exists() else ""
 
 
+@pytest.fixture(scope="session")
+def state_pvs(cluster):
+    """Static PVs for the jobs' `<job>-state` PVCs (e2e/state_pvs.py: no provisioner here)."""
+    binder = StaticPVBinder(cluster).start()
+    yield binder
+    binder.stop()
+
+
 @pytest.fixture
-def op(cluster, op_suite, namespace, tmp_path, request):
+def op(cluster, op_suite, namespace, tmp_path, request, state_pvs):
     """A test namespace with its ClusterQueue (8 GPUs of flavor a, unless the test is
     marked `gpus(n, "b")`) and a running operator watching it."""
     marker = request.node.get_closest_marker("gpus")

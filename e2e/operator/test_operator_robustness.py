@@ -13,6 +13,7 @@ from e2e.operator.test_operator import (
     cond,
     get,
     items,
+    maybe,
     pods_of,
     submit,
     wait_phase,
@@ -107,6 +108,7 @@ def _counts(cluster, ns):
         "configmaps",
         "secrets",
         "roles",
+        "persistentvolumeclaims",
     ):
         out[kind] = len(items(cluster, kind, ns, "app.kubernetes.io/name=rlpost"))
     return out
@@ -123,7 +125,7 @@ def test_8_kill_9_at_several_points_no_duplicates_no_orphans(cluster, op, namesp
     # 2: killed while the children are being created
     op.kill9()
     op.start()
-    job = wait_phase(cluster, "k9", ns, "Running", timeout=120)
+    wait_phase(cluster, "k9", ns, "Running", timeout=120)
     assert _counts(cluster, ns) == {
         "workloads": 1,
         "statefulsets": 1,
@@ -132,8 +134,10 @@ def test_8_kill_9_at_several_points_no_duplicates_no_orphans(cluster, op, namesp
         "configmaps": 2,
         "secrets": 1,
         "roles": 1,
+        "persistentvolumeclaims": 1,
     }
     token = get(cluster, "secret", "k9-token", ns)["data"]["token"]
+    state_uid = get(cluster, "pvc", "k9-state", ns)["metadata"]["uid"]
     # 3: killed while suspending; the protocol finishes after the restart
     cluster.kubectl(
         "patch", "rljob", "k9", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
@@ -155,8 +159,10 @@ def test_8_kill_9_at_several_points_no_duplicates_no_orphans(cluster, op, namesp
     )
     op.kill9()
     op.start()
-    job = wait_phase(cluster, "k9", ns, "Running", timeout=120)
+    wait_phase(cluster, "k9", ns, "Running", timeout=120)
     assert get(cluster, "secret", "k9-token", ns)["data"]["token"] == token  # not re-made
+    # the state volume survived the suspension and the restarts: the same PVC object
+    assert get(cluster, "pvc", "k9-state", ns)["metadata"]["uid"] == state_uid
     # 4: killed right after the trainer reports done
     cluster.kubectl(
         "patch",
@@ -197,14 +203,27 @@ def test_8_kill_9_at_several_points_no_duplicates_no_orphans(cluster, op, namesp
         lambda: (
             not items(
                 cluster,
-                "workloads,statefulsets,deployments,pods,configmaps",
+                "workloads,statefulsets,deployments,pods,configmaps,secrets,services,"
+                "persistentvolumeclaims",
                 ns,
                 "app.kubernetes.io/instance=gone",
             )
         ),
         90,
     )
-    assert job["status"]["phase"] == "Running"
+    # State after the last restart, read now (not before the kill): 'gone' stays gone, and
+    # the restarted operator re-created nothing of it nor duplicated anything of k9.
+    assert maybe(cluster, "rljob", "gone", ns) is None
+    time.sleep(3)  # a few reconcile passes of the restarted operator
+    assert not items(cluster, "workloads,pods", ns, "app.kubernetes.io/instance=gone")
+    k9 = get(cluster, "rljob", "k9", ns)
+    assert k9["status"]["phase"] == "Succeeded", k9["status"]
+    assert cond(k9, "Succeeded")["status"] == "True"
+    (wl,) = workloads(cluster, ns)
+    assert wl["metadata"]["labels"]["app.kubernetes.io/instance"] == "k9"
+    assert cond(wl, "Finished")["status"] == "True"
+    assert not pods_of(cluster, "k9", ns)  # the finished gang stays stopped
+    assert _counts(cluster, ns)["workloads"] == 1 and _counts(cluster, ns)["statefulsets"] == 0
 
 
 def _versions(cluster, ns):

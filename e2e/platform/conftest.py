@@ -82,7 +82,17 @@ def helm_install(cluster, namespace: str, *extra: str):
 
 
 @pytest.fixture(scope="session")
-def platform(cluster, tmp_path_factory):
+def platform_state_pvs(cluster):
+    """Static PVs for the jobs' `<job>-state` PVCs (e2e/state_pvs.py: no provisioner here)."""
+    from e2e.state_pvs import StaticPVBinder
+
+    binder = StaticPVBinder(cluster).start()
+    yield binder
+    binder.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(cluster, tmp_path_factory, platform_state_pvs):
     """Two tenants from kueue/, the chart installed in each tenant's namespace, and a
     kubeconfig per tenant that authenticates with the chart's ServiceAccount token."""
     t = apply_tenants(cluster)

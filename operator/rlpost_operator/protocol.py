@@ -488,6 +488,8 @@ class _Pass:
                         continue
                     if c.get("kind") == "Pod" and _label(c, ROLE_LABEL) != ROLE_BUFFER:
                         continue
+                    if c.get("kind") == "PersistentVolumeClaim":
+                        continue  # the final checkpoint: it goes with the job (owner reference)
                     self.act("delete", c["kind"], c["metadata"]["name"], why="ttl after finished")
             else:
                 self.plan.requeue_after = left

@@ -275,6 +275,13 @@ def test_state_pvc_is_created_once_and_kept_across_restarts():
     plan, j, children = settle(j, wl, children, [])
     assert not any(a.kind == "PersistentVolumeClaim" for a in plan.actions)
     assert any(c["kind"] == "PersistentVolumeClaim" for c in children)
+    # a finished job's TTL removes its children but not the state (the final checkpoint)
+    j["status"].update(phase="Succeeded", completionTime="2020-01-01T00:00:00Z")
+    j["spec"]["ttlSecondsAfterFinished"] = 0
+    plan, _, _ = settle(j, wl, children, [])
+    deleted = {(a.kind, a.name) for a in plan.actions if a.verb == "delete"}
+    assert ("ConfigMap", "j-config") in deleted
+    assert not any(k == "PersistentVolumeClaim" for k, _ in deleted)
     # the user's own checkpoint PVC: none is created
     j2 = job(status={"phase": "Queued"}, checkpoint={"pvc": "mine"})
     plan, _, _ = settle(j2, admit(wl_for(j2)))
