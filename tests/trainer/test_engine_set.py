@@ -210,3 +210,54 @@ def test_source_from_env_prefers_engine_urls_then_the_service():
     src, what = source_from_env({"RLPOST_ENGINE_SERVICE": "j-rollout:30000"})
     assert what == "Service j-rollout:30000"
     assert source_from_env({}) == (None, "no engines")
+
+
+def test_trainer_looks_for_engines_while_it_waits_for_a_batch(monkeypatch):
+    """Trainer.wait_batch: GET /batch in slices of RLPOST_ENGINE_CHECK_S, catch_up between."""
+    from rlpost_trainer.buffer_client import BatchNotReady
+    from rlpost_trainer.loop import Trainer
+
+    calls: list = []
+
+    class Buffer:
+        def __init__(self):
+            self.asked = 0
+
+        def batch(self, step, timeout_s):
+            calls.append(("batch", step, timeout_s))
+            self.asked += 1
+            if self.asked < 3:
+                raise BatchNotReady("HTTP 504: not ready")
+            return "the batch"
+
+    class Engines:
+        def catch_up(self, weights, version):
+            calls.append(("catch_up", version))
+            return 0.01 if len(calls) == 1 else None
+
+    class Sync:
+        def observe(self, s):
+            calls.append(("observed", s))
+
+    class Metrics:
+        sync = Sync()
+
+    t = Trainer.__new__(Trainer)
+    t.buffer, t.engines, t.metrics = Buffer(), Engines(), Metrics()
+    t.backend = type("B", (), {"named_hf_weights": lambda self: []})()
+    t.batch_timeout_s, t.engine_check_s = 60.0, 2.0
+    assert t.wait_batch(7) == "the batch"
+    assert calls == [
+        ("catch_up", 7),
+        ("observed", 0.01),
+        ("batch", 7, 2.0),
+        ("catch_up", 7),
+        ("batch", 7, 2.0),
+        ("catch_up", 7),
+        ("batch", 7, 2.0),
+    ]
+    # past the batch timeout the 504 reaches the caller
+    t.buffer, t.batch_timeout_s = Buffer(), 0.0
+    t.buffer.asked = -10
+    with pytest.raises(BatchNotReady):
+        t.wait_batch(7)
