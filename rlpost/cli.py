@@ -45,6 +45,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def trainer_ranks_problem(spec, plan, ranks: int) -> str | None:
+    """--trainer-ranks: any number of gloo ranks on the CPU, one GPU each on GPUs."""
+    if ranks < 1:
+        return "--trainer-ranks must be at least 1"
+    gpus = plan.gpus if plan.trainer is None else [g for g in plan.trainer.split(",") if g]
+    if ranks > 1 and gpus and spec.trainer.gpus_per_pod > 0 and ranks > len(gpus):
+        return f"--trainer-ranks {ranks}: the trainer has {len(gpus)} GPUs here (one per rank)"
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rlpost.local.gpus import local_transport
     from rlpost.local.procs import RoleFailed
@@ -62,7 +72,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(
         args.run_dir or Path("runs") / f"{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    run = LocalRun(job, run_dir)
+    run = LocalRun(job, run_dir, trainer_ranks=args.trainer_ranks)
+    problem = trainer_ranks_problem(job.spec, run.gpus, args.trainer_ranks)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     # Ctrl-C and SIGTERM both end in the `finally` below, which stops every role.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"rlpost run: {job.metadata.name}, {job.spec.steps} steps, run dir {run_dir}")
@@ -99,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--run-dir", default=None, help="default runs/<name>-<timestamp>")
     run.add_argument(
         "--max-staleness", type=int, default=None, help="override spec.rollout.maxStaleness"
+    )
+    run.add_argument(
+        "--trainer-ranks",
+        type=int,
+        default=1,
+        help="data-parallel trainer ranks (one pod of that many GPUs; gloo ranks on the CPU)",
     )
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a job file (schema + semantic rules)")

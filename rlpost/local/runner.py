@@ -62,12 +62,16 @@ def step_line(r: dict, total: int) -> str:
 
 
 class LocalRun:
-    def __init__(self, job: RLPostTrainJob, run_dir: Path, quiet: bool = False):
+    def __init__(
+        self, job: RLPostTrainJob, run_dir: Path, quiet: bool = False, trainer_ranks: int = 1
+    ):
         self.job = job
         self.spec = job.spec
         self.name = job.metadata.name
         self.run_dir = run_dir
         self.quiet = quiet
+        # Data-parallel trainer ranks, as one trainer pod of that many GPUs (gloo on the CPU).
+        self.trainer_ranks = trainer_ranks
         self.procs = Processes()
         self.token = secrets.token_hex(16)
         self.steps_file = run_dir / "steps.jsonl"
@@ -162,6 +166,7 @@ class LocalRun:
                 "RLPOST_STATE_DIR": str(self.run_dir / "trainer-state"),
                 "RLPOST_METRICS_PORT": str(metrics_port),
                 "RLPOST_PROGRESS_DIR": str(self.run_dir),
+                **self.gang_env(),
             },
             logs / "trainer.log",
         )
@@ -172,6 +177,14 @@ class LocalRun:
             "trainer_metrics": f"http://127.0.0.1:{metrics_port}/metrics",
         }
         return [engines, [router], [buffer], [trainer]]
+
+    def gang_env(self) -> dict[str, str]:
+        """One trainer "pod" of `trainer_ranks` ranks: its launcher (rlpost_trainer.launch)
+        starts them and finds a free rendezvous port on 127.0.0.1."""
+        if self.trainer_ranks <= 1:
+            return {}
+        return {"NNODES": "1", "NPROC_PER_NODE": str(self.trainer_ranks),
+                "RLPOST_POD_INDEX": "0", "MASTER_ADDR": "127.0.0.1"}  # fmt: skip
 
     # ------------------------------------------------------------------ running
 

@@ -357,3 +357,33 @@ def test_every_rank_resumes_from_the_checkpoint(world_one, buffer, tmp_path):
     assert buffer.calls["POST", "/resume"] == 1 and buffer.calls["GET", "/batch"] == STEPS - 1
     assert_same_training(one_steps[1:], read_steps(progresses[0]))
     assert_same_weights(model_state(one_state, STEPS), model_state(shared, STEPS))
+
+
+# ---------------------------------------------------------------------- rlpost run
+
+
+@pytest.mark.slow
+def test_rlpost_run_with_two_trainer_ranks(tmp_path):
+    """`rlpost run --trainer-ranks 2`: the trainer role is the launcher with two gloo ranks;
+    the whole loop (real engines, router, buffer) runs, rank 0 alone reports and syncs."""
+    import httpx
+
+    from rlpost.local.runner import LocalRun
+    from tests.loop.conftest import example_job
+
+    job = example_job(steps=3, checkpoint__interval_steps=2)
+    run = LocalRun(job, tmp_path / "run", quiet=True, trainer_ranks=2)
+    try:
+        run.start()
+        result = run.follow(timeout_s=400)
+        # Rank 0 pushed every version to every engine.
+        for url in run.urls["engines"]:
+            version = httpx.get(f"{url}/get_weight_version", timeout=10).json()
+            assert version["weight_version"] == "3"
+    finally:
+        run.stop()
+    assert [r["step"] for r in result.steps] == [0, 1, 2]  # one line per step, not per rank
+    log = (tmp_path / "run" / "logs" / "trainer.log").read_text()
+    assert log.count('"trainer rank started"') == 2 and '"world_size": 2' in log
+    ckpts = tmp_path / "run" / "trainer-state" / "checkpoints"
+    assert checkpoint.latest_step(ckpts) == 3
