@@ -6,7 +6,9 @@ Runs examples/copy-first-letter.yaml through the real CLI (`python -m rlpost.cli
 twice, synchronous (maxStaleness 0) and asynchronous (maxStaleness 1), with overrides:
 trainer.backend megatron on 1 GPU, one reference engine with gpusPerEngine 1, weight sync
 `auto`. On 2 GPUs `rlpost run` puts the trainer on GPU0 and the engine on GPU1 and syncs
-over NCCL; on 1 GPU they share it and sync over gloo (rlpost.local.gpus). Reports the
+over NCCL. `--runs colocated` (the default on one GPU): `mode: colocated`, trainer and engine
+share the GPU; per step the engine pauses and releases its memory, the trainer trains, the
+engine resumes and takes the weights over CUDA IPC (rlpost.weightsync.colocated). Reports the
 placement, the reward curve's start and end, the step time split (generate = waiting for
 the buffer's batch, train, sync) and steps/s.
 """
@@ -27,14 +29,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def spec_file(work: Path) -> Path:
+def spec_file(work: Path, colocated: bool = False) -> Path:
     job = yaml.safe_load((ROOT / "examples/copy-first-letter.yaml").read_text())
     spec = job["spec"]
+    if colocated:
+        spec["mode"] = "colocated"
     spec["data"]["prompts"] = str(ROOT / "examples/copy-first-letter.jsonl")
     spec["trainer"].update(backend="megatron", gpusPerPod=1)
     spec["rollout"].update(engines=1, gpusPerEngine=1)
     spec["weightSync"]["transport"] = "auto"
-    path = work / "copy-first-letter-gpu.yaml"
+    path = work / f"copy-first-letter-gpu{'-colocated' if colocated else ''}.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path
 
@@ -48,7 +52,17 @@ def summarize(steps: list[dict], wall: float) -> dict:
     elapsed = [s["elapsed_s"] for s in steps]
     # Steady-state throughput: from the end of the first step to the end of the last.
     steady = (len(steps) - 1) / (elapsed[-1] - elapsed[0]) if len(steps) > 1 else 0.0
+    extra = {}
+    if "release_ms" in steps[0]:
+        extra = {
+            "release_ms_median": med("release_ms"),
+            "resume_ms_median": med("resume_ms"),
+            # the weight sync's share of a step (push only; release/resume are reported)
+            "sync_share_of_step": med("sync_ms") / 1000.0 / med("step_s"),
+            "sync_share_of_step_max": max(s["sync_ms"] / 1000.0 / s["step_s"] for s in steps),
+        }
     return {
+        **extra,
         "steps": len(steps),
         "reward_first10": sum(rewards[:k]) / k,
         "reward_last10": sum(rewards[-k:]) / k,
@@ -86,17 +100,24 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=240)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu_loop.json"))
     parser.add_argument("--work", default="/tmp/rlpost-gpu-loop")
+    parser.add_argument("--runs", default=None,
+                        help="comma list of sync,async,colocated (default: sync,async on 2+ GPUs, "
+                             "colocated on one)")  # fmt: skip
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    config = spec_file(work)
     import torch
 
-    result = {"gpu": torch.cuda.get_device_name(0), "config": str(config.name), "runs": {}}
-    for name, staleness in (("sync", 0), ("async", 1)):
+    runs = (args.runs or ("sync,async" if torch.cuda.device_count() >= 2 else "colocated")).split(
+        ","
+    )
+    result = {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(), "runs": {}}
+    for name in runs:
+        config = spec_file(work, colocated=name == "colocated")
+        staleness = 1 if name == "async" else 0
         result["runs"][name] = run(config, args.steps, staleness, work / name, args.timeout)
         print(name, json.dumps(result["runs"][name])[:1500], flush=True)
-    s, a = result["runs"]["sync"], result["runs"]["async"]
+    s, a = result["runs"].get("sync", {}), result["runs"].get("async", {})
     if "steps_per_s" in s and "steps_per_s" in a:
         result["async_over_sync_throughput"] = a["steps_per_s"] / s["steps_per_s"]
         print("async/sync throughput", result["async_over_sync_throughput"], flush=True)

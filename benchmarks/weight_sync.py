@@ -272,6 +272,7 @@ def measure_raw(
 
 # ---------------------------------------------------------------------- full sync
 
+
 @dataclass(frozen=True)
 class Variant:
     """One way of pushing. pipelined: the pipelined control channel (default) or the
@@ -517,9 +518,7 @@ def disaggregated(
                 # flat buffers) and "timeline_inplace" (packed: sent from the weights).
                 for layout, key in (("separate", "timeline"), ("packed", "timeline_inplace")):
                     if layout in sources:
-                        out[key] = measure_timeline(
-                            sources[layout], engine, timeline_mb, reps + 2
-                        )
+                        out[key] = measure_timeline(sources[layout], engine, timeline_mb, reps + 2)
                         save()
         finally:
             engine.stop()
@@ -560,79 +559,188 @@ def disaggregated(
 # ---------------------------------------------------------------------- colocated
 
 
-def colocated(buckets_mb: list[int], reps: int, work: Path) -> dict:
+def gpu_process_memory(pid: int) -> int | None:
+    """Device memory nvidia-smi attributes to process `pid`, bytes (None: not listed/no tool)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
+            return int(parts[1]) * 1024 * 1024
+    return None
+
+
+def engine_memory(engine: EngineProc) -> dict:
+    state = engine.http.get(engine.url + "/server_info").json()["internal_states"][0]
+    return {**state["memory"], "nvidia_smi_process": gpu_process_memory(engine.proc.pid)}
+
+
+def engine_logprobs(engine: EngineProc, ids: list[int]) -> list[float]:
+    r = engine.http.post(
+        engine.url + "/generate",
+        json={"input_ids": ids, "sampling_params": {"max_new_tokens": 0},
+              "return_logprob": True, "logprob_start_len": 0},
+    )  # fmt: skip
+    r.raise_for_status()
+    return [x[0] for x in r.json()["meta_info"]["input_token_logprobs"][1:]]
+
+
+COLOCATED_VARIANTS = {
+    # the trainer's weights are the wire: bf16, HF order, packed (pack_parameters)
+    "packed": True,
+    # every tensor its own storage: each push copies them into the sender's staging buffer
+    "staged": False,
+}
+
+
+def colocated(
+    buckets_mb: list[int], reps: int, work: Path, model_name: str = "7b", warmup: int = 2,
+    variants: tuple[str, ...] = ("packed", "staged"), memory: bool = True, save=None,
+) -> dict:  # fmt: skip
+    """Trainer and engine on one GPU (this process is the trainer). full = ColocatedSender.push
+    (pause -> one /update_weights_from_tensor per bucket with CUDA IPC handles -> continue,
+    answered after the engine's torch.cuda.synchronize: the update is applied) against raw =
+    device-to-device copies of the same bytes in the same bucket sizes, same run. Then the
+    engine's memory release/resume: its device memory before/after, and its logprobs on a
+    fixed input before the release and after the resume."""
     import torch
 
     from rlpost.weightsync import payloads as P
-    from rlpost.weightsync.tensor_ipc import serialize_named_tensors
+    from rlpost.weightsync.colocated import ColocatedSender
 
-    named = build_source()
+    model = MODELS[model_name]
+    sources = {v: build_source(model, packed=COLOCATED_VARIANTS[v]) for v in variants}
+    named = sources[variants[0]]
     total = sum(P.tensor_nbytes(t) for _, t in named)
-    job = write_job(work)
+    job = write_job(work, model=model)
     engine = EngineProc(job, os.environ.get("CUDA_VISIBLE_DEVICES", "0"), work / "engine_co.log")
-    out: dict = {"bytes": total, "full": {}, "raw_copy": {}, "table": []}
+    out: dict = {"model": model_name, "bytes": total, "table": [], "variants": {}}
     version = 0
+    sender = ColocatedSender([engine.url], token=TOKEN, dtype=torch.bfloat16)
+    # Raw: device-to-device copies of the same bytes, bucket by bucket, into a preallocated
+    # buffer (bytes counted once, as for the sync; the copy reads and writes each).
+    src = torch.randint(0, 255, (total,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
     try:
         for mb in buckets_mb:
-            buckets = list(P.buckets(named, mb))
-            walls = []
-            for rep in range(reps + 1):
-                version += 1
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                engine.post(P.PATH_PAUSE, P.pause_payload())
-                for b in buckets:
-                    body = P.update_tensor_payload([serialize_named_tensors(b)], str(version))
-                    ans = engine.post(P.PATH_UPDATE_TENSOR, body)
-                    if ans.get("success") is False:
-                        raise RuntimeError(ans)
-                engine.post(P.PATH_CONTINUE, P.continue_payload())
-                engine.post("/bench/sync")
-                if rep:
-                    walls.append(time.perf_counter() - t0)
-            # Raw: a device-to-device copy of the same bytes, bucket by bucket.
-            flats = [torch.cat([t.reshape(-1).view(torch.uint8) for _, t in b]) for b in buckets]
-            dsts = [torch.empty_like(f) for f in flats]
+            sizes = bucket_sizes(named, mb)
             copies = []
-            for rep in range(reps + 1):
+            for rep in range(reps + warmup):
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                for d, f in zip(dsts, flats, strict=True):
-                    d.copy_(f)
+                at = 0
+                for n in sizes:
+                    dst[at : at + n].copy_(src[at : at + n])
+                    at += n
                 torch.cuda.synchronize()
-                if rep:
+                if rep >= warmup:
                     copies.append(time.perf_counter() - t0)
-            del flats, dsts
-            full_gbps = total / median(walls) / 1e9
             raw_gbps = total / median(copies) / 1e9
-            out["full"][mb] = {"seconds_median": median(walls), "seconds_all": walls}
-            out["raw_copy"][mb] = {"seconds_median": median(copies), "seconds_all": copies}
-            out["table"].append(
-                {
+            for v in variants:
+                sender.bucket_mb = mb
+                walls, firsts, new_payloads = [], [], []
+                for rep in range(reps + warmup):
+                    version += 1
+                    wall = sender.push(sources[v], version)
+                    new_payloads.append(sender.last_new_payloads)
+                    (walls if rep >= warmup else firsts).append(wall)
+                full_gbps = total / median(walls) / 1e9
+                row = {
+                    "variant": v,
                     "bucket_mb": mb,
-                    "buckets": len(buckets),
+                    "buckets": len(sender.last_bucket_sizes),
+                    "staged": sender.last_staged,
                     "full_GBps": full_gbps,
                     "raw_copy_GBps": raw_gbps,
                     "full_over_raw": full_gbps / raw_gbps,
                     "full_ms": median(walls) * 1e3,
+                    "full_ms_all": [w * 1e3 for w in walls],
                     "raw_ms": median(copies) * 1e3,
+                    "raw_ms_all": [c * 1e3 for c in copies],
+                    "first_push_ms": firsts[0] * 1e3 if firsts else None,
+                    "new_payloads_per_push": new_payloads,
                 }
-            )
-            print(
-                f"colocated IPC bucket {mb:>5} MB: full {full_gbps:7.1f} GB/s "
-                f"({median(walls) * 1e3:.2f} ms)  raw d2d copy {raw_gbps:7.1f} GB/s "
-                f"(bytes moved once; read+write is 2x)",
-                flush=True,
-            )
-        want = own_checksums(named)
-        got = engine.checksums()
-        out["engine_checksums_match"] = all(
-            abs(want[n] - got[n]) <= 1e-6 * max(1.0, abs(want[n])) for n in want
-        )
+                out["table"].append(row)
+                print(
+                    f"colocated IPC {v:6s} bucket {mb:>5} MB ({row['buckets']} buckets): full "
+                    f"{full_gbps:7.1f} GB/s ({row['full_ms']:.2f} ms; first push "
+                    f"{row['first_push_ms']:.1f} ms)  raw d2d copy {raw_gbps:7.1f} GB/s "
+                    f"({row['raw_ms']:.2f} ms)  full/raw {row['full_over_raw']:.3f}",
+                    flush=True,
+                )
+                if save:
+                    save(out)
+            # the engine holds the last variant's weights: checksums after each bucket size
+            want = own_checksums(sources[variants[-1]])
+            got = engine.checksums()
+            bad = [n for n in want if abs(want[n] - got[n]) > 1e-6 * max(1.0, abs(want[n]))]
+            out.setdefault("engine_checksums_match", True)
+            out["engine_checksums_match"] &= not bad
+            out.setdefault("checksum_mismatches", []).extend(bad[:5])
+        del src, dst
+        torch.cuda.empty_cache()
+        if memory:
+            out["memory"] = release_resume(engine, len(ALPHABET))
+            if save:
+                save(out)
     finally:
+        sender.close()
         engine.stop()
     out["gpus"] = [torch.cuda.get_device_name(0)]
     return out
+
+
+def release_resume(engine: EngineProc, vocab: int) -> dict:
+    """Memory release/resume on the engine: its device memory before, after the release and
+    after the resume; its logprobs on a fixed input before the release and after the resume
+    (+ continue), which must be equal."""
+    import random
+
+    from rlpost.weightsync.colocated import release_engines, resume_engines
+
+    rng = random.Random(0)
+    ids = [1] + [rng.randrange(3, vocab + 3) for _ in range(40)]
+    before_lp = engine_logprobs(engine, ids)
+    before = engine_memory(engine)
+    released_s = release_engines([engine.url], TOKEN)
+    time.sleep(1.0)  # nvidia-smi's per-process figure lags a little
+    after = engine_memory(engine)
+    resumed_s = resume_engines([engine.url], TOKEN)
+    resumed = engine_memory(engine)
+    engine.post("/continue_generation", {})
+    after_lp = engine_logprobs(engine, ids)
+    diff = max(abs(a - b) for a, b in zip(before_lp, after_lp, strict=True))
+
+    def frac(key: str) -> float | None:
+        if not before.get(key) or after.get(key) is None:
+            return None
+        return after[key] / before[key]
+
+    res = {
+        "before": before,
+        "after_release": after,
+        "after_resume": resumed,
+        "release_s": released_s,
+        "resume_s": resumed_s,
+        "after_over_before_reserved": frac("reserved"),
+        "after_over_before_nvidia_smi": frac("nvidia_smi_process"),
+        "logprobs_tokens": len(before_lp),
+        "logprobs_max_abs_diff_after_resume": diff,
+        "logprobs_equal": before_lp == after_lp,
+    }
+    print(
+        f"release/resume: reserved {before['reserved'] / 1e9:.2f} -> "
+        f"{after['reserved'] / 1e9:.3f} GB, nvidia-smi {before['nvidia_smi_process']} -> "
+        f"{after['nvidia_smi_process']} B; release {released_s * 1e3:.0f} ms, resume "
+        f"{resumed_s * 1e3:.0f} ms; logprobs equal after resume: {res['logprobs_equal']}",
+        flush=True,
+    )
+    return res
 
 
 def main() -> None:
@@ -692,7 +800,7 @@ def main() -> None:
                                   result["disaggregated"][name], save, args.timeline)  # fmt: skip
             save()
         if args.mode in ("all", "colocated"):
-            result["colocated"] = colocated(buckets_mb, args.reps, work)
+            result["colocated"] = colocated(buckets_mb, args.reps, work, warmup=args.warmup)
     save()
     print(f"wrote {args.out}")
 

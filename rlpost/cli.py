@@ -81,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"rlpost run: {job.metadata.name}, {job.spec.steps} steps, run dir {run_dir}")
     transport = local_transport(job.spec, run.gpus)
-    print(f"placement: {run.gpus.describe()}; weight sync: {transport}")
+    colocated = str(job.spec.mode) == "colocated"
+    print(f"placement: {run.gpus.describe(colocated)}; weight sync: {transport}")
     try:
         run.start()
         if run.resumed_from:

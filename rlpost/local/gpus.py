@@ -29,7 +29,10 @@ class GpuPlan:
         """GPU roles see the same GPUs (there were too few to give each its own)."""
         return bool(self.gpus) and self.trainer is None
 
-    def describe(self) -> str:
+    def describe(self, colocated: bool = False) -> str:
+        if colocated:
+            where = f"GPUs {','.join(self.gpus)}" if self.gpus else "the CPU"
+            return f"colocated: the trainer and the engines share {where}"
         if not self.gpus:
             return "no GPUs on this machine: every role on the CPU"
         if self.shared:
@@ -59,6 +62,8 @@ def plan_gpus(spec: RLPostTrainJobSpec, gpus: list[str]) -> GpuPlan:
     want_engine = spec.rollout.gpus_per_engine
     if not gpus:
         return GpuPlan([], None, [None] * spec.rollout.engines)
+    if str(spec.mode) == "colocated":  # trainer and engines share the GPUs, as in a worker pod
+        return GpuPlan(gpus, None, [None] * spec.rollout.engines)
     if want_trainer + want_engine * spec.rollout.engines > len(gpus):
         return GpuPlan(gpus, None, [None] * spec.rollout.engines)
     free = iter(gpus)
@@ -72,6 +77,14 @@ def plan_gpus(spec: RLPostTrainJobSpec, gpus: list[str]) -> GpuPlan:
 
 
 def transport_problem(spec: RLPostTrainJobSpec, plan: GpuPlan) -> str | None:
+    if str(spec.mode) == "colocated" and spec.weight_sync.transport not in (
+        Transport.AUTO,
+        Transport.IPC,
+    ):
+        return (
+            f"spec.weightSync.transport: {spec.weight_sync.transport} with mode: colocated; "
+            "`rlpost run` syncs colocated engines by IPC: use auto or ipc"
+        )
     if spec.weight_sync.transport != Transport.NCCL:
         return None
     if not plan.gpus:
@@ -87,7 +100,10 @@ def transport_problem(spec: RLPostTrainJobSpec, plan: GpuPlan) -> str | None:
 
 def local_transport(spec: RLPostTrainJobSpec, plan: GpuPlan) -> Transport:
     """What `auto` means here: NCCL when the trainer and every engine have GPUs of their
-    own, else gloo (CPU roles, or GPUs shared: NCCL cannot hold two ranks on one GPU)."""
+    own, else gloo (CPU roles, or GPUs shared: NCCL cannot hold two ranks on one GPU).
+    Colocated mode: IPC (rlpost.weightsync.colocated), the only transport it runs with."""
+    if str(spec.mode) == "colocated":
+        return Transport.IPC  # CUDA IPC on GPUs, shared memory on CPU
     if spec.weight_sync.transport != Transport.AUTO:
         return spec.weight_sync.transport
     own = not plan.shared and bool(plan.trainer) and all(plan.engines)

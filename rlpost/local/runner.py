@@ -89,6 +89,7 @@ class LocalRun:
             RLPOST_CONFIG=str(self.run_dir / "job.yaml"),
             RLPOST_TOKEN=self.token,
             RLPOST_JOB_NAME=self.name,
+            RLPOST_MODE=str(self.spec.mode),  # colocated: engines free memory while it trains
             RLPOST_TORCH_THREADS="1",
             OMP_NUM_THREADS="1",
             PYTHONUNBUFFERED="1",

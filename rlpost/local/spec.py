@@ -88,8 +88,4 @@ def local_problems(job: RLPostTrainJob) -> list[str]:
     problem = transport_problem(spec, plan_gpus(spec, visible_gpus()))
     if problem:
         problems.append(problem)
-    if str(spec.mode) == "colocated":
-        problems.append(
-            "spec.mode: colocated is not supported by `rlpost run` yet; use disaggregated"
-        )
     return problems

@@ -22,18 +22,19 @@ import torch
 
 @torch.no_grad()
 def pack_parameters(
-    model: torch.nn.Module, shapes: Mapping[str, Sequence[int]] | None = None
+    model: torch.nn.Module, shapes: Mapping[str, Sequence[int]] | None = None, fill: bool = True
 ) -> int:
     """Re-home every parameter in one buffer per (device, dtype), in named_parameters()
     order; returns the number of buffers. `shapes`: allocate zeros of these shapes instead of
-    copying the current values (the storage was released, see the engine's resume)."""
+    copying the current values (the storage was released, see the engine's resume); with
+    `fill=False` the new buffer is left uninitialised (the caller writes every byte)."""
     groups: dict[tuple[torch.device, torch.dtype], list[tuple[str, torch.nn.Parameter]]] = {}
     for name, p in model.named_parameters():  # tied weights come once
         groups.setdefault((p.device, p.dtype), []).append((name, p))
     for (device, dtype), params in groups.items():
         dims = [tuple(shapes[n]) if shapes else tuple(p.shape) for n, p in params]
         sizes = [math.prod(d) for d in dims]
-        make = torch.zeros if shapes else torch.empty
+        make = torch.zeros if shapes and fill else torch.empty
         flat = make(sum(sizes), dtype=dtype, device=device)
         at = 0
         for (_, p), dim, size in zip(params, dims, sizes, strict=True):

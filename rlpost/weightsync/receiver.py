@@ -45,6 +45,7 @@ class WeightReceiver:
         self._lock = threading.Lock()  # one update at a time touches the weights
         self._side_stream = None  # CUDA stream the receives are issued from (see _recv)
         self.direct_buckets = 0  # flattened buckets received straight into the weights
+        self.span_copies = 0  # load_tensors buckets applied as one copy (packed both sides)
 
     @staticmethod
     def _nonpersistent(model: torch.nn.Module) -> set[str]:
@@ -219,6 +220,22 @@ class WeightReceiver:
         if errors:
             raise WeightSyncError("weight update refused: " + "; ".join(errors))
         with self._lock:
+            # One copy when the bucket is one run of the sender's memory and lands on one
+            # run of the (packed) weights in the same order and dtypes: a colocated trainer's
+            # buckets (rlpost.weightsync.colocated) into the reference engine's weights.
+            sources = [t for _, t in items]
+            dtypes = [t.dtype for t in sources]
+            src = packed_span(sources, dtypes)
+            dst = (
+                packed_span([self._targets[n] for n, _ in items], dtypes)
+                if src is not None
+                else None
+            )
+            if dst is not None and dst.device == src.device and dst.numel() == src.numel():
+                with torch.no_grad():
+                    dst.copy_(src, non_blocking=True)
+                self.span_copies += 1
+                return
             self._copy_in(items)
 
     @torch.no_grad()

@@ -79,6 +79,13 @@ class Engine:
         self.scheduler = Scheduler(self.generator, max_batch=max_batch)
         self.weight_version = os.environ.get("RLPOST_WEIGHT_VERSION", "0")
         self.released: set[str] = set()
+        # Released weights on a GPU: a pinned host copy, allocated once, restored on resume.
+        self._backup: torch.Tensor | None = None
+        # /update_weights_from_tensor payloads a colocated trainer repeats every update: each
+        # IPC handle is opened once (rlpost.weightsync.tensor_ipc.PayloadCache).
+        from rlpost.weightsync.tensor_ipc import PayloadCache
+
+        self.payloads = PayloadCache(decode_payload)
         self.receiver = None
         self.buckets_since_pause = 0  # /update_weights_from_distributed calls not yet synced
         self.update_failed = False  # a bucket of the update since the last pause was refused
@@ -176,7 +183,9 @@ class Engine:
     async def generate_one(
         self, ids: list[int], sp: SamplingParams, logprob: bool, start: int, rid: str
     ) -> dict[str, Any]:
-        if self.released & {"weights", "all"}:
+        if self.released & {"weights", "all"} and self.scheduler.unpaused.is_set():
+            # Paused (a colocated trainer is training): the request waits in the queue for
+            # resume + continue instead.
             raise HTTPException(503, "weights are released (call /resume_memory_occupation)")
         try:
             req = self.to_gen_request(ids, sp, start if logprob else -1)
@@ -222,30 +231,84 @@ class Engine:
             for name, p in self.model.named_parameters():
                 p.copy_(state[name].to(p.dtype))
 
-    def release(self, tags: set[str]) -> None:
-        """Free the weights' storage (shapes kept); they must be pushed again after resume,
-        as with SGLang's memory saver. kv_cache: the engine keeps no cache between batches."""
-        if "weights" in tags and "weights" not in self.released:
-            for p in self.model.parameters():
-                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
-        self.released |= tags
+    def on_gpu(self) -> bool:
+        return next(self.model.parameters()).is_cuda
 
+    @torch.no_grad()
+    def release(self, tags: set[str]) -> None:
+        """Free GPU memory for a colocated trainer (SGLang's memory saver, with its weights
+        CPU backup): "weights" copies the weights to pinned host memory and frees their
+        device storage (shapes kept); resume restores them as they were. "kv_cache": the
+        engine keeps no cache between batches; what its allocator holds goes back to the
+        driver either way. On CPU nothing is freed (the weights stay; generation is refused
+        until resume, as on a GPU)."""
+        if "weights" in tags and "weights" not in self.released and self.on_gpu():
+            params = list(self.model.parameters())
+            total = sum(p.numel() * p.element_size() for p in params)
+            if self._backup is None or self._backup.numel() != total:
+                self._backup = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+            at = 0
+            for p in params:
+                n = p.numel() * p.element_size()
+                self._backup[at : at + n].copy_(p.data.reshape(-1).view(torch.uint8), True)
+                at += n
+            torch.cuda.synchronize()
+            for p in params:
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        if "weights" in tags:
+            # Close the trainer's IPC mappings too: nothing of its memory stays mapped here
+            # while it trains (the next update opens the handles again, once).
+            self.payloads.clear()
+        self.released |= tags
+        if self.on_gpu():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+    @torch.no_grad()
     def resume(self, tags: set[str]) -> None:
-        if "weights" in tags and "weights" in self.released:
-            pack_parameters(self.model, shapes=self._shapes)
+        if "weights" in tags and "weights" in self.released and self._backup is not None:
+            device = next(self.model.parameters()).device
+            for p in self.model.parameters():  # uninitialised, then filled from the backup
+                p.data = torch.empty(0, dtype=p.dtype, device=device)
+            pack_parameters(self.model, shapes=self._shapes, fill=False)
+            at = 0
+            for p in self.model.parameters():
+                n = p.numel() * p.element_size()
+                p.data.reshape(-1).view(torch.uint8).copy_(self._backup[at : at + n], True)
+                at += n
+            torch.cuda.synchronize()
         self.released -= tags
 
+    def memory(self) -> dict[str, int]:
+        """The engine's device memory in its allocator, bytes (0 on CPU)."""
+        if not self.on_gpu():
+            return {"allocated": 0, "reserved": 0}
+        return {
+            "allocated": torch.cuda.memory_allocated(),
+            "reserved": torch.cuda.memory_reserved(),
+        }
 
-def decode_named_tensors(serialized: list[str]) -> list[tuple[str, torch.Tensor]]:
-    """SGLang's serialized_named_tensors: one ForkingPickler payload per TP rank (we have one)."""
+
+def decode_payload(payload: str) -> list[tuple[str, torch.Tensor]]:
+    """One ForkingPickler payload: a list (or dict) of (name, tensor)."""
     from rlpost.weightsync.tensor_ipc import deserialize_named_tensors
 
-    if len(serialized) != 1:
-        raise ValueError(f"the reference engine has one TP rank; got {len(serialized)} payloads")
-    named = deserialize_named_tensors(serialized[0])
+    named = deserialize_named_tensors(payload)
     if isinstance(named, dict):
         named = list(named.items())
     return [(str(n), t) for n, t in named]
+
+
+def decode_named_tensors(
+    serialized: list[str], cache=None, version: str | None = None
+) -> list[tuple[str, torch.Tensor]]:
+    """SGLang's serialized_named_tensors: one ForkingPickler payload per TP rank (we have one).
+    `cache` (a PayloadCache): a payload seen in the last update is not decoded again."""
+    if len(serialized) != 1:
+        raise ValueError(f"the reference engine has one TP rank; got {len(serialized)} payloads")
+    if cache is None:
+        return decode_payload(serialized[0])
+    return cache.get(serialized[0], version)
 
 
 def create_app(engine: Engine, token: str | None) -> FastAPI:
@@ -312,6 +375,12 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             "startup_time": engine.started,
             "internal_states": [
                 {
+                    "memory": engine.memory(),
+                    "ipc_payloads": {
+                        "cached": len(engine.payloads),
+                        "hits": engine.payloads.hits,
+                        "misses": engine.payloads.misses,
+                    },
                     "requests_total": engine.requests_total,
                     "batches": engine.scheduler.batches,
                     "generated_tokens": engine.scheduler.generated_tokens,
@@ -447,7 +516,7 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
         if engine.buckets_since_pause:
             # The buckets' receives and copies were only enqueued on the GPU: wait for them
             # once here (not per bucket), so this answer means "the update is applied".
-            if torch.cuda.is_available() and next(engine.model.parameters()).is_cuda:
+            if engine.on_gpu():
                 await asyncio.to_thread(torch.cuda.synchronize)
             log.info(
                 "weights updated",
@@ -528,7 +597,11 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             return JSONResponse({"success": False, "message": f"{kind}: {exc}"}, status_code=400)
         engine.m_sync.observe(time.monotonic() - started)
         engine._set_version(version)
-        if kind == "distributed":
+        if kind == "tensor" and inline and engine.scheduler.unpaused.is_set():
+            # Not between pause and continue: nobody will synchronise later, so the answer
+            # waits until the copies are done ("applied", as SGLang answers).
+            await asyncio.to_thread(torch.cuda.synchronize)
+        elif kind in ("distributed", "tensor"):
             # One line per update (at continue), not one per bucket: buckets are the hot path.
             engine.buckets_since_pause += 1
             log.debug("bucket loaded", extra={"kind": kind, "weight_version": version})
@@ -563,7 +636,9 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
     @control("/update_weights_from_tensor", UpdateWeightsFromTensorReqInput)
     async def update_weights_from_tensor(obj: UpdateWeightsFromTensorReqInput):
         try:
-            named = decode_named_tensors(obj.serialized_named_tensors)
+            named = decode_named_tensors(
+                obj.serialized_named_tensors, engine.payloads, obj.weight_version
+            )
         except Exception as exc:
             raise HTTPException(400, f"serialized_named_tensors: {exc}") from exc
         return await apply_update(
@@ -572,6 +647,9 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             named,
             version=obj.weight_version,
             abort=obj.abort_all_requests,
+            # On a GPU the load only enqueues copies (synchronised at continue): run it on
+            # the event loop when the model lock is free, no thread hop per bucket.
+            inline=engine.on_gpu(),
         )
 
     @control("/update_weights_from_disk", UpdateWeightFromDiskReqInput)

@@ -23,6 +23,7 @@ import yaml
 from rlpost.api import RLPostTrainJob, Transport
 from rlpost.models import build_tokenizer
 from rlpost.storage import checkpoint_dir, resolve_job_paths
+from rlpost.weightsync.colocated import release_engines, resume_engines
 from rlpost_trainer import checkpoint
 from rlpost_trainer.backend import TrainerBackend, make_backend
 from rlpost_trainer.batch import Batch, TrainBatch, batch_advantages, collate
@@ -44,8 +45,16 @@ def load_job() -> RLPostTrainJob:
     return resolve_job_paths(RLPostTrainJob.model_validate(yaml.safe_load(path.read_text())))
 
 
+def colocated(job: RLPostTrainJob) -> bool:
+    """Worker pods of colocated mode, or `rlpost run` with mode: colocated: the engines
+    share this trainer's GPUs (or host); weights go by IPC, engines free memory to train."""
+    return (os.environ.get("RLPOST_MODE") or str(job.spec.mode)) == "colocated"
+
+
 def sync_backend(job: RLPostTrainJob, device_is_cuda: bool) -> str:
     transport = job.spec.weight_sync.transport
+    if colocated(job) and transport in (Transport.AUTO, Transport.IPC):
+        return "ipc"  # rlpost.weightsync.colocated: CUDA IPC, or shared memory on CPU
     if transport == Transport.GLOO:
         return "gloo"
     if transport == Transport.NCCL:
@@ -99,6 +108,8 @@ class Trainer:
         self.backend = backend or make_backend(self.spec)
         self.backend.setup(self.spec, self.tokenizer.vocab_size)
         token = os.environ.get("RLPOST_TOKEN") or None
+        self.token = token
+        self.colocated = colocated(job)
         buffer_url = os.environ.get("RLPOST_BUFFER_URL", f"http://{self.name}-buffer:8000")
         self.buffer = BufferClient(buffer_url, token)
         # RLPOST_ENGINE_URLS (rlpost run) or the engines' headless Service (a cluster): one
@@ -207,8 +218,17 @@ class Trainer:
         t0 = time.perf_counter()
         tb, advantages, bstats = self.next_batch(step)
         t_batch = time.perf_counter()
+        engine_urls: list[str] = []
+        if self.colocated and self.engines is not None:
+            engine_urls = self.engines.members or sorted(self.engines.present())
+        release_s = resume_s = 0.0
+        if engine_urls:  # colocated: the engines pause and free their GPU memory to train
+            release_s = release_engines(engine_urls, self.token)
+        t_release = time.perf_counter()
         stats = self.backend.train_step(tb, advantages)
         t_train = time.perf_counter()
+        if engine_urls:
+            resume_s = resume_engines(engine_urls, self.token)
         if not self.ranks.is_main:
             return {"step": step, "loss": stats.get("loss")}
         sync_s = self.push_weights(step + 1)
@@ -227,7 +247,9 @@ class Trainer:
             "response_tokens": tb.response_tokens,
             "tokens_per_second": tb.response_tokens / max(t_end - t0, 1e-9),
             "batch_wait_s": t_batch - t0,
-            "train_s": t_train - t_batch,
+            "train_s": t_train - t_release,
+            "release_ms": release_s * 1000.0,
+            "resume_ms": resume_s * 1000.0,
             "sync_ms": sync_s * 1000.0,
             "step_s": t_end - t0,
         }

@@ -6,6 +6,14 @@ same GRPO loss (grpo.grpo_loss) on the same micro-batches, AdamW, global grad-no
 at 1.0; `named_hf_weights()` converts back to HF names/layouts (fused QKV and gate/up split,
 TP shards gathered) in spec.model.dtype for the engines.
 
+Optimizer (RLPOST_MEGATRON_OPTIMIZER): `distributed` (the default) is Megatron-core's own
+DistributedDataParallel (gradients accumulated into contiguous fp32 main-grad buffers and
+reduced across data-parallel ranks) + DistributedOptimizer (Adam states and fp32 main params
+sharded across data-parallel ranks) + its global grad-norm clipping; `local` is the
+hand-written path (torch AdamW, an all-reduce per parameter, a hand-written clip), kept for
+comparison. RLPOST_MEGATRON_PARAMS_DTYPE=bfloat16 (distributed only): bf16 model params,
+fp32 main grads and fp32 main params in the optimizer (Megatron's mixed precision).
+
 Parallelism: trainer.parallelism.tensor = TP, trainer.parallelism.pipeline = PP (layers split
 evenly between stages; micro-batches run through Megatron's pipeline schedule, the loss on
 the last stage); the remaining ranks are data parallel (rows of the batch split between them,
@@ -15,6 +23,7 @@ rank 0 (first stage, TP rank 0), which pushes them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,6 +70,33 @@ def megatron_logprobs(model: torch.nn.Module, batch: TrainBatch, device: torch.d
     return logprobs_from_logits(model(**gpt_inputs(batch, device)), batch.targets)
 
 
+OPTIMIZERS = ("distributed", "local")
+PARAMS_DTYPES = ("float32", "bfloat16")
+
+
+def megatron_options(env: dict[str, str] | None = None) -> tuple[str, torch.dtype]:
+    """(optimizer, params dtype) from RLPOST_MEGATRON_OPTIMIZER / RLPOST_MEGATRON_PARAMS_DTYPE."""
+    env = os.environ if env is None else env
+    optimizer = env.get("RLPOST_MEGATRON_OPTIMIZER", "distributed") or "distributed"
+    params = env.get("RLPOST_MEGATRON_PARAMS_DTYPE", "float32") or "float32"
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"RLPOST_MEGATRON_OPTIMIZER={optimizer!r}: use one of {OPTIMIZERS}")
+    if params not in PARAMS_DTYPES:
+        raise ValueError(f"RLPOST_MEGATRON_PARAMS_DTYPE={params!r}: use one of {PARAMS_DTYPES}")
+    if optimizer == "local" and params != "float32":
+        raise ValueError(
+            "RLPOST_MEGATRON_PARAMS_DTYPE=bfloat16 needs RLPOST_MEGATRON_OPTIMIZER=distributed "
+            "(the fp32 main params and grads live in Megatron's optimizer)"
+        )
+    return optimizer, DTYPES[params]
+
+
+def inner_optimizers(optimizer) -> list:
+    """The torch optimizers inside a Megatron optimizer (a ChainedOptimizer holds several)."""
+    subs = getattr(optimizer, "chained_optimizers", None) or [optimizer]
+    return [o.optimizer for o in subs]
+
+
 STAT_KEYS = ("loss", "pg_loss", "kl", "clip_fraction", "ratio_mean", "kl_rollout")
 
 
@@ -101,20 +137,67 @@ class MegatronBackend:
         self.layers = stage_layers(self.shape, self.pp, self.pp_rank)  # this stage's, global
         hf_state = {n: t.detach().float() for n, t in hf.state_dict().items()}
         del hf
-        self.model = build_gpt(self.shape, self.hf_config, self.tp, self.pp, torch.float32)
+        self.optimizer_kind, self.params_dtype = megatron_options()
+        self.model = build_gpt(self.shape, self.hf_config, self.tp, self.pp, self.params_dtype)
         self.load_hf_state(hf_state)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=spec.algorithm.lr, betas=(0.9, 0.99), weight_decay=0.0
-        )
+        self.ddp = None
+        if self.optimizer_kind == "distributed":
+            self.ddp, self.optimizer = self._megatron_optimizer(spec.algorithm.lr)
+            if self.dp_size > 1:  # optimizer state sharded by DP rank: one file per rank
+                self.shard_key = f"tp{self.tp_rank}-pp{self.pp_rank}-dp{self.dp_rank}"
+                self.writes_shard = True
+        else:
+            self.optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=spec.algorithm.lr, betas=(0.9, 0.99), weight_decay=0.0
+            )
+        # Megatron's DDP averages gradients over DP ranks; each rank's loss is weighted by its
+        # share of the whole batch (the sum over ranks is the batch loss): scale back.
+        self.grad_scale = float(self.dp_size) if self.ddp is not None else 1.0
         self.ref_model = None
         if spec.algorithm.kl_coef > 0:
             # A second model from the same HF weights (Megatron modules hold process groups,
             # which do not deep-copy).
-            ref = build_gpt(self.shape, self.hf_config, self.tp, self.pp, torch.float32)
+            ref = build_gpt(self.shape, self.hf_config, self.tp, self.pp, self.params_dtype)
             self.load_hf_state(hf_state, ref)
             self.ref_model = ref.eval().requires_grad_(False)
         self._gathered: list[tuple[str, torch.Tensor]] | None = None
+
+    def _megatron_optimizer(self, lr: float):
+        """Megatron-core's DistributedDataParallel around the model and its
+        DistributedOptimizer (Adam, betas 0.9/0.99, eps 1e-8, no weight decay, grad-norm
+        clipping at MAX_GRAD_NORM: the local path's hyper-parameters)."""
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+        )
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,  # fp32 main grads, also for bf16 params
+            overlap_grad_reduce=False,
+            overlap_param_gather=False,
+            use_distributed_optimizer=True,
+        )
+        ddp = DistributedDataParallel(self.model.config, ddp_config, self.model)
+        bf16 = self.params_dtype == torch.bfloat16
+        config = OptimizerConfig(
+            optimizer="adam",
+            lr=lr,
+            min_lr=lr,
+            weight_decay=0.0,
+            adam_beta1=0.9,
+            adam_beta2=0.99,
+            adam_eps=1e-8,
+            clip_grad=MAX_GRAD_NORM,
+            bf16=bf16,
+            params_dtype=self.params_dtype,
+            use_distributed_optimizer=True,
+        )
+        optimizer = get_megatron_optimizer(config, [ddp])
+        for group in optimizer.param_groups:  # no LR scheduler: a constant lr
+            group["lr"] = lr
+        return ddp, optimizer
 
     # ------------------------------------------------------------------ weights
 
@@ -302,7 +385,7 @@ class MegatronBackend:
             for item in items:
                 logits = self.model(**gpt_inputs(item[0], self.device))
                 loss, vec = self._weighted_loss(item, logits)
-                loss.backward()
+                (loss * self.grad_scale).backward()
                 totals += vec
             return totals
 
@@ -311,7 +394,7 @@ class MegatronBackend:
                 loss, vec = self._weighted_loss(item, logits)
                 # The schedule divides each micro-batch's loss by their number: undo it, so
                 # the step equals one full-batch step as in the one-stage path.
-                return loss * len(items), {"stats": vec}
+                return loss * len(items) * self.grad_scale, {"stats": vec}
 
             return loss_func
 
@@ -343,8 +426,28 @@ class MegatronBackend:
             dist.all_reduce(total, group=self.pp_group)
         return total.sqrt()
 
+    def _local_step(self) -> torch.Tensor:
+        """The hand-written path: all-reduce every gradient over DP, clip, torch AdamW."""
+        if self.dp_size > 1:
+            for p in self.model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, group=self.dp_group)
+        grad_norm = self._grad_norm()
+        # As torch.nn.utils.clip_grad_norm_ does on the full model.
+        coef = torch.clamp(MAX_GRAD_NORM / (grad_norm + 1e-6), max=1.0)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.detach().mul_(coef)
+        self.optimizer.step()
+        return grad_norm
+
     def train_step(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.ddp is not None:
+            self.ddp.zero_grad_buffer()
+            self.optimizer.zero_grad()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         n = batch.input_ids.shape[0]
         # Data parallel: each DP rank takes a contiguous slice of the rows.
         per = -(-n // self.dp_size)
@@ -356,20 +459,19 @@ class MegatronBackend:
             )
         totals = self._forward_backward(self._items(batch, advantages, lo_dp, hi_dp))
         if self.dp_size > 1:
-            for p in self.model.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad, group=self.dp_group)
             t = totals.to(self.device)
             dist.all_reduce(t, group=self.dp_group)
             totals = t.cpu()
-        grad_norm = self._grad_norm()
-        # As torch.nn.utils.clip_grad_norm_ does on the full model.
-        coef = torch.clamp(MAX_GRAD_NORM / (grad_norm + 1e-6), max=1.0)
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad.detach().mul_(coef)
-        self.optimizer.step()
+        if self.ddp is not None:
+            # Megatron: reduce(-scatter) the fp32 main grads over DP ranks, then its optimizer
+            # computes the global grad norm (TP/PP/DP aware), clips at MAX_GRAD_NORM, steps
+            # its fp32 main params and copies them back into the model params.
+            self.ddp.finish_grad_sync()
+            ok, grad_norm, _ = self.optimizer.step()
+            if not ok:
+                raise RuntimeError("Megatron's optimizer skipped the step (inf/nan gradients)")
+        else:
+            grad_norm = self._local_step()
         self.gather_for_sync()
         out = {k: float(v) for k, v in zip(STAT_KEYS, totals.tolist(), strict=True)}
         out["grad_norm"] = float(grad_norm)
@@ -380,7 +482,9 @@ class MegatronBackend:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
+            "optimizer_kind": self.optimizer_kind,
+            "dp_rank": self.dp_rank,
             "tp": self.tp,
             "tp_rank": self.tp_rank,
             "pp": self.pp,
@@ -395,6 +499,46 @@ class MegatronBackend:
                 f"checkpoint is of TP rank {saved[1]}/{saved[0]}, PP rank {saved[3]}/{saved[2]}; "
                 f"this is TP {self.tp_rank}/{self.tp}, PP {self.pp_rank}/{self.pp}"
             )
+        kind = state.get("optimizer_kind", "local")
+        if kind != self.optimizer_kind:
+            raise ValueError(
+                f"checkpoint was written with RLPOST_MEGATRON_OPTIMIZER={kind}; this run uses "
+                f"{self.optimizer_kind}"
+            )
         self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(state["optimizer"])
         self.gather_for_sync()
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The local AdamW's state dict; for Megatron's optimizer, each inner torch optimizer's
+        state dict (Adam moments of this DP rank's shard) and its fp32 main params (in bf16
+        runs the only full-precision copy of the weights)."""
+        if self.ddp is None:
+            return self.optimizer.state_dict()
+        return {
+            "inner": [
+                {
+                    "state_dict": opt.state_dict(),
+                    "main_params": [
+                        p.detach().clone() for g in opt.param_groups for p in g["params"]
+                    ],
+                }
+                for opt in inner_optimizers(self.optimizer)
+            ]
+        }
+
+    @torch.no_grad()
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if self.ddp is None:
+            self.optimizer.load_state_dict(state)
+            return
+        inner = inner_optimizers(self.optimizer)
+        if len(inner) != len(state["inner"]):
+            raise ValueError("checkpoint's optimizer has another structure (other parallelism?)")
+        for opt, saved in zip(inner, state["inner"], strict=True):
+            opt.load_state_dict(saved["state_dict"])
+            params = [p for g in opt.param_groups for p in g["params"]]
+            if [tuple(p.shape) for p in params] != [tuple(t.shape) for t in saved["main_params"]]:
+                raise ValueError("checkpoint's main params do not match this optimizer's shards")
+            for p, t in zip(params, saved["main_params"], strict=True):
+                p.copy_(t.to(p.device))
