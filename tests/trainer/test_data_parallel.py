@@ -289,6 +289,28 @@ def test_the_operator_pod_env_gives_the_launcher_its_gang():
     assert env["MASTER_ADDR"] == "j-trainer-0.j-trainer"
 
 
+def test_a_failed_rank_ends_the_pod_with_its_exit_code(tmp_path):
+    """The launcher stops the other ranks when one fails and exits with its code (the
+    operator then restarts the gang); every rank saw its own RANK/LOCAL_RANK."""
+    import time
+
+    from rlpost_trainer.launch import launch
+
+    script = (
+        "import os, sys, time, pathlib\n"
+        "r = os.environ['RANK']\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'rank-' + r).write_text(os.environ['LOCAL_RANK'])\n"
+        "if r == '3':\n"
+        "    time.sleep(0.5); sys.exit(7)\n"
+        "time.sleep(120)\n"
+    )
+    gang = Gang(nnodes=2, nproc=2, pod_index=1)
+    t0 = time.monotonic()
+    assert launch(gang, [sys.executable, "-c", script]) == 7
+    assert time.monotonic() - t0 < 60  # rank 2 was stopped, not waited for
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"rank-2": "0", "rank-3": "1"}
+
+
 # ---------------------------------------------------------------------- world 4 == world 1
 
 
@@ -306,6 +328,7 @@ def world_one(tmp_path_factory):
     return read_steps(root / "progress"), root / "state"
 
 
+@pytest.mark.slow
 def test_two_pods_of_two_ranks_train_as_one_rank(world_one, buffer, tmp_path):
     one_steps, one_state = world_one
     config = write_job(tmp_path / "job.yaml", replicas=2, gpus_per_pod=2)
@@ -340,6 +363,7 @@ def test_two_pods_of_two_ranks_train_as_one_rank(world_one, buffer, tmp_path):
     assert os.listdir(states[0] / "checkpoints" / ckpts[-1]) == [checkpoint.STATE_FILE]
 
 
+@pytest.mark.slow
 def test_every_rank_resumes_from_the_checkpoint(world_one, buffer, tmp_path):
     """Step 1's checkpoint (from one rank) in a directory both pods share; the gang of 4
     resumes there and its step 2 equals one rank's step 2 only if every rank loaded it."""
