@@ -70,7 +70,7 @@ class Algorithm(StrEnum):
 
 class RewardType(StrEnum):
     EXACT_MATCH = "exact_match"  # response (stripped) equals the label
-    MATH = "math"  # last number / \\boxed{} answer equals the label numerically
+    MATH = "math"  # Math-Verify: the \\boxed{} / last answer equals the label mathematically
     REMOTE = "remote"  # POST to reward.url
     CUSTOM = "custom"  # python path "pkg.module:function"
 
@@ -120,9 +120,12 @@ class Resources(Model):
 class ModelSource(Model):
     """Where weights come from. Nothing is downloaded from a hub by rlpost itself.
 
-    `path` is a directory inside `pvc` (mounted read-only at /models) in a cluster, or a
-    local directory for `rlpost run`. `config` builds a random-init model instead (tests,
-    toy examples): a dict of the model's config fields.
+    `path` is a Hugging Face model directory (config.json, safetensors weights, sharded or
+    not, tokenizer, generation_config.json) inside `pvc` (mounted read-only at /models) in a
+    cluster, or a local directory for `rlpost run`; any causal LM transformers supports.
+    `config` builds a random-init model instead (tests, toy examples): a dict of config
+    fields, `model_type` naming the family (default llama). `tokenizer` is a directory (default:
+    `path`) or "char:<alphabet>" (toy character tokenizer). `dtype`: what engines compute in.
     """
 
     path: str | None = None
@@ -178,6 +181,9 @@ class RolloutSpec(Model):
     max_staleness: Annotated[int, Field(ge=0, le=64)] = 0
     max_new_tokens: Annotated[int, Field(ge=1, le=65536)] = 512
     temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    # Stop strings (SGLang's sampling_params.stop); EOS ids come from the model's tokenizer
+    # and generation_config.json.
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
     resources: Resources = Resources(cpu="8", memory="64Gi")
 
 
@@ -198,6 +204,11 @@ class DataSpec(Model):
     pvc: str | None = None
     prompt_key: str = "prompt"
     label_key: str = "label"
+    # Rows hold chat messages ([{"role", "content"}, ...]) under this key instead of a
+    # prompt string; the buffer applies the tokenizer's chat template (and nothing else does).
+    messages_key: str | None = None
+    # Plain-text prompts become one user message under the chat template.
+    apply_chat_template: bool = False
 
 
 class RewardSpec(Model):
@@ -242,6 +253,9 @@ class CheckpointSpec(Model):
     access_mode: Annotated[
         str, Field(pattern=r"^(ReadWriteOnce|ReadWriteMany|ReadWriteOncePod)$")
     ] = "ReadWriteOnce"
+    # A Hugging Face model directory (save_pretrained of the policy + tokenizer) in
+    # `<checkpoint dir>/hf/step-<k>` every this many steps; always after the last step.
+    hf_interval_steps: Annotated[int, Field(ge=1)] | None = None
 
 
 class FailurePolicy(Model):
@@ -434,6 +448,12 @@ def semantic_errors(spec: RLPostTrainJobSpec) -> list[str]:
         errors.append('reward.function ("pkg.module:function") is required for custom')
     if spec.model.path is None and spec.model.config is None:
         errors.append("model: set model.path (weights directory) or model.config (random init)")
+    chat = spec.data.messages_key is not None or spec.data.apply_chat_template
+    if chat and (spec.model.tokenizer or "").startswith("char:"):
+        errors.append(
+            "data.messagesKey / data.applyChatTemplate need a tokenizer with a chat template; "
+            "the character tokenizer (model.tokenizer: char:...) has none"
+        )
     if spec.algorithm.rollout_batch_size * spec.algorithm.group_size > 1_000_000:
         errors.append("algorithm.rolloutBatchSize * groupSize must be at most 1,000,000")
     return errors

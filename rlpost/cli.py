@@ -2,6 +2,7 @@
 
 rlpost run job.yaml [--steps N] [--run-dir DIR] [--max-staleness K]
 rlpost validate job.yaml
+rlpost export RUN_DIR --step N OUT   (a training checkpoint as a Hugging Face model directory)
 """
 
 from __future__ import annotations
@@ -105,6 +106,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A training checkpoint of `rlpost run` (RUN_DIR/job.yaml + its checkpoints) as a HF
+    model directory: config, safetensors weights, generation config, tokenizer."""
+    import yaml
+
+    from rlpost.api import RLPostTrainJob
+
+    run_dir = Path(args.run_dir)
+    job_file = run_dir / "job.yaml"
+    if not job_file.exists():
+        print(f"{run_dir}: no job.yaml (not a `rlpost run` directory)", file=sys.stderr)
+        return 2
+    job = RLPostTrainJob.model_validate(yaml.safe_load(job_file.read_text()))
+    spec = job.spec
+    root = Path(spec.checkpoint.path or run_dir / "trainer-state" / "checkpoints")
+    step_dir = root / f"step-{args.step:08d}"
+    if not (step_dir / "state.pt").exists():
+        have = sorted(p.name for p in root.glob("step-*")) if root.is_dir() else []
+        print(f"no checkpoint for step {args.step} in {root} (have: {have})", file=sys.stderr)
+        return 2
+    from rlpost_trainer.hf_export import hf_weights_from_checkpoint, save_hf
+
+    from rlpost.models import build_tokenizer
+
+    vocab = build_tokenizer(spec.model).vocab_size
+    weights = hf_weights_from_checkpoint(step_dir, spec.model, str(spec.trainer.backend), vocab)
+    out = save_hf(weights, spec.model, Path(args.out), vocab)
+    print(f"wrote {out} (step {args.step}, {spec.model.dtype})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlpost", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     val = sub.add_parser("validate", help="check a job file (schema + semantic rules)")
     val.add_argument("job")
     val.set_defaults(func=cmd_validate)
+    exp = sub.add_parser("export", help="a training checkpoint as a Hugging Face model dir")
+    exp.add_argument("run_dir", help="the `rlpost run` directory (holds job.yaml)")
+    exp.add_argument("--step", type=int, required=True, help="checkpoint step")
+    exp.add_argument("out", help="output directory")
+    exp.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -72,20 +72,39 @@ def resolve_local_paths(job: RLPostTrainJob, base: Path) -> RLPostTrainJob:
     return job.model_copy(update={"spec": spec})
 
 
+def model_problems_here(spec, plan) -> list[str]:
+    """spec.model on this machine: the directory, architecture, tokenizer (chat template when
+    the prompts are messages), the engines' dtype on their device, and a conversion for the
+    family when the trainer is Megatron (rlpost.models.model_problems)."""
+    from rlpost.models import ModelError, model_config, model_problems
+
+    engines_on_gpu = bool(plan.gpus) and spec.rollout.gpus_per_engine > 0
+    chat = spec.data.messages_key is not None or spec.data.apply_chat_template
+    problems = model_problems(spec.model, chat, "cuda" if engines_on_gpu else "cpu")
+    if not problems and str(spec.trainer.backend) == "megatron":
+        try:
+            from rlpost_trainer.megatron.convert import shape_for
+
+            shape_for(model_config(spec.model))
+        except ModelError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def local_problems(job: RLPostTrainJob) -> list[str]:
     """What this machine cannot run even though the spec is valid for a cluster."""
     spec = job.spec
     problems = []
     if not Path(spec.data.prompts).exists():
         problems.append(f"spec.data.prompts: {spec.data.prompts} does not exist on this machine")
-    if spec.model.path and not Path(spec.model.path).is_dir():
-        problems.append(f"spec.model.path: {spec.model.path} is not a local directory")
     if spec.rollout.engine == EngineKind.SGLANG and shutil.which("nvidia-smi") is None:
         problems.append(
             "spec.rollout.engine: sglang needs NVIDIA GPUs; set rollout.engine: reference to "
             "run on CPU"
         )
-    problem = transport_problem(spec, plan_gpus(spec, visible_gpus()))
+    plan = plan_gpus(spec, visible_gpus())
+    problem = transport_problem(spec, plan)
     if problem:
         problems.append(problem)
+    problems += model_problems_here(spec, plan)
     return problems

@@ -27,7 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
 
 from rlpost.logs import setup_logging
-from rlpost.models import build_model, build_tokenizer
+from rlpost.models import build_model, build_tokenizer, model_problems
+from rlpost.refuse import refuse_spec
 from rlpost.weightsync.packed import pack_parameters
 from rlpost_rollout import config
 from rlpost_rollout.auth import UNAUTHORIZED, token_ok
@@ -220,9 +221,9 @@ class Engine:
             return fn(*args)
 
     def load_from_disk(self, path: str) -> None:
-        from transformers import LlamaForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        src = LlamaForCausalLM.from_pretrained(path, local_files_only=True)
+        src = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
         state = src.state_dict()
         missing = [n for n, _ in self.model.named_parameters() if n not in state]
         if missing:
@@ -340,18 +341,20 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
         if not engine.scheduler.unpaused.is_set() or engine.released:
             return JSONResponse({})  # paused/released on purpose: alive, just not generating
         sp = SamplingParams(max_new_tokens=1, temperature=0.0)
-        await engine.generate_one([engine.tokenizer.BOS], sp, False, -1, f"health-{uuid.uuid4()}")
+        probe = [engine.tokenizer.probe_token_id]
+        await engine.generate_one(probe, sp, False, -1, f"health-{uuid.uuid4()}")
         return JSONResponse({})
 
     def model_info() -> dict[str, Any]:
+        cfg = engine.model.config
         return {
             "model_path": engine.model_path,
             "tokenizer_path": engine.model_path,
             "is_generation": True,
             "weight_version": engine.weight_version,
             "served_model_name": engine.model_path,
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
+            "model_type": cfg.model_type,
+            "architectures": list(cfg.architectures or [type(engine.model).__name__]),
         }
 
     @app.get("/get_model_info")
@@ -431,9 +434,13 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(obj: ChatCompletionRequest):
-        # The char tokenizer has no chat template: the conversation is the concatenation of
-        # the messages' contents, and the model continues it.
-        ids = engine.encode("".join(m.content for m in obj.messages))
+        # The tokenizer's chat template when it has one (the char tokenizer has none: the
+        # conversation is the concatenation of the messages' contents).
+        if engine.tokenizer.has_chat_template:
+            text = engine.tokenizer.render_chat([m.model_dump() for m in obj.messages])
+            ids = engine.tokenizer.encode(text, add_bos=False)
+        else:
+            ids = engine.encode("".join(m.content for m in obj.messages))
         sp = SamplingParams(
             max_new_tokens=obj.max_completion_tokens or obj.max_tokens or 128,
             temperature=obj.temperature,
@@ -685,6 +692,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("engine")
     torch.set_num_threads(int(os.environ.get("RLPOST_TORCH_THREADS", "1")))
     job = config.load_job(args.config)
+    device = "cuda" if job.spec.rollout.gpus_per_engine > 0 and torch.cuda.is_available() else "cpu"
+    problems = model_problems(job.spec.model, device=device)
+    if problems:
+        refuse_spec("engine", "; ".join(problems))
     engine = Engine(job, max_batch=args.max_batch)
     app = create_app(engine, config.token())
     log.info("engine ready", extra={"port": args.port, "weight_version": engine.weight_version})

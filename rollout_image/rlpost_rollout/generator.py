@@ -2,9 +2,10 @@
 
 One call of `Generator.run` serves a batch of requests together: prompts are left-padded,
 prefilled in one forward pass, then decoded one token per step for the whole batch while
-each row stops on its own (EOS, stop tokens/strings, max_new_tokens, abort). Logprobs are
-log-softmax of the raw logits (temperature 1), as SGLang reports them: that is the policy
-probability the trainer recomputes, so importance ratios and the logprob-match test use it.
+each row stops on its own (any EOS id of the tokenizer or the model's generation config,
+stop tokens/strings, max_new_tokens, abort). Logprobs are log-softmax of the raw logits
+(temperature 1), as SGLang reports them: that is the policy probability the trainer
+recomputes, so importance ratios and the logprob-match test use it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.max_positions = max_positions
+        # The tokenizer's EOS and the model's generation config eos_token_id (rlpost.models).
+        self.eos_ids = frozenset(getattr(tokenizer, "eos_token_ids", {tokenizer.eos_token_id}))
         self.rng = torch.Generator().manual_seed(0)
 
     def check(self, req: GenRequest) -> None:
@@ -140,9 +143,8 @@ class Generator:
 
     def _sample(self, r: GenRequest, logits: torch.Tensor, n_out: int) -> tuple[int, float]:
         logits = logits.clone()
-        eos = self.tokenizer.eos_token_id
         if n_out < r.min_new_tokens or r.ignore_eos:
-            logits[eos] = float("-inf")
+            logits[list(self.eos_ids)] = float("-inf")
         logp_raw = torch.log_softmax(logits, dim=-1)
         if r.temperature <= 1e-6:
             token = int(torch.argmax(logits))
@@ -163,7 +165,7 @@ class Generator:
 
     def _finished(self, r: GenRequest, out: list[int], budget: int) -> dict[str, Any] | None:
         last = out[-1]
-        if not r.ignore_eos and last == self.tokenizer.eos_token_id:
+        if not r.ignore_eos and last in self.eos_ids:
             return {"type": "stop", "matched": last}
         if last in r.stop_token_ids:
             return {"type": "stop", "matched": last}

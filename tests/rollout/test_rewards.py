@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from rlpost_rollout.rewards import RewardError, make_reward
-from rlpost_rollout.rewards.builtin import exact_match, extract_answer, math_answer
+from rlpost_rollout.rewards.builtin import exact_match, math_answer
 
 from rlpost.api import RewardSpec
 
@@ -23,13 +23,30 @@ def score(spec: RewardSpec, response: str, label, prompt: str = "p") -> float:
 def test_exact_match_and_math_answers():
     assert exact_match("", " 42\n", "42") == 1.0
     assert exact_match("", "42.0", "42") == 0.0
-    assert extract_answer("so x = 3, then \\boxed{7/2}.") == "7/2"
-    assert extract_answer("first 3 then 12") == "12"
+    # Math-Verify: symbolic equality of the boxed / final answer and the label.
+    assert math_answer("", "so x = 3, then \\boxed{7/2}.", "3.5") == 1.0
+    assert math_answer("", "first 3 then 12", "12") == 1.0
     assert math_answer("", "the answer is \\boxed{3.5}", "7/2") == 1.0
     assert math_answer("", "1,000 apples", "1000") == 1.0
     assert math_answer("", "maybe 41", "42") == 0.0
     assert math_answer("", "no number", "42") == 0.0
-    assert score(RewardSpec(type="math"), "= 6", "6") == 1.0
+    assert math_answer("", "The answer is 5", "-5") == 0.0
+    # Nested braces, which the old hand-written \\boxed{} grader could not read.
+    assert math_answer("", "\\boxed{\\frac{{1}}{2}}", "0.5") == 1.0
+    assert math_answer("", "\\boxed{\\frac{1}{x^{2}}}", "\\frac{1}{x^2}") == 1.0
+    assert math_answer("", "\\boxed{\\frac{1}{x^{3}}}", "\\frac{1}{x^2}") == 0.0
+
+
+def test_math_reward_runs_math_verify_in_a_worker_process():
+    # Through make_reward: a worker process's main thread (Math-Verify's SIGALRM timeouts
+    # work there; in the buffer's threads they would raise).
+    spec = RewardSpec(type="math")
+    assert score(spec, "= 6", "6") == 1.0
+    assert score(spec, "The total is \\boxed{\\frac{3}{4}} dollars", "0.75") == 1.0
+    assert score(spec, "The total is 7", "8") == 0.0
+    # A label that is no math answer is a failed sample (visible), not a silent zero.
+    with pytest.raises(RewardError, match="not a math answer"):
+        score(spec, "12", "twelve apples")
 
 
 def test_custom_reward_by_python_path(tmp_path, monkeypatch):

@@ -25,10 +25,15 @@ def main() -> int:
     # SIGTERM (pod deletion, `rlpost run` stopping) ends the loop through the normal
     # exception path, so the weight-sync group is torn down and logs are flushed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from rlpost.models import ModelError
+    from rlpost.refuse import refuse_spec
     from rlpost_trainer.loop import Trainer, load_job
 
     log = logging.getLogger("rlpost_trainer")
-    trainer = Trainer(load_job())
+    try:
+        trainer = Trainer(load_job())
+    except ModelError as exc:  # spec.model cannot work (missing, unknown family, ...)
+        refuse_spec("trainer", str(exc))
     try:
         trainer.run()
     except Exception:

@@ -281,6 +281,22 @@ class Trainer:
             checkpoint.save(self.ckpt_root, step, None, cursor, tmp=tmp)
         self.barrier()
 
+    def export_hf(self, step: int) -> str | None:
+        """The policy after `step` steps as a HF model directory (hf_export.py), written by
+        the sync rank (it holds the full HF weights)."""
+        if not self.backend.is_sync_rank:
+            return None
+        from rlpost_trainer.hf_export import hf_dir, save_hf
+
+        out = save_hf(
+            self.backend.named_hf_weights(),
+            self.spec.model,
+            hf_dir(self.ckpt_root, step),
+            self.tokenizer.vocab_size,
+        )
+        log.info("HF export written", extra={"step": step, "path": str(out)})
+        return str(out)
+
     def run(self) -> None:
         if self.ranks.is_main:
             self.metrics.serve()
@@ -304,6 +320,9 @@ class Trainer:
                 self.save_checkpoint(nxt)
                 last_ckpt = nxt
                 record["checkpoint"] = nxt
+            hf_every = self.spec.checkpoint.hf_interval_steps
+            if nxt == self.spec.steps or (hf_every and nxt % hf_every == 0):
+                record["hf_export"] = self.export_hf(nxt)
             self.progress.update(record, step=nxt, weightVersion=nxt, lastCheckpointStep=last_ckpt)
             if self.ranks.is_main:
                 log.info("step", extra=record)

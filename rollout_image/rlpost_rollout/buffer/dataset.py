@@ -4,6 +4,11 @@ A rejected row is logged, counted (rlpost_dataset_rows_rejected_total) and liste
 it is never silently dropped. A file where every row is bad is an error at start.
 Prompt `i` of the run is row `order(i // n)[i % n]`: each epoch is a fresh permutation seeded
 by (seed, epoch), so a cursor value names the same prompt on every restart.
+
+A row's prompt is a string (`data.promptKey`, tokenized as is, with the tokenizer's BOS) or
+chat messages (`data.messagesKey`: a list of {"role", "content"}); messages, and plain prompts
+when `data.applyChatTemplate` is set (one user message), go through the tokenizer's chat
+template here, the one place it is applied: the engines get token ids.
 """
 
 from __future__ import annotations
@@ -57,11 +62,28 @@ class PromptSource:
 
 
 def load_jsonl(
-    path: str | Path, prompt_key: str, label_key: str, tokenizer, max_prompt_tokens: int, seed=0
+    path: str | Path,
+    prompt_key: str,
+    label_key: str,
+    tokenizer,
+    max_prompt_tokens: int,
+    seed=0,
+    messages_key: str | None = None,
+    apply_chat_template: bool = False,
 ) -> PromptSource:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"data.prompts {str(path)!r} does not exist")
+    chat = messages_key is not None or apply_chat_template
+    if chat and not tokenizer.has_chat_template:
+        from rlpost.models import ModelError
+
+        raise ModelError(
+            "the prompts are chat messages (data.messagesKey / data.applyChatTemplate) but the "
+            "tokenizer has no chat template: add one to the tokenizer (tokenizer_config.json "
+            "chat_template or chat_template.jinja) or give plain-text prompts"
+        )
+    key = messages_key or prompt_key
     rows: list[Row] = []
     rejected: list[Rejected] = []
     with path.open(encoding="utf-8", errors="replace") as f:
@@ -75,10 +97,14 @@ def load_jsonl(
             except json.JSONDecodeError as exc:
                 reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
             else:
-                reason = _check(obj, prompt_key, label_key)
+                reason = (
+                    _check_messages(obj, key, label_key)
+                    if messages_key
+                    else _check(obj, key, label_key)
+                )
             if reason is None:
                 try:
-                    ids = tokenizer.encode(obj[prompt_key])
+                    text, ids = prompt_tokens(obj[key], tokenizer, chat)
                 except ValueError as exc:
                     reason = f"prompt cannot be tokenized: {exc}"
                 else:
@@ -91,7 +117,7 @@ def load_jsonl(
                 rejected.append(Rejected(where, reason))
                 log.error("dataset row rejected", extra={"where": where, "reason": reason})
                 continue
-            rows.append(Row(where, obj[prompt_key], obj[label_key], tuple(ids)))
+            rows.append(Row(where, text, obj[label_key], tuple(ids)))
     if not rows:
         detail = "; ".join(f"{r.where}: {r.reason}" for r in rejected[:5])
         raise DatasetError(
@@ -105,6 +131,36 @@ def load_jsonl(
             extra={"rows": len(rows), "rejected": len(rejected), "file": str(path)},
         )
     return PromptSource(rows, rejected, seed)
+
+
+def prompt_tokens(prompt: Any, tokenizer, chat: bool) -> tuple[str, list[int]]:
+    """The prompt's text as the model sees it and its token ids. Chat: the template's text
+    (which writes its own BOS, so none is added)."""
+    if not chat:
+        return prompt, tokenizer.encode(prompt)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    text = tokenizer.render_chat(messages)
+    return text, tokenizer.encode(text, add_bos=False)
+
+
+def _check_messages(obj: Any, key: str, label_key: str) -> str | None:
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    if key not in obj:
+        return f"missing messages key {key!r} (keys: {sorted(obj)[:8]})"
+    msgs = obj[key]
+    if not isinstance(msgs, list) or not msgs:
+        return f"{key!r} must be a non-empty list of chat messages"
+    for i, m in enumerate(msgs):
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+        ):
+            return f"{key!r}[{i}] must be an object with string 'role' and 'content'"
+    if label_key not in obj:
+        return f"missing label key {label_key!r}"
+    return None
 
 
 def _check(obj: Any, prompt_key: str, label_key: str) -> str | None:

@@ -17,7 +17,7 @@ import logging
 import statistics
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -48,6 +48,7 @@ class DriverConfig:
     temperature: float
     dynamic_sampling: bool
     max_inflight_groups: int
+    stop: list[str] = field(default_factory=list)  # stop strings (rollout.stop)
     request_timeout_s: float = 300.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
@@ -254,6 +255,7 @@ class Driver:
             prompt_ids,
             max_new_tokens=self.cfg.max_new_tokens,
             temperature=self.cfg.temperature,
+            stop=self.cfg.stop or None,
             rid=rid,
         )
         url = f"{self.cfg.router_url}/generate"

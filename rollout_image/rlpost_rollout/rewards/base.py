@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from rlpost.api import RewardSpec, RewardType
-from rlpost_rollout.rewards.builtin import exact_match, math_answer
+from rlpost_rollout.rewards.builtin import exact_match, math_answer_async
 
 RewardFn = Callable[[str, str, Any], Awaitable[float]]
 
@@ -66,7 +66,7 @@ def make_reward(spec: RewardSpec) -> RewardFn:
     if spec.type == RewardType.CUSTOM:
         fn, where = check_function(spec.function or ""), f"reward {spec.function}"
     elif spec.type == RewardType.MATH:
-        fn, where = math_answer, "reward math"
+        fn, where = math_answer_async, "reward math"
     else:
         fn, where = exact_match, "reward exact_match"
 

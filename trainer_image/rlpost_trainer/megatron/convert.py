@@ -1,4 +1,9 @@
-"""HF Llama <-> Megatron-core GPTModel parameter names and layouts (pure torch).
+"""HF <-> Megatron-core GPTModel parameter names and layouts (pure torch), per model family.
+
+Families (`FAMILIES`, keyed by the HF config's `model_type`): `llama` (Llama 2/3: GQA, tied
+embeddings in the small 3.x models), `qwen2` (bias on q/k/v), `qwen3` (QK-norm: RMSNorm of
+each head's queries and keys). Any other `model_type` is refused by `shape_for` with the
+list of known ones: its layout is not known to be one of these.
 
 Megatron fuses and shards what HF keeps apart:
 
@@ -9,6 +14,9 @@ Megatron fuses and shards what HF keeps apart:
   (the rank's slices of gate_proj and up_proj), so the gathered tensor interleaves ranks.
 - row-parallel `linear_proj` / `linear_fc2` split on dim 1; embedding and output layer
   (vocab-parallel) on dim 0; norms are replicated.
+- q/k/v bias (qwen2): `linear_qkv.bias`, grouped like the weight. QK-norm (qwen3):
+  `self_attention.q_layernorm.weight` / `k_layernorm.weight` ([head_dim], replicated).
+- tied embeddings: no `output_layer.weight` (Megatron shares the embedding), no HF `lm_head`.
 
 Both the local layer spec (`input_layernorm`, `pre_mlp_layernorm`) and the Transformer Engine
 spec (norms fused into `linear_qkv.layer_norm_weight` / `linear_fc1.layer_norm_weight`) are
@@ -24,6 +32,28 @@ from typing import Any
 
 import torch
 
+from rlpost.models import ModelError
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a HF model family adds to the Llama layout (Megatron: add_qkv_bias,
+    qk_layernorm)."""
+
+    qkv_bias: bool = False
+    qk_norm: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(),
+    "qwen2": Family(qkv_bias=True),
+    "qwen3": Family(qk_norm=True),
+}
+
+
+class UnsupportedFamily(ModelError):
+    """A model family without a conversion (the spec cannot run on this backend)."""
+
 
 @dataclass(frozen=True)
 class LlamaShape:
@@ -35,9 +65,28 @@ class LlamaShape:
     ffn: int
     vocab: int
     tie_embeddings: bool = False
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    family: str = "llama"
 
     @classmethod
     def from_hf_config(cls, cfg: Any) -> LlamaShape:
+        model_type = getattr(cfg, "model_type", "llama")
+        family = FAMILIES.get(model_type)
+        if family is None:
+            raise UnsupportedFamily(
+                f"trainer.backend megatron: model_type {model_type!r} "
+                f"({(getattr(cfg, 'architectures', None) or ['?'])[0]}) has no HF <-> Megatron "
+                f"conversion; known families: {', '.join(sorted(FAMILIES))}. Use "
+                "trainer.backend: torch for it"
+            )
+        if model_type == "llama" and (
+            getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False)
+        ):
+            raise UnsupportedFamily(
+                "trainer.backend megatron: a llama config with attention_bias / mlp_bias has "
+                "biases on every projection, which the conversion does not carry"
+            )
         heads = int(cfg.num_attention_heads)
         head_dim = getattr(cfg, "head_dim", None) or int(cfg.hidden_size) // heads
         return cls(
@@ -49,6 +98,9 @@ class LlamaShape:
             ffn=int(cfg.intermediate_size),
             vocab=int(cfg.vocab_size),
             tie_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+            qkv_bias=family.qkv_bias,
+            qk_norm=family.qk_norm,
+            family=model_type,
         )
 
     @property
@@ -91,6 +143,17 @@ def split_qkv(qkv: torch.Tensor, s: LlamaShape) -> tuple[torch.Tensor, torch.Ten
     return q, k, v
 
 
+def fuse_qkv_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: LlamaShape):
+    """HF q/k/v_proj.bias -> Megatron linear_qkv.bias (grouped like the weight)."""
+    cols = [t[:, None] for t in (q, k, v)]
+    return fuse_qkv(*cols, s)[:, 0]
+
+
+def split_qkv_bias(bias: torch.Tensor, s: LlamaShape):
+    q, k, v = split_qkv(bias[:, None], s)
+    return q[:, 0], k[:, 0], v[:, 0]
+
+
 def fuse_gate_up(gate: torch.Tensor, up: torch.Tensor, tp: int) -> torch.Tensor:
     """HF gate/up_proj.weight -> gathered Megatron linear_fc1.weight ([gate_r; up_r] per rank)."""
     parts = []
@@ -116,6 +179,9 @@ LAYER_PARAMS: dict[str, tuple[int | None, str]] = {
     "input_layernorm.weight": (None, "input_norm"),
     "self_attention.linear_qkv.layer_norm_weight": (None, "input_norm"),
     "self_attention.linear_qkv.weight": (0, "qkv"),
+    "self_attention.linear_qkv.bias": (0, "qkv_bias"),
+    "self_attention.q_layernorm.weight": (None, "q_norm"),
+    "self_attention.k_layernorm.weight": (None, "k_norm"),
     "self_attention.linear_proj.weight": (1, "o_proj"),
     "pre_mlp_layernorm.weight": (None, "post_norm"),
     "mlp.linear_fc1.layer_norm_weight": (None, "post_norm"),
@@ -132,6 +198,8 @@ HF_SIMPLE = {
     "o_proj": "self_attn.o_proj.weight",
     "post_norm": "post_attention_layernorm.weight",
     "down_proj": "mlp.down_proj.weight",
+    "q_norm": "self_attn.q_norm.weight",
+    "k_norm": "self_attn.k_norm.weight",
 }
 HF_GLOBAL = {
     "embed": "model.embed_tokens.weight",
@@ -139,13 +207,18 @@ HF_GLOBAL = {
     "lm_head": "lm_head.weight",
 }
 _LAYER_RE = re.compile(r"^(?:module\.)*decoder\.layers\.(\d+)\.(.+)$")
-# HF LlamaDecoderLayer's parameter order (named_parameters): what an engine that packs its
-# weights holds back to back, so buckets in this order land straight in them.
+# HF decoder layers' parameter order (named_parameters; Llama, Qwen2, Qwen3 agree): what an
+# engine that packs its weights holds back to back, so buckets in this order land in them.
 HF_LAYER_ORDER = (
     "self_attn.q_proj.weight",
+    "self_attn.q_proj.bias",
     "self_attn.k_proj.weight",
+    "self_attn.k_proj.bias",
     "self_attn.v_proj.weight",
+    "self_attn.v_proj.bias",
     "self_attn.o_proj.weight",
+    "self_attn.q_norm.weight",
+    "self_attn.k_norm.weight",
     "mlp.gate_proj.weight",
     "mlp.up_proj.weight",
     "mlp.down_proj.weight",
@@ -207,12 +280,13 @@ def to_hf(
             pass  # HF ties lm_head to embed_tokens itself; one tensor is sent
         return out
     prefix = f"model.layers.{layer + layer_offset}."
-    if kind == "qkv":
-        q, k, v = split_qkv(full, s)
+    if kind in ("qkv", "qkv_bias"):
+        what = "weight" if kind == "qkv" else "bias"
+        q, k, v = split_qkv(full, s) if kind == "qkv" else split_qkv_bias(full, s)
         return [
-            (prefix + "self_attn.q_proj.weight", q),
-            (prefix + "self_attn.k_proj.weight", k),
-            (prefix + "self_attn.v_proj.weight", v),
+            (prefix + f"self_attn.q_proj.{what}", q),
+            (prefix + f"self_attn.k_proj.{what}", k),
+            (prefix + f"self_attn.v_proj.{what}", v),
         ]
     if kind == "gate_up":
         gate, up = split_gate_up(full, tp)
@@ -279,6 +353,16 @@ def hf_to_megatron(
             hf[p + "self_attn.v_proj.weight"],
             s,
         )
+        if s.qkv_bias:
+            full[m + "self_attention.linear_qkv.bias"] = fuse_qkv_bias(
+                hf[p + "self_attn.q_proj.bias"],
+                hf[p + "self_attn.k_proj.bias"],
+                hf[p + "self_attn.v_proj.bias"],
+                s,
+            )
+        if s.qk_norm:
+            full[m + "self_attention.q_layernorm.weight"] = hf[p + "self_attn.q_norm.weight"]
+            full[m + "self_attention.k_layernorm.weight"] = hf[p + "self_attn.k_norm.weight"]
         full[m + "self_attention.linear_proj.weight"] = hf[p + "self_attn.o_proj.weight"]
         full[m + post_norm] = hf[p + "post_attention_layernorm.weight"]
         full[m + "mlp.linear_fc1.weight"] = fuse_gate_up(
@@ -296,3 +380,9 @@ def hf_to_megatron(
         for r in range(tp):
             ranks[r][name] = pieces[r].contiguous()
     return ranks
+
+
+def shape_for(hf_config: Any) -> LlamaShape:
+    """The layout of a HF config's family; UnsupportedFamily (with the known families) for
+    any other."""
+    return LlamaShape.from_hf_config(hf_config)

@@ -65,6 +65,9 @@ def transformer_config(s: LlamaShape, hf_cfg, tp: int, pp: int, dtype: torch.dty
         normalization="RMSNorm",
         layernorm_epsilon=float(hf_cfg.rms_norm_eps),
         add_bias_linear=False,
+        # The family's extras (convert.FAMILIES): qwen2's q/k/v bias, qwen3's QK-norm.
+        add_qkv_bias=s.qkv_bias,
+        qk_layernorm=s.qk_norm,
         gated_linear_unit=True,
         activation_func=F.silu,
         hidden_dropout=0.0,
