@@ -1,0 +1,122 @@
+"""The controller with a fake API: a refused child write is remembered for the protocol, the
+status of the pass is written anyway (no false "waits for Kueue"), a non-retryable refusal
+fails the job on the next pass and the retries stop (no hot loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+
+import pytest
+from operator_helpers import FLAVORS, admit, job, stored
+from rlpost_operator import builders as b
+from rlpost_operator import protocol as p
+from rlpost_operator.controller import Controller
+from rlpost_operator.kube import ApiError
+
+from rlpost import api
+
+REF = b.JobRef("j", "ns", "uid-1")
+REFUSAL = json.dumps(
+    {"kind": "Status", "message": 'StatefulSet.apps "j-trainer" is invalid: denied by policy'}
+)
+
+
+class FakeKube:
+    """Stores what is written; refuses StatefulSet applies with `code`."""
+
+    def __init__(self, code: int):
+        self.code = code
+        self.writes: list[tuple[str, str, str]] = []
+        self.status: dict | None = None
+
+    def apply(self, obj, ns):
+        self.writes.append(("apply", obj["kind"], obj["metadata"]["name"]))
+        if obj["kind"] == "StatefulSet":
+            raise ApiError(self.code, REFUSAL)
+        return stored(obj)
+
+    def create(self, obj, ns):
+        self.writes.append(("create", obj["kind"], obj["metadata"]["name"]))
+        return stored(obj)
+
+    def delete(self, kind, ns, name):
+        self.writes.append(("delete", kind, name))
+
+    def merge_patch(self, kind, ns, name, patch, status=False):
+        self.writes.append(("patch_status" if status else "patch", kind, name))
+        if kind == api.KIND and status:
+            self.status = patch["status"]
+            return None
+        return None
+
+    def event(self, *args):
+        self.writes.append(("event", args[2], ""))
+
+    def get(self, *args):
+        return None
+
+    def list(self, *args):
+        return []
+
+
+def controller(code):
+    kube = FakeKube(code)
+    ctl = Controller(kube, ["ns"])
+    j = job(status={"phase": "Queued"})
+    ctl.cache.put_job(j)
+    wl = admit(
+        stored(b.build_workload(REF, api.RLPostTrainJobSpec.model_validate(j["spec"]), "team-a"))
+    )
+    wl["metadata"]["labels"] = b.labels("j")
+    ctl.cache.put("Workload", wl)
+    ctl.cache.flavors = FLAVORS
+    return ctl, kube
+
+
+def test_non_retryable_refusal_writes_status_then_fails_the_job():
+    ctl, kube = controller(422)
+
+    async def go():
+        key = ("ns", "j")
+        delay = await ctl.reconcile(key)
+        # the status of the pass was written although the StatefulSet was refused
+        assert kube.status["phase"] == "Admitted"
+        assert "waits for Kueue" not in json.dumps(kube.status)
+        assert delay == 0.05  # at once: the next pass decides
+        (err,) = ctl.child_errors[key].values()
+        assert (err.kind, err.code, err.retryable) == ("StatefulSet", 422, False)
+        assert err.message.endswith("denied by policy")
+        job2 = copy.deepcopy(ctl.cache.jobs[key])
+        job2["status"] = kube.status
+        job2["metadata"]["resourceVersion"] = "11"
+        ctl.cache.put_job(job2)
+        kube.writes.clear()
+        await ctl.reconcile(key)
+        assert kube.status["phase"] == "Failed"
+        failed = next(c for c in kube.status["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == p.CHILD_REJECTED and "denied by policy" in failed["message"]
+        assert not [w for w in kube.writes if w[0] == "apply"]  # no retry of the refused write
+
+    asyncio.run(go())
+
+
+def test_retryable_refusal_backs_off_and_shows_a_condition():
+    ctl, kube = controller(503)
+
+    async def go():
+        key = ("ns", "j")
+        with pytest.raises(ApiError):
+            await ctl.reconcile(key)  # the worker retries with backoff
+        assert kube.status["phase"] == "Admitted"
+        job2 = copy.deepcopy(ctl.cache.jobs[key])
+        job2["status"] = kube.status
+        job2["metadata"]["resourceVersion"] = "11"
+        ctl.cache.put_job(job2)
+        with pytest.raises(ApiError):
+            await ctl.reconcile(key)
+        c = next(c for c in kube.status["conditions"] if c["type"] == "ChildrenApplied")
+        assert c["status"] == "False" and "HTTP 503" in c["message"]
+
+    asyncio.run(go())
