@@ -4,6 +4,8 @@ and the reason in the pod's termination message (the operator fails the job, no 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from rlpost_rollout.buffer import __main__ as buffer_main
 from rlpost_rollout.rewards.base import check_function
@@ -27,10 +29,24 @@ def test_check_function_says_what_is_wrong(path, says):
     assert says in str(exc.value)
 
 
-def test_invalid_spec_writes_the_termination_message_and_exits_78(tmp_path, monkeypatch):
+def test_buffer_refuses_a_bad_function_at_start_with_exit_78(tmp_path, monkeypatch):
+    job = {
+        "apiVersion": "rlpost.dev/v1alpha1",
+        "kind": "RLPostTrainJob",
+        "metadata": {"name": "j"},
+        "spec": {
+            "model": {"config": {"hidden_size": 8}},
+            "data": {"prompts": str(tmp_path / "p.jsonl")},
+            "reward": {"type": "custom", "function": "no_such_module_xyz:score"},
+        },
+    }
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(json.dumps(job))
     log = tmp_path / "termination-log"
     monkeypatch.setenv("RLPOST_TERMINATION_LOG", str(log))
+    monkeypatch.setenv("RLPOST_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("RLPOST_ROUTER_URL", "http://127.0.0.1:9")
     with pytest.raises(SystemExit) as exc:
-        buffer_main.invalid_spec("reward.function 'x:y': cannot import 'x'")
-    assert exc.value.code == buffer_main.INVALID_SPEC_EXIT_CODE == 78
-    assert log.read_text() == "reward.function 'x:y': cannot import 'x'"
+        buffer_main.main(["--config", str(cfg)])
+    assert exc.value.code == 78
+    assert "cannot import 'no_such_module_xyz'" in log.read_text()

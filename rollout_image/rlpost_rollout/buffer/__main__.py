@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -86,20 +85,6 @@ def build(job, state_dir: str, router_url: str) -> Buffer:
     return buffer
 
 
-# Exit code of a role that finds the spec unusable at start (EX_CONFIG): the operator fails
-# the job at once instead of restarting it (docs/CONTRACTS.md).
-INVALID_SPEC_EXIT_CODE = 78
-
-
-def invalid_spec(message: str) -> None:
-    """Report a spec error through the pod's termination message and exit 78."""
-    log.error("invalid spec", extra={"error": message})
-    path = os.environ.get("RLPOST_TERMINATION_LOG", "/dev/termination-log")
-    with contextlib.suppress(OSError):  # not in a pod: the log line and exit code say it
-        Path(path).write_text(message[:4000])
-    sys.exit(INVALID_SPEC_EXIT_CODE)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="0.0.0.0")
@@ -117,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             check_function(job.spec.reward.function or "")
         except ValueError as exc:
-            invalid_spec(str(exc))
+            refuse_spec("buffer", str(exc))
     try:
         buffer = build(job, state_dir, router)
     except ModelError as exc:  # the spec's model/tokenizer cannot work: InvalidSpec
