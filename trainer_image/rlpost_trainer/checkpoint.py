@@ -122,4 +122,3 @@ def load_shard(root: Path, step: int, key: str) -> dict[str, Any]:
     shard = torch.load(path, map_location="cpu", weights_only=False)
     set_rng_state(shard["rng"])
     return shard["backend"]
-

@@ -301,6 +301,8 @@ class Trainer:
         if self.ranks.is_main:
             self.metrics.serve()
             self.buffer.wait_ready()
+        elif self.ranks.local_rank == 0:
+            self.metrics.serve(empty=True)  # other pods: the metrics port answers, no series
         r = self.ranks
         log.info(
             "trainer rank started",

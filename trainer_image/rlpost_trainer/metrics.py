@@ -31,9 +31,12 @@ class TrainerMetrics:
             registry=self.registry,
         ).labels(job)
 
-    def serve(self) -> int | None:
+    def serve(self, empty: bool = False) -> int | None:
+        """Serve /metrics on $RLPOST_METRICS_PORT. `empty`: no series (the first rank of a
+        trainer pod other than global rank 0's, which has them: the pod's port answers, so
+        scrapers see it up, and reports nothing a rank 0 does not)."""
         port = os.environ.get("RLPOST_METRICS_PORT")
         if not port:
             return None
-        start_http_server(int(port), registry=self.registry)
+        start_http_server(int(port), registry=CollectorRegistry() if empty else self.registry)
         return int(port)
