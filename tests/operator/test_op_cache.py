@@ -45,3 +45,22 @@ def test_older_versions_do_not_overwrite_and_secret_data_is_dropped():
     assert c.objs[("ns", "j")][("ConfigMap", "cm")]["metadata"]["resourceVersion"] == "10"
     c.put("Secret", obj("Secret", "t", "us", 3))
     assert "data" not in c.objs[("ns", "j")][("Secret", "t")]
+
+
+def test_failed_pods_of_every_gang_role_are_remembered_after_deletion():
+    c = Cache()
+    c.put_job(
+        {
+            "kind": "RLPostTrainJob",
+            "metadata": {"name": "j", "namespace": "ns", "uid": "j1", "resourceVersion": "1"},
+            "spec": {},
+        }  # fmt: skip
+    )
+    for name, role in (("r0", "rollout"), ("b", "buffer"), ("t0", "trainer"), ("ok", "router")):
+        o = obj("Pod", name, f"u-{name}", 2)
+        o["metadata"]["labels"].update({"rlpost.dev/role": role, "rlpost.dev/attempt": "0"})
+        o["status"] = {"phase": "Running" if name == "ok" else "Failed"}
+        c.put("Pod", o)
+        c.drop("Pod", o)  # replaced by its owner (or deleted by the operator)
+    failed = {p["metadata"]["name"] for p in c.observed(("ns", "j")).failed_pods}
+    assert failed == {"r0", "b", "t0"}  # the healthy router pod is no tombstone
