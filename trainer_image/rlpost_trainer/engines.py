@@ -60,8 +60,8 @@ def dns_source(service: str, scheme: str = "http") -> Source:
     def resolve() -> list[str]:
         try:
             infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
-        except socket.gaierror:
-            return []  # NXDOMAIN / no endpoints yet
+        except OSError:  # gaierror: NXDOMAIN / no endpoints yet; DNS unreachable
+            return []
         return [f"{scheme}://{ip}:{port}" for ip in sorted({i[4][0] for i in infos})]
 
     return resolve
