@@ -25,14 +25,20 @@ def main() -> int:
     # SIGTERM (pod deletion, `rlpost run` stopping) ends the loop through the normal
     # exception path, so the weight-sync group is torn down and logs are flushed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from rlpost.models import ModelError
+    from rlpost.models import ModelError, model_problems
     from rlpost.refuse import refuse_spec
     from rlpost_trainer.loop import Trainer, load_job
 
     log = logging.getLogger("rlpost_trainer")
+    job = load_job()
+    # spec.model cannot work (missing directory, unknown architecture, a family the backend
+    # cannot convert): exit 78 with the reason, which the operator makes InvalidSpec.
+    problems = model_problems(job.spec.model, device=None)  # master weights are fp32
+    if problems:
+        refuse_spec("trainer", "; ".join(problems))
     try:
-        trainer = Trainer(load_job())
-    except ModelError as exc:  # spec.model cannot work (missing, unknown family, ...)
+        trainer = Trainer(job)
+    except ModelError as exc:
         refuse_spec("trainer", str(exc))
     try:
         trainer.run()
