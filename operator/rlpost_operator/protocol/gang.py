@@ -1,0 +1,392 @@
+"""Steps of the running gang: failures (gang restarts, serving-role restarts, a Failed
+buffer pod), start (children, resume step, readiness, the pods-ready timeout)."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from rlpost import api
+
+from .. import builders as b
+from ..constants import (
+    ATTEMPT_LABEL,
+    GPU,
+    HASH_ANNOTATION,
+    RESUME_ANNOTATION,
+    ROLE_BUFFER,
+    ROLE_LABEL,
+    TRAINING_ROLES,
+)
+from .base import PassBase
+from .facts import (
+    _admission_wait,
+    _annotation,
+    _cond_reason,
+    _label,
+    cond,
+    deleting,
+    invalid_spec_exit,
+    is_true,
+    parse_ts,
+    pod_failure,
+    pod_ready,
+    set_condition,
+    ts,
+)
+from .model import (
+    CHILD_INVALID_SPEC,
+    CHILD_REJECTED,
+    PODS_READY_TIMEOUT,
+    REQUEUE_BACKOFF_MAX_S,
+    REQUEUE_BACKOFF_S,
+    SERVING_ROLES,
+    WAS_ADMITTED,
+    ChildError,
+    Plan,
+)
+
+
+class GangSteps(PassBase):
+    def failures(self) -> bool:
+        assert self.spec is not None
+        attempt = str(self.st.get("restarts") or 0)
+        if self.spec_failure(attempt):
+            return True
+        failed = [
+            why
+            for p in [*self.compute_pods(), *self.obs.failed_pods]
+            if _label(p, ROLE_LABEL) in TRAINING_ROLES
+            and _label(p, ATTEMPT_LABEL) == attempt
+            and (why := pod_failure(p))
+        ]
+        if not failed:
+            return False
+        self.plan.step = "failures"
+        restarts = self.st.get("restarts") or 0
+        limit = self.spec.failure_policy.max_restarts
+        if restarts >= limit:
+            msg = (
+                f"{failed[0]}; restarted {restarts} times, failurePolicy.maxRestarts is {limit}: "
+                "check the trainer logs (kubectl logs) and raise maxRestarts or fix the cause"
+            )
+            self.condition("Failed", True, "MaxRestartsExceeded", msg)
+            self.condition("Running", False, "Failed", msg)
+            self.st["completionTime"] = ts(self.obs.now)
+            self.phase(api.Phase.FAILED, "Failed", msg, warning=True)
+            self.stop_gang("job failed")
+            return True
+        self.st["restarts"] = restarts + 1
+        self.st["roleRestarts"] = None  # counts the new gang's pods
+        resume = self.st.get("lastCheckpointStep")
+        msg = (
+            f"{failed[0]}; restarting the gang from checkpoint step {resume or 0} "
+            f"(restart {restarts + 1} of {limit})"
+        )
+        self.plan.restarted = True
+        self.condition("Running", False, "Restarting", msg)
+        self.phase(api.Phase.RESTARTING, "Restarting", msg, warning=True)
+        self.stop_gang("restart after a failure")
+        return True
+
+    def replace_failed_buffer(self) -> None:
+        """The buffer is a bare Pod: no controller replaces it when it ends up Failed
+        (evicted, node lost). Delete it; the next pass creates it again, and its state
+        volume (the samples it accepted) is kept."""
+        pod = self.live("Pod", self.n["buffer"])
+        if pod is None or deleting(pod):
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if phase not in ("Failed", "Succeeded"):
+            return
+        why = pod_failure(pod) or f"pod {self.n['buffer']} is {phase}"
+        self.act("delete", "Pod", self.n["buffer"], why="buffer pod ended: recreate it")
+        self.plan.events.append(
+            ("Warning", "BufferRecreated", f"{why}; recreating it (its state volume is kept)")
+        )
+
+    def role_restarts(self, attempt: int) -> None:
+        """Engine, router and buffer pods restart without stopping the gang (their
+        Deployment or the kubelet restarts them; the operator recreates a Failed buffer
+        pod): count them per role in status.roleRestarts, one Warning Event per increase."""
+        counts: dict[str, int] = {}
+        why: dict[str, str] = {}
+        for p in [*self.compute_pods(), *self.obs.failed_pods]:
+            role = _label(p, ROLE_LABEL)
+            if role not in SERVING_ROLES or _label(p, ATTEMPT_LABEL) != str(attempt):
+                continue
+            st = p.get("status") or {}
+            n = sum(int(cs.get("restartCount") or 0) for cs in st.get("containerStatuses") or [])
+            n += st.get("phase") == "Failed"  # the pod itself is replaced
+            counts[role] = counts.get(role, 0) + n
+            if n and (reason := pod_failure(p)):
+                why[role] = reason
+        old = self.old_status.get("roleRestarts") or {}
+        new = {r: max(int(old.get(r, 0)), counts.get(r, 0)) for r in sorted({*old, *counts})}
+        new = {r: n for r, n in new.items() if n}
+        if not new:
+            return
+        self.st["roleRestarts"] = new
+        for role, n in new.items():
+            if n > int(old.get(role, 0)):
+                owner = "the operator" if role == ROLE_BUFFER else "its Deployment"
+                self.plan.events.append(
+                    (
+                        "Warning",
+                        "RoleRestarted",
+                        f"{why.get(role, f'a {role} pod restarted')}; restarted by the kubelet "
+                        f"or replaced by {owner}, training goes on ({role} restarts: {n})",
+                    )
+                )
+
+    def spec_failure(self, attempt: str) -> bool:
+        """A role that exited with INVALID_SPEC_EXIT_CODE found the spec unusable at start (a
+        custom function that does not import): Failed at once, restarts would not heal it."""
+        for p in [*self.compute_pods(), *self.obs.failed_pods]:
+            if _label(p, ATTEMPT_LABEL) != attempt:
+                continue
+            why = invalid_spec_exit(p)
+            if why is None:
+                continue
+            self.plan.step = "failures"
+            self.condition("InvalidSpec", True, "InvalidSpec", why)
+            self.fail(CHILD_INVALID_SPEC, why)
+            return True
+        return False
+
+    def fail(self, reason: str, msg: str) -> None:
+        self.condition("Failed", True, reason, msg)
+        self.condition("Running", False, "Failed", msg)
+        self.st["completionTime"] = self.st.get("completionTime") or ts(self.obs.now)
+        self.st["readyPods"] = None
+        self.phase(api.Phase.FAILED, reason, msg, warning=True)
+        self.stop_gang("job failed")
+
+    def child_errors(self, desired: list[dict[str, Any]]) -> tuple[list[ChildError], list]:
+        """The refusals of the API server that still apply to what this pass would write."""
+        want = {
+            (o["kind"], o["metadata"]["name"]): _annotation(o, HASH_ANNOTATION) for o in desired
+        }
+        fatal, transient = [], []
+        for e in self.obs.child_errors:
+            key = (e.kind, e.name)
+            if key not in want or (e.spec_hash and want[key] and e.spec_hash != want[key]):
+                continue
+            (transient if e.retryable else fatal).append(e)
+        return fatal, transient
+
+    def unschedulable(self, attempt: int) -> str | None:
+        """The scheduler's reason for the first pod of the gang it cannot place."""
+        for p in sorted(self.compute_pods(), key=lambda p: p["metadata"]["name"]):
+            if _label(p, ATTEMPT_LABEL) != str(attempt) or deleting(p):
+                continue
+            sched = cond(p, "PodScheduled")
+            if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+                return (
+                    f"pod {p['metadata']['name']} cannot be scheduled: {sched.get('message', '')}"
+                )
+        return None
+
+    def was_ready_since(self, started: datetime) -> bool:
+        """The gang of this attempt was all Ready once (the start timeout no longer applies;
+        a pod lost later is a failure or an eviction, not a start that never happened)."""
+        running = cond({"status": self.old_status}, "Running")
+        if not running:
+            return False
+        if running.get("status") == "True":
+            return True
+        flipped = parse_ts(running.get("lastTransitionTime"))
+        return flipped is not None and flipped > started
+
+    def gang_started(self, attempt: int) -> datetime | None:
+        times = [
+            parse_ts(o["metadata"].get("creationTimestamp"))
+            for o in self.compute_objects()
+            if _label(o, ATTEMPT_LABEL) == str(attempt) and not deleting(o)
+        ]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    def pods_ready_timeout(self, wl: dict[str, Any], why: str) -> None:
+        """Kueue's waitForPodsReady, per job: give the quota back (deactivate the Workload,
+        requeue after a backoff), or Fail past failurePolicy.podsReadyRequeueLimit."""
+        assert self.spec is not None
+        fp = self.spec.failure_policy
+        count = int(self.st.get("podsReadyRequeues") or 0)
+        base = (
+            f"the gang's pods were not all Ready {fp.pods_ready_timeout_seconds} s after it "
+            f"started ({self.st.get('readyPods')} Ready); {why}"
+        )
+        self.plan.step = "pods_ready_timeout"
+        if count >= fp.pods_ready_requeue_limit:
+            self.fail(
+                PODS_READY_TIMEOUT,
+                f"{base}; requeued {count} times, failurePolicy.podsReadyRequeueLimit is "
+                f"{fp.pods_ready_requeue_limit}",
+            )
+            return
+        delay = min(REQUEUE_BACKOFF_S * 2**count, REQUEUE_BACKOFF_MAX_S)
+        at = self.obs.now + timedelta(seconds=delay)
+        self.st["podsReadyRequeues"] = count + 1
+        self.st["requeueAt"] = ts(at)
+        msg = (
+            f"{base}; quota given back, queued again at {ts(at)} "
+            f"(requeue {count + 1} of {fp.pods_ready_requeue_limit})"
+        )
+        self.act(
+            "patch", "Workload", wl["metadata"]["name"], {"spec": {"active": False}}, why=msg[:80]
+        )
+        self.stop_gang("pods not ready in time")
+        self.condition("Suspended", True, PODS_READY_TIMEOUT, msg)
+        self.condition("Running", False, PODS_READY_TIMEOUT, msg)
+        self.st["readyPods"] = None
+        self.st["admission"] = None
+        self.plan.evicted = True
+        self.plan.requeue_after = delay
+        self.phase(api.Phase.SUSPENDED, PODS_READY_TIMEOUT, msg, warning=True)
+
+    def workload_pods_ready(self, wl: dict[str, Any], ready: bool, message: str) -> None:
+        """The Workload's PodsReady condition, as Kueue's jobframework keeps it (what Kueue's
+        own waitForPodsReady reads). Written only when its status flips."""
+        current = cond(wl, "PodsReady")
+        value = "True" if ready else "False"
+        if current is not None and current.get("status") == value:
+            return
+        conds = copy.deepcopy((wl.get("status") or {}).get("conditions") or [])
+        reason = "PodsReady" if ready else "WaitForStart"
+        set_condition(
+            conds,
+            "PodsReady",
+            ready,
+            reason,
+            message,
+            self.obs.now,
+            wl["metadata"].get("generation"),
+        )
+        self.act(
+            "patch_status",
+            "Workload",
+            wl["metadata"]["name"],
+            {
+                "metadata": {"resourceVersion": wl["metadata"]["resourceVersion"]},
+                "status": {"conditions": conds},
+            },
+            why=f"PodsReady {value}",
+        )
+
+    def start(self) -> Plan:
+        assert self.spec is not None and self.wl is not None
+        self.plan.step = "start"
+        wl = self.wl
+        attempt = int(self.st.get("restarts") or 0)
+        # A previous attempt (or a spec that changed under running pods) goes first.
+        stale = [
+            o
+            for o in [*self.compute_objects(), *self.compute_pods()]
+            if _label(o, ATTEMPT_LABEL) not in (None, str(attempt))
+        ]
+        if stale:
+            for o in self.compute_objects():
+                if o in stale and not deleting(o):
+                    self.act("delete", o["kind"], o["metadata"]["name"], why="old attempt")
+            self.condition("Running", False, "Restarting", "waiting for the old pods to go")
+            return self.finish()
+        missing = b.missing_flavors(wl, self.obs.flavors)
+        if missing:
+            self.plan.requeue_after = 2.0
+            self.condition("Admitted", False, "FlavorNotFound", f"ResourceFlavors {missing}")
+            return self.finish()
+        # The resume step is fixed when the gang starts: from the running gang, else the
+        # last checkpoint the trainer reported.
+        sts = self.live("StatefulSet", self.n["trainer"]) or self.live(
+            "StatefulSet", self.n["worker"]
+        )
+        if sts is not None and not deleting(sts):
+            raw = _annotation(sts, RESUME_ANNOTATION)
+            resume = int(raw) if raw else None
+        else:
+            resume = self.st.get("lastCheckpointStep")
+        self.st["resumeStep"] = resume
+        start = b.StartInfo(
+            updates=b.podset_updates(wl, self.obs.flavors), resume_step=resume, attempt=attempt
+        )
+        wire = api.RLPostTrainJobSpec.model_validate(self.job["spec"]).wire()
+        static = b.build_static_children(self.ref, self.spec, wire)
+        config = b.build_config_map(self.ref, wire, resume)
+        progress = b.build_progress_config_map(self.ref)
+        compute = b.build_compute_children(self.ref, self.spec, start)
+        fatal, transient = self.child_errors([*static, config, progress, *compute])
+        if fatal:
+            # Retrying cannot help: say why, remove what was made, give the quota back.
+            self.plan.step = "child_rejected"
+            self.fail(CHILD_REJECTED, f"{fatal[0].describe()}; fix the spec and submit it again")
+            return self.finish()
+        if transient:
+            self.condition("ChildrenApplied", False, "Retrying", transient[0].describe())
+        elif any(c["type"] == "ChildrenApplied" for c in self.st["conditions"]):
+            self.condition("ChildrenApplied", True, "Applied", "every child is applied")
+        for obj in static:
+            self.ensure(obj, "static child")
+        self.ensure(config, "job config")
+        self.ensure_once(progress, "progress ConfigMap")
+        self.ensure_once(b.build_token_secret(self.ref, secrets.token_urlsafe(32)), "job token")
+        state_pvc = b.build_state_pvc(self.ref, self.spec)
+        if state_pvc is not None:  # kept across restarts and suspensions; goes with the job
+            self.ensure_once(state_pvc, "state volume")
+        self.replace_failed_buffer()
+        for obj in compute:
+            self.ensure(obj, "gang")
+        self.role_restarts(attempt)
+
+        admission = (wl.get("status") or {}).get("admission") or {}
+        flavors = {
+            psa["name"]: psa["flavors"].get(GPU) or sorted(set(psa["flavors"].values()))[0]
+            for psa in admission.get("podSetAssignments") or []
+            if psa.get("flavors")
+        }
+        self.st["admission"] = {"clusterQueue": admission.get("clusterQueue"), "flavors": flavors}
+        self.st["startTime"] = self.st.get("startTime") or ts(self.obs.now)
+        cq = admission.get("clusterQueue")
+        flv = ", ".join(f"{k}: {v}" for k, v in sorted(flavors.items()))
+        self.condition("Queued", False, "Admitted", f"admitted by ClusterQueue {cq}")
+        self.condition("Admitted", True, "Admitted", f"ClusterQueue {cq}; flavors {flv}")
+        if any(c["type"] == "Suspended" for c in self.st["conditions"]):
+            self.condition("Suspended", False, "Admitted", "admitted")
+        if self.old_status.get("phase") not in WAS_ADMITTED or self.old_status.get("phase") in (
+            api.Phase.SUSPENDED.value,
+        ):
+            self.plan.admission_wait = _admission_wait(wl, self.obs.now)
+        expected = b.expected_pods(self.spec)
+        ready = sum(
+            1
+            for p in self.compute_pods()
+            if pod_ready(p) and _label(p, ATTEMPT_LABEL) == str(attempt) and not deleting(p)
+        )
+        self.st["readyPods"] = f"{ready}/{expected}"
+        if ready >= expected:
+            self.condition("Running", True, "AllPodsReady", f"{ready}/{expected} pods Ready")
+            self.phase(api.Phase.RUNNING, "Running", f"all {expected} pods Ready")
+            self.workload_pods_ready(wl, True, f"{ready}/{expected} pods Ready")
+            return self.finish()
+        why = self.unschedulable(attempt)
+        started = self.gang_started(attempt)
+        limit = self.spec.failure_policy.pods_ready_timeout_seconds
+        if started is not None and not self.was_ready_since(started):
+            waited = (self.obs.now - started).total_seconds()
+            if waited >= limit:
+                self.pods_ready_timeout(wl, why or "no pod reports why")
+                return self.finish()
+            self.plan.requeue_after = max(limit - waited, 1.0)
+        if why:
+            msg = f"{ready}/{expected} pods Ready; {why}"
+            if _cond_reason(self.old_status, "Running") != "Unschedulable":
+                self.plan.events.append(("Warning", "Unschedulable", msg))
+            self.condition("Running", False, "Unschedulable", msg)
+        else:
+            self.condition("Running", False, "PodsNotReady", f"{ready}/{expected} pods Ready")
+        self.phase(api.Phase.ADMITTED, "Admitted", f"ClusterQueue {cq}; flavors {flv}")
+        if is_true(wl, "PodsReady"):
+            self.workload_pods_ready(wl, False, f"{ready}/{expected} pods Ready")
+        return self.finish()
