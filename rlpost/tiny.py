@@ -86,7 +86,7 @@ TINY_CONFIG: dict[str, Any] = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "head_dim": 16,
-    "max_position_embeddings": 128,
+    "max_position_embeddings": 512,  # RoPE: no parameters, room for word problems
     "rms_norm_eps": 1e-6,
 }
 FAMILY_CONFIG: dict[str, dict[str, Any]] = {
@@ -175,15 +175,15 @@ def save_tiny_model(
 
 
 def corpus_from_jsonl(path: str | Path, family: str, key: str = "prompt") -> list[str]:
-    """Chat-formatted prompt + label texts of a JSONL task file (the tokenizer's corpus)."""
+    """Chat-formatted prompt + label texts of a JSONL task file (the tokenizer's corpus):
+    rows with `messages` (chat) or a `key` prompt string."""
     fmt = FORMATS[family]
     texts = []
     for line in Path(path).read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            texts.append(
-                fmt.render([{"role": "user", "content": row[key]}], str(row.get("label", "")))
-            )
+            messages = row.get("messages") or [{"role": "user", "content": row[key]}]
+            texts.append(fmt.render(messages, str(row.get("label", ""))))
     return texts
 
 
