@@ -31,6 +31,7 @@ reads the memory) and must not write that memory before push() returns.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -179,6 +180,8 @@ class ColocatedSender:
         self.http = httpx.Client(headers=headers, timeout=http_timeout_s)
         self._channels: dict[str, PipelinedChannel] = {}
         self._stage: StagingBuffer | None = None
+        self._last_plan: tuple | None = None  # (layout key, plan): see _plan
+        self._used: set[tuple] = set()
         # payload cache: bucket key -> (serialized payload, the tensors it refers to)
         self._payloads: dict[tuple, tuple[str, list[torch.Tensor]]] = {}
         self.last_bucket_sizes: list[int] = []
@@ -223,7 +226,7 @@ class ColocatedSender:
             self._stage = None
             self._payloads.clear()
             self._stage = StagingBuffer(layout, device)
-        return self._stage.fill(named)
+        return self._stage.views  # filled by every push (push: StagingBuffer.fill)
 
     def _payload(self, bucket: list[tuple[str, torch.Tensor]]) -> str:
         key = tuple(
@@ -262,28 +265,52 @@ class ColocatedSender:
             ch.close()
         self._channels.clear()
 
+    def _plan(self, named: list[tuple[str, torch.Tensor]]):
+        """Per bucket, the request body as JSON bytes split around the weight version, and
+        the bucket sizes; made once per memory layout (the same tensors at the same addresses
+        next update reuse it). Also returns whether the tensors go through the stage."""
+        key = tuple((n, t.data_ptr(), t.shape, t.dtype) for n, t in named)
+        if self._last_plan is not None and self._last_plan[0] == key:
+            return self._last_plan[1]
+        self._used = set()
+        wire = self._wire(named)
+        buckets = list(P.buckets(wire, self.bucket_mb))
+        marker = "@@rlpost-weight-version@@"
+        bodies = []
+        for b in buckets:
+            body = P.update_tensor_payload([self._payload(b)], marker)
+            head, tail = json.dumps(body, separators=(",", ":")).split(marker)
+            bodies.append((head.encode(), tail.encode()))
+        # Payloads of memory this layout does not send (the trainer's storage changed).
+        for k in [k for k in self._payloads if k not in self._used]:
+            del self._payloads[k]
+        sizes = [sum(P.tensor_nbytes(t) for _, t in b) for b in buckets]
+        plan = (bodies, sizes, self.last_staged, wire)
+        self._last_plan = (key, plan)
+        return plan
+
     def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], weight_version: int) -> float:
         """Send one full set of weights; returns the wall seconds until every engine has
         applied it (its continue answer comes after its device synchronised)."""
         start = time.perf_counter()
-        named = list(named_tensors)
-        self.last_new_payloads = 0
-        self._used: set[tuple] = set()
-        wire = self._wire(named)
-        if wire and wire[0][1].is_cuda:
-            torch.cuda.current_stream().synchronize()  # another process reads these bytes
-        buckets = list(P.buckets(wire, self.bucket_mb))
-        bodies = [P.update_tensor_payload([self._payload(b)], str(weight_version)) for b in buckets]
-        # Payloads of memory this update did not send (the trainer's storage changed).
-        for key in [k for k in self._payloads if k not in self._used]:
-            del self._payloads[key]
         ok = False
         try:
             channels = [self._channel(url) for url in self.engine_urls]
-            for ch in channels:
+            for ch in channels:  # first: the engines stop generating while this prepares
                 ch.send(P.PATH_PAUSE, P.pause_payload(self.pause_mode), f"POST {P.PATH_PAUSE}")
-                for i, body in enumerate(bodies):
-                    ch.send(P.PATH_UPDATE_TENSOR, body, f"POST {P.PATH_UPDATE_TENSOR} (bucket {i})")
+            named = list(named_tensors)
+            self.last_new_payloads = 0
+            bodies, sizes, staged, wire = self._plan(named)
+            if staged:
+                assert self._stage is not None
+                self._stage.fill(named)
+            if wire and wire[0][1].is_cuda:
+                torch.cuda.current_stream().synchronize()  # another process reads these bytes
+            version = json.dumps(str(weight_version))[1:-1].encode()
+            for ch in channels:
+                for i, (head, tail) in enumerate(bodies):
+                    label = f"POST {P.PATH_UPDATE_TENSOR} (bucket {i})"
+                    ch.send(P.PATH_UPDATE_TENSOR, head + version + tail, label)
                 ch.send(P.PATH_CONTINUE, P.continue_payload(), f"POST {P.PATH_CONTINUE}")
             errors = []
             for ch in channels:
@@ -303,7 +330,7 @@ class ColocatedSender:
         finally:
             if not ok:
                 self._drop_channels()
-        self.last_bucket_sizes = [sum(P.tensor_nbytes(t) for _, t in b) for b in buckets]
+        self.last_bucket_sizes = sizes
         return time.perf_counter() - start
 
     def close(self, engine_urls: Sequence[str] | None = None) -> None:
@@ -312,5 +339,6 @@ class ColocatedSender:
         del engine_urls
         self._drop_channels()
         self._payloads.clear()
+        self._last_plan = None
         self._stage = None
         self.http.close()

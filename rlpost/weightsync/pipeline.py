@@ -154,9 +154,12 @@ class PipelinedChannel:
 
     # ------------------------------------------------------------------ writing
 
-    def send(self, path: str, body: dict[str, Any], label: str | None = None) -> None:
-        """Write one POST now; its answer is read later, in order."""
-        payload = json.dumps(body, separators=(",", ":")).encode()
+    def send(self, path: str, body: dict[str, Any] | bytes, label: str | None = None) -> None:
+        """Write one POST now; its answer is read later, in order. `body`: a dict (sent as
+        JSON) or the JSON bytes themselves (a caller that encoded them once)."""
+        payload = (
+            body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        )
         head = [
             f"POST {self.base}{path} HTTP/1.1",
             f"Host: {self.host_header}",

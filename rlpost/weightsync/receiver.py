@@ -213,8 +213,12 @@ class WeightReceiver:
             self._side_stream = torch.cuda.Stream()
         return self._side_stream
 
-    def load_tensors(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """update_weights_from_tensor: tensors given in-process (CUDA IPC / shared memory)."""
+    def load_tensors(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """update_weights_from_tensor: tensors given in-process (CUDA IPC / shared memory).
+        Returns (target span, source span) when the bucket was loaded as one copy: the same
+        tensors again (same memory) can then be loaded with copy_span alone."""
         items = list(named_tensors)
         errors = self.problems([n for n, _ in items], [tuple(t.shape) for _, t in items])
         if errors:
@@ -235,8 +239,15 @@ class WeightReceiver:
                 with torch.no_grad():
                     dst.copy_(src, non_blocking=True)
                 self.span_copies += 1
-                return
+                return dst, src
             self._copy_in(items)
+        return None
+
+    def copy_span(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """A bucket load_tensors already checked and resolved to one copy (same memory)."""
+        with self._lock, torch.no_grad():
+            dst.copy_(src, non_blocking=True)
+            self.span_copies += 1
 
     @torch.no_grad()
     def _copy_in(self, items: Iterable[tuple[str, torch.Tensor]]) -> None:

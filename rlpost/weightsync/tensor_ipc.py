@@ -46,12 +46,14 @@ class PayloadCache:
     shared-memory segment on CPU) once, not once per update. Entries live for the update
     that used them and the next one: a payload the trainer stopped sending (its memory
     changed) is dropped, and the mapping with it. An update is told apart by its
-    weight_version; without one nothing is kept.
+    weight_version; without one nothing is kept. Next to each entry the engine may keep a
+    `plan` (what its first load of that payload resolved, e.g. the source and target byte
+    ranges of a one-copy load), dropped with the entry.
     """
 
     def __init__(self, decode=deserialize_named_tensors):
         self._decode = decode
-        self._entries: dict[str, list] = {}
+        self._entries: dict[str, list] = {}  # payload -> [named tensors, plan or None]
         self._epoch: str | None = None
         self._used: set[str] = set()
         self.hits = 0
@@ -66,15 +68,24 @@ class PayloadCache:
             self._entries = {k: v for k, v in self._entries.items() if k in self._used}
             self._used = set()
             self._epoch = epoch
-        named = self._entries.get(payload)
-        if named is None:
+        entry = self._entries.get(payload)
+        if entry is None:
             self.misses += 1
-            named = self._decode(payload)
-            self._entries[payload] = named
+            entry = [self._decode(payload), None]
+            self._entries[payload] = entry
         else:
             self.hits += 1
         self._used.add(payload)
-        return named
+        return entry[0]
+
+    def plan(self, payload: str):
+        entry = self._entries.get(payload)
+        return None if entry is None else entry[1]
+
+    def set_plan(self, payload: str, plan) -> None:
+        entry = self._entries.get(payload)
+        if entry is not None:
+            entry[1] = plan
 
     def clear(self) -> None:
         self._entries.clear()

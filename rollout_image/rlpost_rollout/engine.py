@@ -73,6 +73,8 @@ class Engine:
             self.model = self.model.to("cuda")
         # Back to back in HF order: flattened buckets land straight in the weights.
         pack_parameters(self.model)
+        if self.on_gpu():  # the unpacked copies go back to the driver, not the cache
+            torch.cuda.empty_cache()
         # What resume_memory_occupation re-allocates after a release freed the storage.
         self._shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
         self.max_positions = int(self.model.config.max_position_embeddings)
@@ -263,6 +265,11 @@ class Engine:
         self.released |= tags
         if self.on_gpu():
             torch.cuda.synchronize()
+            # cuBLAS keeps a workspace per handle in the caching allocator; it comes back on
+            # the next matmul after resume.
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear is not None:
+                clear()
             torch.cuda.empty_cache()
 
     @torch.no_grad()
@@ -648,9 +655,23 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             )
         except Exception as exc:
             raise HTTPException(400, f"serialized_named_tensors: {exc}") from exc
+        receiver = engine._receiver()
+        payload = obj.serialized_named_tensors[0]
+
+        def load(named) -> None:
+            # The same payload as in an earlier update (the same memory): what its first load
+            # checked and resolved to one copy is that copy again.
+            plan = engine.payloads.plan(payload)
+            if plan is not None:
+                receiver.copy_span(*plan)
+                return
+            plan = receiver.load_tensors(named)
+            if plan is not None:
+                engine.payloads.set_plan(payload, plan)
+
         return await apply_update(
             "tensor",
-            engine._receiver().load_tensors,
+            load,
             named,
             version=obj.weight_version,
             abort=obj.abort_all_requests,

@@ -74,7 +74,7 @@ def test_rlpost_run_colocated_megatron_learns(tmp_path):
     import gpu_loop
 
     config = gpu_loop.spec_file(tmp_path, colocated=True)
-    res = gpu_loop.run(config, 120, 0, tmp_path / "colocated", timeout=420)
+    res = gpu_loop.run(config, 120, 0, tmp_path / "colocated", timeout=280)
     out_path = results_file("gpu_loop_colocated.json")
     if out_path is not None:
         out = {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),

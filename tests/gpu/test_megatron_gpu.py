@@ -266,6 +266,15 @@ def test_distributed_optimizer_checkpoint_round_trip(tmp_path):
     assert abs(la - lb) <= 1e-6 * max(1.0, abs(la)), (la, lb)
 
 
+def worker_env(extra: dict[str, str]) -> dict[str, str]:
+    """A fresh one-process torch.distributed world for a worker (this process's rendezvous
+    variables, set when its megatron backend initialised, would collide with ours)."""
+    env = source_tree_env(os.environ.get("CUDA_VISIBLE_DEVICES", "0"), **extra)
+    for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    return env
+
+
 def test_optimizer_memory_per_gpu(tmp_path):
     """Device memory of the hand-written optimizer vs Megatron's DistributedOptimizer (fp32
     params, and bf16 params with fp32 main grads/params), one process each (reported; on one
@@ -280,7 +289,7 @@ def test_optimizer_memory_per_gpu(tmp_path):
         out = tmp_path / f"{name}.json"
         proc = subprocess.run(
             [sys.executable, str(ROOT / "tests/gpu/optimizer_worker.py"), str(out)],
-            env=source_tree_env(os.environ.get("CUDA_VISIBLE_DEVICES", "0"), **env),
+            env=worker_env(env),
             capture_output=True, text=True, timeout=300, cwd=ROOT,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
