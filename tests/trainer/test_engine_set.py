@@ -261,3 +261,60 @@ def test_trainer_looks_for_engines_while_it_waits_for_a_batch(monkeypatch):
     t.buffer.asked = -10
     with pytest.raises(BatchNotReady):
         t.wait_batch(7)
+
+
+def test_a_push_that_fails_is_retried_once_on_a_group_of_the_engines_still_answering(
+    monkeypatch,
+):
+    """A member dies under a push (the broadcast breaks): the group is re-formed with the
+    engines that still answer and the push is sent again; a second failure is raised."""
+    import rlpost_trainer.engines as engines_mod
+
+    alive = {"http://a:1": "1", "http://b:1": "1"}
+
+    def probe(_http, url):
+        if url not in alive:
+            raise httpx.ConnectError("refused")
+        return alive[url]
+
+    monkeypatch.setattr(engines_mod, "probe_version", probe)
+    made: list[FakeSender] = []
+
+    class FakeSender:
+        pause_mode = "abort"
+
+        def __init__(self, urls, fail):
+            self.urls, self.fail, self.closed_with = urls, fail, None
+            made.append(self)
+
+        def push(self, weights, version):
+            list(weights)
+            if self.fail:
+                alive.pop("http://b:1", None)  # b died during the broadcast
+                raise RuntimeError("gloo: connection reset by peer")
+            for u in self.urls:
+                alive[u] = str(version)
+            return 0.5
+
+        def close(self, engine_urls=None):
+            self.closed_with = engine_urls
+
+    fails = [True, False]
+    es = EngineSet(
+        lambda: ["http://a:1", "http://b:1"],
+        2,
+        lambda urls: FakeSender(urls, fails.pop(0)),
+        wait_s=0.2,
+        poll_s=0.05,
+    )
+    es.pushed = {"http://a:1": "1", "http://b:1": "1"}
+    es._looked = True
+    assert es.push(lambda: [], 2) == 0.5
+    assert [s.urls for s in made] == [["http://a:1", "http://b:1"], ["http://a:1"]]
+    assert made[0].closed_with == ["http://a:1"]  # destroy only where someone answers
+    assert es.members == ["http://a:1"] and es.pushed == {"http://a:1": "2"}
+    # both attempts fail: the error reaches the trainer (its pod restarts the gang)
+    fails[:] = [True, True]
+    alive["http://b:1"] = "2"
+    with pytest.raises(RuntimeError, match="connection reset"):
+        es.push(lambda: [], 3)
