@@ -56,9 +56,7 @@ class StaticPVBinder:
         pvcs = self.cluster.get_json("pvc", "-A", "-l", LABEL)["items"]
         made = 0
         for pvc in pvcs:
-            if (pvc.get("status") or {}).get("phase") != "Pending" or pvc["spec"].get(
-                "volumeName"
-            ):
+            if (pvc.get("status") or {}).get("phase") != "Pending" or pvc["spec"].get("volumeName"):
                 continue
             pv = pv_for(pvc)
             if pv["metadata"]["name"] in self.made:
