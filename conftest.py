@@ -1,9 +1,11 @@
 """Fixtures shared by tests/ and e2e/: the real local control plane.
 
 `cluster` starts etcd, kube-apiserver, controller-manager, scheduler, Kueue (with its
-webhooks) and kwok once per test session, on free loopback ports, and stops exactly those
-processes at the end. Set RLPOST_CLUSTER_STATE to the state directory of a cluster started
-with `make cluster` to reuse it instead (faster while developing).
+webhooks) and kwok once per test session, on free loopback ports, plus a real node
+(containerd, kubelet, kube-proxy, CoreDNS: e2e/cluster/node.py; RLPOST_REAL_NODE=0 leaves
+it out), and stops exactly those processes at the end. Set RLPOST_CLUSTER_STATE to the
+state directory of a cluster started with `make cluster` to reuse it instead (faster while
+developing). Tests marked `cluster_down` take the session's cluster down: they run last.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ from e2e.cluster import LocalCluster
 from e2e.cluster.paths import missing_binaries
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cluster_down: takes the session's cluster down (runs after every other test)"
+    )
+
+
+def pytest_collection_modifyitems(items):
+    last = [i for i in items if i.get_closest_marker("cluster_down")]
+    items[:] = [i for i in items if not i.get_closest_marker("cluster_down")] + last
+
+
 @pytest.fixture(scope="session")
 def cluster():
     reuse = os.environ.get("RLPOST_CLUSTER_STATE")
@@ -32,7 +45,7 @@ def cluster():
             "(bash e2e/cluster/build.sh) — `make test` does this for you"
         )
     state = Path(tempfile.mkdtemp(prefix="rlpost-cluster-"))
-    c = LocalCluster(state=state)
+    c = LocalCluster(state=state, real_node=os.environ.get("RLPOST_REAL_NODE", "1") != "0")
     c.up()
     try:
         yield c

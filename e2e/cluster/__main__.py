@@ -14,9 +14,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
     p.add_argument("command", choices=["up", "down", "status", "env"])
     p.add_argument("--state", type=Path, default=default_state_dir(), help="state directory")
+    p.add_argument(
+        "--real-node",
+        action="store_true",
+        help="up: also start a real node (containerd, kubelet, kube-proxy, CoreDNS; root only)",
+    )
     a = p.parse_args(argv)
     if a.command == "up":
-        c = LocalCluster(state=a.state).up()
+        c = LocalCluster(state=a.state, real_node=a.real_node).up()
         print(f"export KUBECONFIG={c.kubeconfig}")
         print(f"export PATH={bin_dir()}:$PATH")
         return 0

@@ -1,8 +1,9 @@
 """Certificates for a loopback control plane, made with the openssl CLI.
 
-One CA signs one serving certificate (SANs: 127.0.0.1, localhost, the in-cluster names)
-used by kube-apiserver, Kueue's webhooks and kwok; a separate RSA key pair signs
-service-account tokens.
+One CA signs one serving certificate (SANs: 127.0.0.1, localhost, the in-cluster names,
+10.89.0.1 where pods of the real node reach the API server) used by kube-apiserver, Kueue's
+webhooks and kwok, and client certificates (the API server's, for the kubelet); a separate
+RSA key pair signs service-account tokens.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 SERVING_SANS = (
     "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-    "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1"
+    "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:10.96.0.1,IP:10.89.0.1"
 )
 
 
@@ -56,3 +57,20 @@ def make_certs(d: Path) -> dict[str, Path]:
         "sa_pub": d / "sa.pub",
         "webhook_dir": webhook,
     }
+
+
+def client_cert(d: Path, name: str, cn: str) -> tuple[Path, Path]:
+    """`<name>.crt`/`.key` in `d` for user `cn`, signed by the CA made by make_certs."""
+    _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=d)
+    _openssl(
+        "req", "-new", "-key", f"{name}.key", "-subj", f"/CN={cn}", "-out", f"{name}.csr", cwd=d
+    )
+    (d / f"{name}.ext").write_text(
+        "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", f"{name}.crt", "-days", "3650", "-extfile", f"{name}.ext",
+        cwd=d,
+    )  # fmt: skip
+    return d / f"{name}.crt", d / f"{name}.key"

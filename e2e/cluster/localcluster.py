@@ -1,5 +1,6 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, controller-manager,
-scheduler, Kueue (with its webhooks) and kwok fake GPU nodes.
+scheduler, Kueue (with its webhooks) and kwok fake GPU nodes; with `real_node=True` also a
+real node that runs containers (node.py: containerd, kubelet, kube-proxy, CoreDNS).
 
 Every process is started by pid and recorded in `<state>/cluster.json`; `down()` ends
 exactly those processes and removes the state directory. Ports are picked free at start,
@@ -9,14 +10,11 @@ so two clusters can run side by side.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -25,8 +23,12 @@ from pathlib import Path
 import yaml
 
 from . import kueue_manifests
+from . import node as real_node_mod
 from .certs import make_certs
 from .paths import REPO, bin_dir, missing_binaries, module_dir
+from .procs import _alive, _stop_pid, free_port, log
+
+__all__ = ["LocalCluster", "_alive", "default_state_dir", "fake_gpu_node", "free_port", "log"]
 
 ADMIN_TOKEN_NAME = "admin-token"
 GPU = "nvidia.com/gpu"
@@ -35,16 +37,6 @@ NODE_GROUPS = {"a": 2, "b": 2}
 GPUS_PER_NODE = 8
 # Nodes of kind b carry a taint; flavor gpu-b tolerates it (tests that tolerations flow).
 GPU_B_TAINT = {"key": "rlpost.dev/gpu-kind", "value": "b", "effect": "NoSchedule"}
-
-
-def log(msg: str) -> None:
-    print(f"[cluster {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def default_state_dir() -> Path:
@@ -56,6 +48,8 @@ class LocalCluster:
     state: Path
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    real_node: bool = False
+    node: dict = field(default_factory=dict)  # what node.py set up (for down, from any process)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -173,14 +167,18 @@ class LocalCluster:
         certs = make_certs(self.state / "pki")
         token = os.urandom(16).hex()
         (self.state / ADMIN_TOKEN_NAME).write_text(token)
-        (self.state / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
         self.kubeconfig.write_text(yaml.safe_dump(self._kubeconfig_doc(token)))
         self._save()
+        node = real_node_mod.RealNode(self) if self.real_node else None
+        extra = node.prepare(certs) if node else []  # bridge 10.89.0.1 before the API server
+        lines = [f'{token},admin,admin,"system:masters"', *extra]
+        (self.state / "tokens.csv").write_text("\n".join(lines) + "\n")
 
         log("starting etcd")
         self._spawn("etcd", self._etcd_args())
         log("starting kube-apiserver")
-        self._spawn("kube-apiserver", self._apiserver_args(certs))
+        args = self._apiserver_args(certs)
+        self._spawn("kube-apiserver", node.apiserver_args(args, certs) if node else args)
         self._wait_http(f"{self.server}/readyz", "kube-apiserver", timeout=90)
         log("starting kube-controller-manager and kube-scheduler")
         self._spawn("kube-controller-manager", self._kcm_args(certs))
@@ -194,11 +192,16 @@ class LocalCluster:
             ),
             timeout=60,
         )
+        if node:
+            node.start()
 
     def down(self) -> None:
         """Stop exactly the processes this cluster started, then remove its state."""
         data = self._load()
-        pids = data.get("pids", self.pids)
+        pids = self.pids = data.get("pids", self.pids)
+        self.ports = data.get("ports", self.ports)
+        if data.get("node"):  # pods, node processes, host networking first
+            real_node_mod.teardown(self, data["node"])
         for name in reversed(list(pids)):
             _stop_pid(pids[name], name)
         if self.state.exists():
@@ -208,7 +211,8 @@ class LocalCluster:
     @classmethod
     def load(cls, state: Path) -> LocalCluster:
         data = json.loads((state / "cluster.json").read_text())
-        return cls(state=state, ports=data["ports"], pids=data["pids"])
+        node = data.get("node", {})
+        return cls(state, ports=data["ports"], pids=data["pids"], real_node=bool(node), node=node)
 
     # ------------------------------------------------------------------ components
     def _etcd_args(self) -> list[str]:
@@ -370,7 +374,7 @@ class LocalCluster:
             "current-context": "rlpost-local",
         }
 
-    def _spawn(self, binary: str, args: list[str]) -> None:
+    def _spawn(self, binary: str, args: list[str], env: dict | None = None) -> None:
         logs = self.state / "logs"
         logs.mkdir(exist_ok=True)
         out = open(logs / f"{binary}.log", "ab")  # noqa: SIM115 - the child keeps it open
@@ -378,7 +382,7 @@ class LocalCluster:
             [str(bin_dir() / binary), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            env={**(env or os.environ), "KUBECONFIG": str(self.kubeconfig)},
             cwd=self.state,
             start_new_session=True,  # survives `make cluster` returning; stopped by pid
         )
@@ -415,7 +419,10 @@ class LocalCluster:
 
     def _save(self) -> None:
         (self.state / "cluster.json").write_text(
-            json.dumps({"ports": self.ports, "pids": self.pids, "bin": str(bin_dir())}, indent=1)
+            json.dumps(
+                {"ports": self.ports, "pids": self.pids, "bin": str(bin_dir()), "node": self.node},
+                indent=1,
+            )
         )
 
     def _load(self) -> dict:
@@ -465,36 +472,3 @@ def _ensure_kueue_metrics_certs(src: Path) -> None:
             "Kueue needs /etc/kueue/metrics/certs/tls.{crt,key} to exist (any valid pair); "
             "create it once as root"
         ) from exc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _stop_pid(pid: int, name: str, grace: float = 10) -> None:
-    """SIGTERM, then SIGKILL; only if /proc says the pid is still our binary."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-    except FileNotFoundError:
-        return
-    if Path(cmdline).name != name:
-        return  # the pid was reused by something else: not ours to kill
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
