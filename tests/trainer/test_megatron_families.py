@@ -136,3 +136,35 @@ def test_llama_with_projection_biases_is_refused():
     cfg = family_config(ModelSource(config={**BASE, "attention_bias": True}), None, 12)
     with pytest.raises(UnsupportedFamily, match="attention_bias"):
         shape_for(cfg)
+
+
+@pytest.mark.parametrize("tp, pp", [(1, 1), (2, 1), (2, 2)])
+def test_rlpost_export_reads_a_megatron_checkpoint(tp, pp, tmp_path):
+    """`rlpost export` of a Megatron checkpoint (one state.pt, or a shard file per TP/PP rank
+    as checkpoint.py writes them) gives back the HF weights exactly."""
+    from rlpost_trainer.hf_export import hf_weights_from_checkpoint
+
+    cfg = {**BASE, **CASES["qwen3"], "model_type": "qwen3", "tie_word_embeddings": pp == 1}
+    source = ModelSource(config=cfg, tokenizer="char:abcdefgh=", dtype="float32")
+    model = build_model(source, vocab_size=12, seed=0)
+    s = shape_for(model.config)
+    hf = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step = tmp_path / "step-00000004"
+    step.mkdir()
+    backend_state = None
+    for stage in range(pp):
+        layers = stage_layers(s, pp, stage)
+        ranks = hf_to_megatron(
+            hf, s, tp, layers=layers, first_stage=stage == 0, last_stage=stage == pp - 1
+        )
+        for r, params in enumerate(ranks):
+            params = {**params, "decoder.layers.0.self_attention.core_attention._extra_state": None}
+            state = {"backend": {"model": params, "optimizer": {}}, "rng": {}}
+            if tp * pp == 1:
+                backend_state = state["backend"]
+            else:
+                torch.save(state, step / f"shard-tp{r}-pp{stage}.pt")
+    torch.save({"step": 4, "cursor": 0, "backend": backend_state, "rng": {}}, step / "state.pt")
+    back = hf_weights_from_checkpoint(step, source, "megatron", vocab_size=12)
+    assert [n for n, _ in back] == list(hf)
+    assert all(torch.equal(t, hf[n]) for n, t in back)
