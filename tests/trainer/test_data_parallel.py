@@ -328,17 +328,27 @@ def world_one(tmp_path_factory):
     return read_steps(root / "progress"), root / "state"
 
 
-@pytest.mark.slow
-def test_two_pods_of_two_ranks_train_as_one_rank(world_one, buffer, tmp_path):
-    one_steps, one_state = world_one
-    config = write_job(tmp_path / "job.yaml", replicas=2, gpus_per_pod=2)
-    # Each simulated pod has its own state and progress directories (as two pods' emptyDirs).
-    states = [tmp_path / "pod0-state", tmp_path / "pod1-state"]
-    progresses = [tmp_path / "pod0-progress", tmp_path / "pod1-progress"]
-    run_trainers(gang_envs(config, buffer.url, states, progresses, 2, 2), tmp_path / "logs")
+@pytest.fixture(scope="module")
+def world_four(tmp_path_factory):
+    """The gang of 2 pods x 2 ranks on the fixed batch: (the buffer's counts, pod dirs)."""
+    root = tmp_path_factory.mktemp("world4")
+    fake = FakeBuffer()
+    try:
+        config = write_job(root / "job.yaml", replicas=2, gpus_per_pod=2)
+        # Each simulated pod has its own state and progress directories (as two emptyDirs).
+        states = [root / "pod0-state", root / "pod1-state"]
+        progresses = [root / "pod0-progress", root / "pod1-progress"]
+        run_trainers(gang_envs(config, fake.url, states, progresses, 2, 2), root / "logs")
+    finally:
+        fake.close()
+    return fake, states, progresses
 
-    many = read_steps(progresses[0])
-    assert_same_training(one_steps, many)
+
+@pytest.mark.slow
+def test_two_pods_of_two_ranks_train_as_one_rank(world_one, world_four):
+    one_steps, one_state = world_one
+    _, states, progresses = world_four
+    assert_same_training(one_steps, read_steps(progresses[0]))
     for step in range(1, STEPS + 1):
         assert_same_weights(model_state(one_state, step), model_state(states[0], step))
     # The weights moved: matching is not trivially true.
@@ -346,19 +356,25 @@ def test_two_pods_of_two_ranks_train_as_one_rank(world_one, buffer, tmp_path):
     final = model_state(states[0], STEPS)
     assert max(float((init[k] - final[k]).abs().max()) for k in init) > 10 * TOL
 
-    # Only global rank 0 talked to the buffer: one batch pull, one version, one cursor per
-    # step; ranks 1..3 never did (the buffer's serve-once accounting sees one trainer).
+
+@pytest.mark.slow
+def test_only_global_rank_0_talks_to_the_buffer_reports_and_checkpoints(world_four):
+    buffer, states, progresses = world_four
+    # One batch pull, one version, one cursor per step; ranks 1..3 never asked (the
+    # buffer's serve-once accounting sees one trainer).
     assert buffer.calls["GET", "/batch"] == STEPS
     assert buffer.calls["GET", "/checkpoint"] == STEPS
     assert buffer.versions == list(range(1, STEPS + 1))
-    # Only global rank 0 reported progress and wrote checkpoints.
+    # Progress and checkpoints only from global rank 0 (pod 0); pod 1's ranks wrote nothing.
     assert not progresses[1].exists() or not any(progresses[1].iterdir())
     assert not (states[1] / "checkpoints").exists()
-    assert len(many) == STEPS  # one line per step, not one per rank
+    assert len(read_steps(progresses[0])) == STEPS  # one line per step, not one per rank
     progress = json.loads((progresses[0] / "progress.json").read_text())
     assert progress == {"step": STEPS, "weightVersion": STEPS, "lastCheckpointStep": STEPS,
                         "done": True}  # fmt: skip
-    ckpts = sorted(p.name for p in (states[0] / "checkpoints").iterdir())
+    names = os.listdir(states[0] / "checkpoints")
+    assert not [n for n in names if n.startswith(".")]  # no temp dir left behind
+    ckpts = sorted(n for n in names if n.startswith("step-"))
     assert ckpts == [checkpoint.step_dir(Path(), s).name for s in range(1, STEPS + 1)]
     assert os.listdir(states[0] / "checkpoints" / ckpts[-1]) == [checkpoint.STATE_FILE]
 
