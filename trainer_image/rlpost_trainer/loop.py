@@ -103,7 +103,9 @@ class Trainer:
         group_timeout_s = self.batch_timeout_s + 1800
         self.ranks = Ranks.from_env()
         on_cuda = torch.cuda.is_available() and self.spec.trainer.gpus_per_pod > 0
-        init_process_group(self.ranks, on_cuda, group_timeout_s)
+        # NCCL: collectives only inside a train step, where every rank is (a stuck one fails
+        # the gang in 10 minutes); gloo on the CPU is also where ranks wait for the batch.
+        init_process_group(self.ranks, on_cuda, 600.0 if on_cuda else group_timeout_s)
         self.ctrl = control_group(group_timeout_s)
         self.backend = backend or make_backend(self.spec)
         self.backend.setup(self.spec, self.tokenizer.vocab_size)
@@ -224,6 +226,8 @@ class Trainer:
         release_s = resume_s = 0.0
         if engine_urls:  # colocated: the engines pause and free their GPU memory to train
             release_s = release_engines(engine_urls, self.token)
+        if self.colocated:
+            self.barrier()  # no rank trains before rank 0's engines freed their memory
         t_release = time.perf_counter()
         stats = self.backend.train_step(tb, advantages)
         t_train = time.perf_counter()
