@@ -47,10 +47,22 @@ class Gang:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Gang:
         env = os.environ if env is None else env
+        nnodes = max(1, _int(env, NNODES, 1))
+        index = env.get(POD_INDEX, "").strip()
+        if not index and nnodes > 1:
+            # The pod-index label is Kubernetes >= 1.28; a StatefulSet pod's name ends in it.
+            tail = env.get("POD_NAME", "").rsplit("-", 1)[-1]
+            if not tail.isdigit():
+                raise SystemExit(
+                    f"{POD_INDEX} is empty (no apps.kubernetes.io/pod-index label: Kubernetes "
+                    f"< 1.28?) and POD_NAME={env.get('POD_NAME', '')!r} has no ordinal: this "
+                    f"pod's place in the gang of {nnodes} is unknown"
+                )
+            index = tail
         gang = cls(
-            nnodes=max(1, _int(env, NNODES, 1)),
+            nnodes=nnodes,
             nproc=max(1, _int(env, NPROC_PER_NODE, 1)),
-            pod_index=_int(env, POD_INDEX, 0),
+            pod_index=_int({POD_INDEX: index}, POD_INDEX, 0),
         )
         if gang.pod_index >= gang.nnodes:
             raise SystemExit(f"{POD_INDEX}={gang.pod_index} but {NNODES}={gang.nnodes}")
