@@ -286,3 +286,15 @@ def test_replaced_workload_never_reads_running_while_the_gang_goes():
     plan, j, _ = settle(j, wl, children, pods)
     assert plan.status["phase"] == "Queued"
     assert conds(plan.status)["Running"]["status"] == "False"
+
+
+def test_deleted_workload_never_reads_running_while_the_gang_goes():
+    j, wl, children, pods = running_world()
+    wl["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    plan, j, _ = settle(j, wl, children, pods)
+    assert plan.status["phase"] == "Queued" and "admission" not in plan.status
+    assert conds(plan.status)["Running"]["reason"] == "WorkloadGone"
+    j2, _, children2, pods2 = running_world()
+    plan, _, _ = settle(j2, None, children2, pods2)
+    assert ("create", "Workload", "rlposttrainjob-j") in verbs(plan)
+    assert plan.status["phase"] == "Queued"

@@ -214,6 +214,8 @@ class AdmissionSteps(PassBase):
             )
             if self.st.get("phase") not in WAS_ADMITTED:
                 self.phase(api.Phase.QUEUED, "Queued", f"waiting for Kueue in queue {self.queue}")
+            else:
+                self.gang_lost("the Workload is gone: a new one is queued")
             return True
         if deleting(wl):
             self.plan.step = "ensure_workload"
@@ -221,6 +223,7 @@ class AdmissionSteps(PassBase):
                 wl["metadata"].get("finalizers") or []
             ):
                 self._drop_finalizer(wl, "Workload deleted and the gang is gone")
+            self.gang_lost("the Workload is being deleted: stopping the gang")
             return True
         if _annotation(wl, HASH_ANNOTATION) != _annotation(desired, HASH_ANNOTATION) and not (
             is_true(wl, "Finished")
@@ -253,6 +256,14 @@ class AdmissionSteps(PassBase):
                 self.wl = wl = copy.deepcopy(wl)
                 wl.setdefault("spec", {})["active"] = False
         return False
+
+    def gang_lost(self, msg: str) -> None:
+        """The quota went away under an admitted gang: never Running while it is deleted."""
+        if self.st.get("phase") in (api.Phase.RUNNING.value, api.Phase.ADMITTED.value):
+            self.phase(api.Phase.QUEUED, "Queued", msg)
+        self.condition("Running", False, "WorkloadGone", msg)
+        self.st["admission"] = None
+        self.st["readyPods"] = None
 
     def backoff_left(self) -> float | None:
         """Seconds until a gang that timed out waiting for Ready pods is queued again."""
