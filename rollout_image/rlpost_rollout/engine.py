@@ -91,6 +91,7 @@ class Engine:
         self.payloads = PayloadCache(decode_payload)
         self.receiver = None
         self.buckets_since_pause = 0  # /update_weights_from_distributed calls not yet synced
+        self.sync_inline = False  # those were /update_weights_from_tensor copies (colocated)
         self.update_failed = False  # a bucket of the update since the last pause was refused
         # In a cluster (RLPOST_WAIT_FOR_WEIGHTS=1, set by the operator) the engine is not
         # ready until the trainer has pushed it a full set of weights: /health answers 503,
@@ -530,8 +531,13 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
         if engine.buckets_since_pause:
             # The buckets' receives and copies were only enqueued on the GPU: wait for them
             # once here (not per bucket), so this answer means "the update is applied".
-            if engine.on_gpu():
+            if engine.on_gpu() and engine.sync_inline:
+                # Copies from the trainer's memory (colocated): no host work is left to
+                # overlap with; waiting here saves the thread hand-off (~0.1-0.2 ms).
+                torch.cuda.synchronize()
+            elif engine.on_gpu():
                 await asyncio.to_thread(torch.cuda.synchronize)
+            engine.sync_inline = False
             log.info(
                 "weights updated",
                 extra={
@@ -616,6 +622,7 @@ def create_app(engine: Engine, token: str | None) -> FastAPI:
             # waits until the copies are done ("applied", as SGLang answers).
             await asyncio.to_thread(torch.cuda.synchronize)
         elif kind in ("distributed", "tensor"):
+            engine.sync_inline = engine.sync_inline or kind == "tensor"
             # One line per update (at continue), not one per bucket: buckets are the hot path.
             engine.buckets_since_pause += 1
             log.debug("bucket loaded", extra={"kind": kind, "weight_version": version})
