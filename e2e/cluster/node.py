@@ -50,6 +50,9 @@ RUNC = "/usr/sbin/runc"
 CNI_BIN = "/usr/lib/cni"
 APISERVER_KUBELET_USER = "rlpost:apiserver-kubelet-client"
 COREDNS_USER = "rlpost:coredns"
+# Fixed paths the kubelet, libcni and the shims use whatever we configure; those we create
+# are removed again at teardown (only when empty: others may use them meanwhile).
+HOST_DIRS = ("/var/lib/kubelet", "/var/lib/cni", "/var/log/containers", "/run/containerd")
 
 
 def node_dir(state: Path) -> Path:
@@ -117,7 +120,8 @@ class RealNode:
                 "`bash e2e/system_deps.sh`"
             )
         hostnet.acquire_lock(self.c.state)
-        self.rec.update(name=NODE_NAME, lock=True)
+        host_dirs = [d for d in HOST_DIRS if not Path(d).exists()]
+        self.rec.update(name=NODE_NAME, lock=True, host_dirs=host_dirs)
         self.c._save()
         for p in ("kubelet", "kubelet_healthz", "proxy_healthz", "proxy_metrics"):
             self.c.ports[p] = free_port()
@@ -307,6 +311,14 @@ class RealNode:
         log("starting kube-proxy (iptables mode)")
         self._spawn("kube-proxy", [f"--config={d / 'kube-proxy-config.yaml'}", "--v=1"])
         self.c._wait_http(f"http://127.0.0.1:{p['proxy_healthz']}/healthz", "kube-proxy", 60)
+
+        def both_families_synced() -> bool:
+            self._alive_or_raise()
+            return all(
+                "-j KUBE-FORWARD" in hostnet.ipt(v6, "-S", "FORWARD").stdout for v6 in (False, True)
+            )
+
+        self.c.wait_for("kube-proxy's IPv4 and IPv6 rules", both_families_synced, 60)
         hostnet.ensure_guard_first()  # kube-proxy put its jumps at the top of FORWARD/OUTPUT
 
     def _start_coredns(self) -> None:
@@ -387,6 +399,9 @@ def teardown(cluster: LocalCluster, rec: dict) -> None:
                 link.unlink()
     for f in Path("/var/lib/cni/results").glob("rlpost-*"):
         f.unlink(missing_ok=True)
+    Path("/var/lib/kubelet/device-plugins/kubelet.sock").unlink(missing_ok=True)
+    for d in rec.get("host_dirs", []):
+        _rmdir_tree(Path(d))
     if rec.get("lock"):
         hostnet.release_lock(state)
     log(f"real node {rec.get('name', '?')} torn down")
@@ -585,7 +600,7 @@ def _kube_dns(port: int) -> list[dict]:
                 "namespace": "kube-system",
                 "labels": {
                     "kubernetes.io/service-name": "kube-dns",
-                    "endpointslice.kubernetes.io/managed-by": "rlpost.dev/cluster",
+                    "endpointslice.kubernetes.io/managed-by": "cluster.rlpost.dev",
                 },
             },
             "addressType": "IPv4",

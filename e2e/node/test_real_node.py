@@ -110,8 +110,8 @@ def test_pod_with_gpu_volumes_dns_and_service(node_cluster, namespace, busybox):
         echo "configmap: $(cat /cfg/greeting)"
         echo "secret: $(cat /sec/token)"
         nslookup {fqdn}
-        echo "http: $(wget -q -T 10 -O- http://{fqdn}/)"
-        # the API server through the `kubernetes` Service (busybox has no usable TLS: a
+        echo "http: $(timeout 10 wget -q -O- http://{fqdn}/)"  # (wget -T crashes busybox 1.35)
+        # the API server through the `kubernetes` Service (busybox's TLS cannot talk to it: a
         # plain HTTP request gets Go's TLS server's plain-text 400 answer)
         printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 10 kubernetes.default.svc 443
         test -s /var/run/secrets/kubernetes.io/serviceaccount/token
@@ -259,5 +259,8 @@ def test_down_leaves_nothing_behind(node_cluster, namespace, busybox):
     assert all(not v for v in after.values()), after
     assert not any(_alive(p) for p in pids.values())
     assert not c.state.exists()
+    # fixed host paths the kubelet / libcni / shims created for us are gone again
+    assert not [d for d in c.node.get("host_dirs", []) if Path(d).exists()]
+    assert not Path("/var/lib/kubelet/device-plugins/kubelet.sock").exists()
     for name, value in sysctls.items():
         assert Path("/proc/sys", name).read_text().strip() == value, name
