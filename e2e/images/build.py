@@ -282,6 +282,20 @@ def build_image(image: Image, key: str, progress: Progress = _log) -> dict:
     return entry
 
 
+def prune_stale_layers() -> int:
+    """Drop build-cache images no tagged image descends from (an earlier build's pip layer
+    after its requirements changed): `buildah rmi --prune` removes untagged images without
+    children, so repeat until nothing is left. Runs under the lock, between builds only."""
+    removed = 0
+    for _ in range(32):
+        proc = subprocess.run(["buildah", "rmi", "--prune"], capture_output=True, text=True)
+        ids = proc.stdout.split()
+        removed += len(ids)
+        if proc.returncode != 0 or not ids:
+            break
+    return removed
+
+
 @contextlib.contextmanager
 def _lock() -> Iterator[None]:
     """One builder at a time (the machine has few cores; buildah storage is shared)."""
@@ -318,6 +332,8 @@ def ensure_images(
                 raise RuntimeError(f"cannot build images: missing {', '.join(missing)}")
             ensure_base(progress)
             entry = build_image(image, key, progress)
+            if pruned := prune_stale_layers():
+                progress(f"{name}: pruned {pruned} stale build-cache images")
             m = read_manifest()
             m["images"][name] = entry
             _write_manifest(m)
