@@ -7,8 +7,15 @@ import torch
 from rlpost_trainer.megatron_backend import megatron_options
 
 
-def test_default_is_megatrons_distributed_optimizer_with_fp32_params():
+def test_default_is_megatrons_distributed_optimizer_with_fp32_params_on_one_gpu():
     assert megatron_options({}) == ("distributed", torch.float32)
+    # Several ranks: the local path by default; Megatron's with TP/PP is refused.
+    assert megatron_options({}, world=2) == ("local", torch.float32)
+    assert megatron_options({"RLPOST_MEGATRON_OPTIMIZER": "distributed"}, world=2)[0] == (
+        "distributed"
+    )
+    with pytest.raises(ValueError, match="it hung with TP=2"):
+        megatron_options({"RLPOST_MEGATRON_OPTIMIZER": "distributed"}, tp=2, world=2)
 
 
 def test_bf16_params_and_the_local_optimizer():

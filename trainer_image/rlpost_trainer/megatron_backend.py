@@ -6,13 +6,14 @@ same GRPO loss (grpo.grpo_loss) on the same micro-batches, AdamW, global grad-no
 at 1.0; `named_hf_weights()` converts back to HF names/layouts (fused QKV and gate/up split,
 TP shards gathered) in spec.model.dtype for the engines.
 
-Optimizer (RLPOST_MEGATRON_OPTIMIZER): `distributed` (the default) is Megatron-core's own
-DistributedDataParallel (gradients accumulated into contiguous fp32 main-grad buffers and
-reduced across data-parallel ranks) + DistributedOptimizer (Adam states and fp32 main params
-sharded across data-parallel ranks) + its global grad-norm clipping; `local` is the
-hand-written path (torch AdamW, an all-reduce per parameter, a hand-written clip), kept for
-comparison. RLPOST_MEGATRON_PARAMS_DTYPE=bfloat16 (distributed only): bf16 model params,
-fp32 main grads and fp32 main params in the optimizer (Megatron's mixed precision).
+Optimizer (RLPOST_MEGATRON_OPTIMIZER): `distributed` (the default on one GPU) is
+Megatron-core's own DistributedDataParallel (gradients accumulated into contiguous fp32
+main-grad buffers and reduced across data-parallel ranks) + DistributedOptimizer (Adam states
+and fp32 main params sharded across data-parallel ranks) + its global grad-norm clipping;
+`local` is the hand-written path (torch AdamW, an all-reduce per parameter, a hand-written
+clip), the default with several ranks and the only one with TP or PP > 1 (megatron_options).
+RLPOST_MEGATRON_PARAMS_DTYPE=bfloat16 (distributed only): bf16 model params, fp32 main grads
+and fp32 main params in the optimizer (Megatron's mixed precision).
 
 Parallelism: trainer.parallelism.tensor = TP, trainer.parallelism.pipeline = PP (layers split
 evenly between stages; micro-batches run through Megatron's pipeline schedule, the loss on
@@ -74,11 +75,25 @@ OPTIMIZERS = ("distributed", "local")
 PARAMS_DTYPES = ("float32", "bfloat16")
 
 
-def megatron_options(env: dict[str, str] | None = None) -> tuple[str, torch.dtype]:
-    """(optimizer, params dtype) from RLPOST_MEGATRON_OPTIMIZER / RLPOST_MEGATRON_PARAMS_DTYPE."""
+def megatron_options(
+    env: dict[str, str] | None = None, tp: int = 1, pp: int = 1, world: int = 1
+) -> tuple[str, torch.dtype]:
+    """(optimizer, params dtype) from RLPOST_MEGATRON_OPTIMIZER / RLPOST_MEGATRON_PARAMS_DTYPE.
+
+    The default is Megatron's distributed optimizer on one GPU (the configuration measured
+    against the torch backend) and the local path with several ranks. Megatron's optimizer
+    with tensor or pipeline parallelism is refused: TP=2 on 2 H200s hung in its one run
+    (2026-12-01, not investigated yet); with data parallelism alone it is allowed but has not
+    been run."""
     env = os.environ if env is None else env
-    optimizer = env.get("RLPOST_MEGATRON_OPTIMIZER", "distributed") or "distributed"
+    default = "distributed" if world == 1 else "local"
+    optimizer = env.get("RLPOST_MEGATRON_OPTIMIZER", default) or default
     params = env.get("RLPOST_MEGATRON_PARAMS_DTYPE", "float32") or "float32"
+    if optimizer == "distributed" and tp * pp > 1:
+        raise ValueError(
+            "RLPOST_MEGATRON_OPTIMIZER=distributed with tensor or pipeline parallelism is not "
+            "supported yet (it hung with TP=2); use RLPOST_MEGATRON_OPTIMIZER=local"
+        )
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"RLPOST_MEGATRON_OPTIMIZER={optimizer!r}: use one of {OPTIMIZERS}")
     if params not in PARAMS_DTYPES:
@@ -137,7 +152,9 @@ class MegatronBackend:
         self.layers = stage_layers(self.shape, self.pp, self.pp_rank)  # this stage's, global
         hf_state = {n: t.detach().float() for n, t in hf.state_dict().items()}
         del hf
-        self.optimizer_kind, self.params_dtype = megatron_options()
+        self.optimizer_kind, self.params_dtype = megatron_options(
+            None, self.tp, self.pp, dist.get_world_size()
+        )
         self.model = build_gpt(self.shape, self.hf_config, self.tp, self.pp, self.params_dtype)
         self.load_hf_state(hf_state)
         self.model.train()
