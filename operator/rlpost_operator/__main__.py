@@ -54,6 +54,19 @@ def connection_info(cfg) -> kopf.ConnectionInfo:
     )
 
 
+def _fatal_if_failed(task: asyncio.Task) -> None:
+    """The controller's loop never ends on its own: if it does (e.g. the startup LIST
+    failed), say why and exit, so the Deployment restarts the operator instead of it idling."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.critical(
+            "controller stopped", extra={"error": f"{type(exc).__name__}: {exc}"}, exc_info=exc
+        )
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging("operator")
@@ -80,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         settings.scanning.disabled = not args.all_namespaces
         settings.watching.server_timeout = 600
         settings.watching.client_timeout = 660
-        ctl.tasks.append(asyncio.get_running_loop().create_task(ctl.run()))
+        task = asyncio.get_running_loop().create_task(ctl.run())
+        task.add_done_callback(_fatal_if_failed)
+        ctl.tasks.append(task)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_):

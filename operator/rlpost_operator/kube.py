@@ -46,6 +46,7 @@ KINDS: dict[str, Kind] = {
     "Service": Kind("v1", "services"),
     "ServiceAccount": Kind("v1", "serviceaccounts"),
     "Pod": Kind("v1", "pods"),
+    "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims"),
     "Event": Kind("v1", "events"),
     "StatefulSet": Kind("apps/v1", "statefulsets"),
     "Deployment": Kind("apps/v1", "deployments"),
