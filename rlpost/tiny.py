@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,14 +100,25 @@ def train_tokenizer(out: str | Path, family: str, texts: Iterable[str], vocab_si
     """A BPE tokenizer trained on `texts` (plus the chat template's own text), with the
     family's special tokens and chat template, saved in `out` (tokenizer.json,
     tokenizer_config.json, chat_template.jinja). Characters never seen map to <unk>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     fmt = FORMATS[family]
     sample = fmt.render([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
-    corpus = [*texts, sample]
+
+    # Special tokens are whole tokens when encoding, which splits the text around them: train
+    # on the pieces between them, so no merge is spent on them or across them.
+    split = re.compile("|".join(re.escape(t) for t in fmt.specials))
+    corpus = [piece for t in (*texts, sample) for piece in split.split(t) if piece]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    # Newlines are tokens of their own (as in the real families' pre-tokenizers): a merge never
+    # glues the template's "user\n" to the first word of the message.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+            pre_tokenizers.Metaspace(prepend_scheme="never"),
+        ]
+    )
     tok.decoder = decoders.Metaspace(prepend_scheme="never")
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(fmt.specials), show_progress=False
