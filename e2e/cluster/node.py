@@ -410,9 +410,10 @@ def teardown(cluster: LocalCluster, rec: dict) -> None:
 def _cgroup_pids(rec: dict) -> list[int]:
     out: set[int] = set()
     for d in rec.get("cgroups", []):
-        for procs in Path(d).rglob("cgroup.procs"):
-            with contextlib.suppress(OSError):
-                out.update(int(x) for x in procs.read_text().split())
+        for root, _dirs, files in os.walk(d):  # the kubelet removes cgroups meanwhile
+            if "cgroup.procs" in files:
+                with contextlib.suppress(OSError):
+                    out.update(int(x) for x in Path(root, "cgroup.procs").read_text().split())
     return sorted(out)
 
 
@@ -452,13 +453,10 @@ def _unmount_under(state: Path) -> None:
 
 
 def _rmdir_tree(d: Path) -> None:
-    if not d.is_dir():
-        return
-    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    """Remove the empty directories of a tree, deepest first (cgroups: only rmdir works)."""
+    for root, _dirs, _files in os.walk(d, topdown=False):
         with contextlib.suppress(OSError):
-            sub.rmdir()
-    with contextlib.suppress(OSError):
-        d.rmdir()
+            os.rmdir(root)
 
 
 # ---------------------------------------------------------------------- manifests and configs
