@@ -258,6 +258,9 @@ def test_buffer_that_refuses_the_custom_function_fails_the_job_without_restart()
     assert conds(st)["Failed"]["reason"] == "InvalidSpec"
     assert "cannot import 'my.mod'" in conds(st)["InvalidSpec"]["message"]
     assert "j-buffer (buffer) refused the spec" in conds(st)["Failed"]["message"]
+    # the next passes keep it (the spec itself parses: validate must not clear it)
+    plan, j, _ = settle(j, wl, children, pods)
+    assert conds(plan.status)["InvalidSpec"]["status"] == "True"
 
 
 # ---------------------------------------------------------------------------- truthful messages

@@ -35,6 +35,7 @@ from .facts import (
     ts,
 )
 from .model import (
+    CHILD_INVALID_SPEC,
     CHILD_REJECTED,
     FINISHED_PHASES,
     PODS_READY_TIMEOUT,
@@ -76,7 +77,10 @@ class AdmissionSteps(PassBase):
                 )
             errors += self.workload_refused()
         if not errors:
-            self.drop_condition("InvalidSpec")
+            failed = cond({"status": self.st}, "Failed") or {}
+            if not (failed.get("status") == "True" and failed.get("reason") == CHILD_INVALID_SPEC):
+                # (a spec a role refused at start stays InvalidSpec: the job is Failed)
+                self.drop_condition("InvalidSpec")
             return True
         self.plan.step = "validate"
         message = "; ".join(errors)
