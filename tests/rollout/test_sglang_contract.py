@@ -196,3 +196,12 @@ def test_the_trainers_weight_sync_payloads_are_sglangs(sglang):
         check_body(sglang.fields_for(path), body, f"trainer {path}")
     # The HTTP body carries dtype names SGLang's loader understands.
     assert P.update_distributed_payload(bucket, "3")["dtypes"] == ["float32"]
+
+
+def test_the_colocated_memory_payloads_are_sglangs(sglang):
+    from rlpost.weightsync.colocated import PATH_RELEASE, PATH_RESUME, memory_payload
+
+    for path in (PATH_RELEASE, PATH_RESUME):
+        assert "POST" in sglang.routes.get(path, set()), f"SGLang has no POST {path}"
+        for body in (memory_payload(), memory_payload(["weights", "kv_cache"])):
+            check_body(sglang.fields_for(path), body, f"trainer {path}")
