@@ -57,7 +57,9 @@ test-e2e: venv system-deps cluster-bins
 	$(BIN)/python -m pytest e2e
 
 # On a GPU machine only: Megatron backend, NCCL/IPC weight sync, GPU benchmarks.
-# Needs megatron-core (pip install megatron-core) and, for the NCCL sync, 2 GPUs.
+# Needs megatron-core (pip install megatron-core) and, for the NCCL sync and TP/PP, 2 GPUs;
+# one GPU runs the colocated (CUDA IPC) sync, release/resume and loop. A machine without
+# internet: `bash benchmarks/device_wheels.sh` here, then install .whl there (its header).
 GPU_ENV = PYTHONPATH=$(CURDIR):$(CURDIR)/trainer_image:$(CURDIR)/rollout_image:$$PYTHONPATH \
 	NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 test-gpu:
