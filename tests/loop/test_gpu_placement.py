@@ -44,3 +44,30 @@ def test_cpu_roles_stay_on_the_cpu_and_use_gloo(gpus):
         assert (plan.trainer, plan.engines) == ("", ["", ""])  # hidden: CPU
     assert local_transport(s, plan) == Transport.GLOO
     assert "nccl needs GPUs" in (transport_problem(spec(0, 2, 0, "nccl"), plan_gpus(s, [])) or "")
+
+
+def colocated_spec(transport: str = "auto", engine_gpus: int = 1):
+    d = job_dict(
+        mode="colocated",
+        trainer={"gpusPerPod": 1},
+        rollout={"engine": "reference", "engines": 1, "gpusPerEngine": engine_gpus},
+        weightSync={"transport": transport},
+    )
+    return RLPostTrainJob.model_validate(d).spec
+
+
+@pytest.mark.parametrize("gpus", [["0"], ["0", "1", "2"], []])
+def test_colocated_roles_share_the_gpus_and_sync_by_ipc(gpus):
+    s = colocated_spec()
+    plan = plan_gpus(s, gpus)
+    assert (plan.trainer, plan.engines) == (None, [None])  # every role sees the same GPUs
+    assert local_transport(s, plan) == Transport.IPC
+    assert transport_problem(s, plan) is None
+    assert plan.describe(colocated=True).startswith("colocated: the trainer and the engines")
+
+
+@pytest.mark.parametrize("transport", ["nccl", "gloo"])
+def test_colocated_with_another_transport_is_refused(transport):
+    s = colocated_spec(transport)
+    problem = transport_problem(s, plan_gpus(s, ["0"]))
+    assert problem and "use auto or ipc" in problem
