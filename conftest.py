@@ -3,7 +3,8 @@
 `cluster` starts etcd, kube-apiserver, controller-manager, scheduler, Kueue (with its
 webhooks) and kwok once per test session, on free loopback ports, plus a real node
 (containerd, kubelet, kube-proxy, CoreDNS: e2e/cluster/node.py; RLPOST_REAL_NODE=0 leaves
-it out), and stops exactly those processes at the end. Set RLPOST_CLUSTER_STATE to the
+it out; unset, it is left out only while another session on this machine runs the one
+real node), and stops exactly those processes at the end. Set RLPOST_CLUSTER_STATE to the
 state directory of a cluster started with `make cluster` to reuse it instead (faster while
 developing). Tests marked `cluster_down` take the session's cluster down: they run last.
 """
@@ -13,11 +14,13 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
 
 from e2e.cluster import LocalCluster
+from e2e.cluster.node import other_real_node
 from e2e.cluster.paths import missing_binaries
 
 
@@ -30,6 +33,22 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     last = [i for i in items if i.get_closest_marker("cluster_down")]
     items[:] = [i for i in items if not i.get_closest_marker("cluster_down")] + last
+
+
+def _want_real_node() -> bool:
+    """RLPOST_REAL_NODE=0: kwok only; =1: a real node or fail; unset: a real node unless
+    another session on this machine already runs the one real node (then kwok only)."""
+    want = os.environ.get("RLPOST_REAL_NODE", "")
+    if want in ("0", "1"):
+        return want == "1"
+    other = other_real_node()
+    if other:
+        warnings.warn(
+            f"a real node already runs on this machine (cluster {other}): this session's "
+            "cluster is kwok-only and e2e/node is skipped",
+            stacklevel=1,
+        )
+    return other is None
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +64,7 @@ def cluster():
             "(bash e2e/cluster/build.sh) — `make test` does this for you"
         )
     state = Path(tempfile.mkdtemp(prefix="rlpost-cluster-"))
-    c = LocalCluster(state=state, real_node=os.environ.get("RLPOST_REAL_NODE", "1") != "0")
+    c = LocalCluster(state=state, real_node=_want_real_node())
     c.up()
     try:
         yield c

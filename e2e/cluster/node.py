@@ -97,6 +97,15 @@ def running_node_state() -> Path:
         raise RuntimeError("no real node runs on this machine") from None
 
 
+def other_real_node() -> Path | None:
+    """State directory of a real node already running on this machine, if any."""
+    try:
+        state = running_node_state()
+    except RuntimeError:
+        return None
+    return state if (state / "cluster.json").exists() else None
+
+
 def import_image(archive_path: str | Path, state: Path | None = None) -> str:
     """Import an OCI/Docker image archive into the real node's containerd (namespace k8s.io,
     where the kubelet's CRI looks). Returns ctr's output (the imported names)."""
