@@ -28,6 +28,7 @@ def bin_dir() -> Path:
     key = (
         f"k8s-{v['K8S_VERSION']}_etcd-{v['ETCD_VERSION']}_kueue-{v['KUEUE_VERSION']}"
         f"_kwok-{v['KWOK_VERSION']}_helm-{v['HELM_VERSION']}"
+        f"_containerd-{v['CONTAINERD_VERSION']}_coredns-{v['COREDNS_VERSION']}"
     )
     return cache_dir() / "bin" / key
 
