@@ -337,6 +337,8 @@ class RLPostTrainJobStatus(Model):
     step: int | None = None
     weight_version: int | None = None
     last_checkpoint_step: int | None = None
+    # Mean reward of the trainer's last 5 steps (its progress ConfigMap).
+    reward_mean: float | None = None
     restarts: int | None = None
     # Engine, router and buffer pods that failed and were replaced or restarted (the gang
     # goes on), per role: {"rollout": 1, "buffer": 0, ...}.

@@ -160,6 +160,7 @@ def build_crd() -> dict[str, Any]:
         {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Step", "type": "integer", "jsonPath": ".status.step"},
+        {"name": "Reward", "type": "number", "jsonPath": ".status.rewardMean"},
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
         {"name": "Queue", "type": "string", "jsonPath": ".spec.queueName"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

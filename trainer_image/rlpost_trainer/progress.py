@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import ssl
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,9 @@ class ConfigMapProgress:
             log.warning("progress ConfigMap patch failed: HTTP %s %s", r.status_code, r.text[:200])
 
 
+REWARD_WINDOW = 5
+
+
 class Progress:
     def __init__(self, job: str):
         self.cm = ConfigMapProgress(job) if os.environ.get("KUBERNETES_SERVICE_HOST") else None
@@ -125,11 +129,17 @@ class Progress:
             "step": 0,
             "weightVersion": 0,
             "lastCheckpointStep": None,
+            "rewardMean": None,
             "done": False,
         }
+        # The job's status shows the mean reward of the last REWARD_WINDOW steps.
+        self._rewards: deque[float] = deque(maxlen=REWARD_WINDOW)
 
     def update(self, record: dict[str, Any] | None = None, **fields: Any) -> None:
         self.state.update(fields)
+        if record is not None and "reward_mean" in record:
+            self._rewards.append(float(record["reward_mean"]))
+            self.state["rewardMean"] = round(sum(self._rewards) / len(self._rewards), 4)
         if self.dir:
             if record is not None:
                 with open(self.dir / "steps.jsonl", "a") as f:

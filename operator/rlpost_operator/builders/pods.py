@@ -37,7 +37,8 @@ def _resources(res: api.Resources, gpus: int) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-SMALL = api.Resources(cpu="500m", memory="1Gi")
+# Router and buffer: light processes (requests only; no CPU limit is set on any role).
+SMALL = api.Resources(cpu="250m", memory="1Gi")
 
 
 def _common_env(ref: JobRef, resume_step: int | None) -> list[dict[str, Any]]:

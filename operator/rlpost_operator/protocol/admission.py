@@ -280,7 +280,7 @@ class AdmissionSteps(PassBase):
     def progress(self) -> bool:
         cm = self.live("ConfigMap", self.n["progress"])
         nums = progress_numbers(cm)
-        for key in ("step", "weightVersion", "lastCheckpointStep"):
+        for key in ("step", "weightVersion", "lastCheckpointStep", "rewardMean"):
             if key in nums:
                 self.st[key] = nums[key]
         if not nums["done"]:

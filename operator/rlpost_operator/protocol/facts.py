@@ -121,6 +121,10 @@ def progress_numbers(cm: dict[str, Any] | None) -> dict[str, Any]:
         if raw not in (None, ""):
             with contextlib.suppress(ValueError):
                 out[key] = int(raw)
+    raw = data.get("rewardMean")
+    if raw not in (None, ""):
+        with contextlib.suppress(ValueError):
+            out["rewardMean"] = float(raw)
     out["done"] = str(data.get("done", "")).lower() == "true"
     return out
 

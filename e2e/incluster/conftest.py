@@ -1,0 +1,196 @@
+"""The product as a tenant runs it, on the real node: our images in containerd, the chart
+installed by Helm for two tenants (the operator runs as a pod from its image), Kueue
+queues whose flavor selects the real node, local PVs, and a real Prometheus.
+
+Everything here runs containers for real: nothing is scheduled on kwok nodes. The node has
+2 CPU cores, so a tenant's ClusterQueue holds one example job at a time.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+
+from e2e.cluster import node as real_node
+from e2e.cluster import storage
+from e2e.images.build import ensure_images, tags
+from e2e.platform.conftest import RELEASE, helm_install
+from e2e.platform.prometheus import Prometheus
+
+NODE = real_node.NODE_NAME
+TOLERATION = {**real_node.TAINT, "operator": "Equal"}
+
+
+@pytest.fixture(scope="session")
+def real_cluster(cluster):
+    if not cluster.real_node:
+        pytest.fail(
+            "the session cluster has no real node: another session on this machine runs it "
+            "(see e2e/cluster/node.py); run these tests with RLPOST_REAL_NODE=1 alone"
+        )
+    storage.ensure_local_volumes(cluster, NODE)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def images(real_cluster) -> dict[str, str]:
+    """Our three images, built from the Dockerfiles (cached) and imported into the node's
+    containerd (never pulled: imagePullPolicy IfNotPresent finds them)."""
+    archives = ensure_images()
+    have = set(real_node.ctr(real_cluster.state, "images", "ls", "-q").stdout.split())
+    refs = tags()
+    for name, archive in archives.items():
+        if refs[name] in have:
+            continue
+        t0 = time.monotonic()
+        real_node.import_image(archive, state=real_cluster.state)
+        print(f"[images] {name}: imported into containerd in {time.monotonic() - t0:.0f} s")
+    have = set(real_node.ctr(real_cluster.state, "images", "ls", "-q").stdout.split())
+    missing = {refs[n] for n in archives} - have
+    assert not missing, f"images not in containerd after import: {missing}"
+    return {n: refs[n] for n in archives}
+
+
+@dataclass
+class Tenant:
+    namespace: str
+    queue: str = "team-a"  # the LocalQueue's name: the one examples/ use
+    operator_pod: dict = field(default_factory=dict)
+
+
+@dataclass
+class RealPlatform:
+    suffix: str
+    flavor: str
+    cluster_queue: str
+    tenants: list[Tenant]
+    prometheus: Prometheus
+
+
+def real_kueue_docs(suffix: str, namespaces: list[str]) -> list[dict]:
+    """A flavor that selects (and tolerates) the real node, one ClusterQueue per tenant
+    namespace covering cpu/memory/GPUs on it, and a LocalQueue `team-a` in each namespace."""
+    flavor = f"real-{suffix}"
+    docs: list[dict] = [
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ResourceFlavor",
+            "metadata": {"name": flavor},
+            "spec": {
+                "nodeLabels": {"rlpost.dev/gpu-kind": "real"},
+                "tolerations": [TOLERATION],
+            },
+        },
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "WorkloadPriorityClass",
+            "metadata": {"name": f"high-{suffix}"},
+            "value": 1000,
+        },
+    ]
+    for ns in namespaces:
+        docs += [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"rlpost.dev/tenant": ns}},
+            },
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta2",
+                "kind": "ClusterQueue",
+                "metadata": {"name": ns},
+                "spec": {
+                    "namespaceSelector": {"matchLabels": {"rlpost.dev/tenant": ns}},
+                    "preemption": {"withinClusterQueue": "LowerPriority"},
+                    "resourceGroups": [
+                        {
+                            "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                            "flavors": [
+                                {
+                                    "name": flavor,
+                                    "resources": [
+                                        {"name": "cpu", "nominalQuota": "2"},
+                                        {"name": "memory", "nominalQuota": "16Gi"},
+                                        {"name": "nvidia.com/gpu", "nominalQuota": 4},
+                                    ],
+                                }
+                            ],
+                        }
+                    ],
+                },
+            },
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta2",
+                "kind": "LocalQueue",
+                "metadata": {"name": "team-a", "namespace": ns},
+                "spec": {"clusterQueue": ns},
+            },
+        ]
+    return docs
+
+
+def operator_pod(cluster, ns: str) -> dict:
+    pods = cluster.get_json(
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=rlpost",
+    )["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running"]
+    assert len(running) == 1, [p["status"] for p in pods]
+    return running[0]
+
+
+@pytest.fixture(scope="session")
+def real_platform(real_cluster, images, tmp_path_factory):
+    """Two tenants, each with the chart installed (operator pod on the real node) and a
+    real Prometheus scraping both operator pods at their pod IPs."""
+    sfx = uuid.uuid4().hex[:5]
+    namespaces = [f"real-a-{sfx}", f"real-b-{sfx}"]
+    docs = real_kueue_docs(sfx, namespaces)
+    order = {"Namespace": 0, "ResourceFlavor": 1, "WorkloadPriorityClass": 1}
+    real_cluster.apply(sorted(docs, key=lambda d: order.get(d["kind"], 2)))
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), scrape_jobs=("operator", "roles"))
+    prom.start()
+    tenants = [Tenant(ns) for ns in namespaces]
+    installed: list[str] = []
+    try:
+        for t in tenants:
+            helm_install(
+                real_cluster,
+                t.namespace,
+                "--set-json",
+                'nodeSelector={"rlpost.dev/node":"real"}',
+                "--set-json",
+                f"tolerations=[{_json(TOLERATION)}]",
+            )
+            installed.append(t.namespace)
+            t.operator_pod = operator_pod(real_cluster, t.namespace)
+        prom.set_targets(
+            "operator",
+            [
+                (f"{t.operator_pod['status']['podIP']}:8080", {"namespace": t.namespace})
+                for t in tenants
+            ],
+        )
+        yield RealPlatform(sfx, f"real-{sfx}", namespaces[0], tenants, prom)
+    finally:
+        for ns in installed:
+            real_cluster.helm("uninstall", RELEASE, "--namespace", ns, "--wait", check=False)
+        prom.stop()
+        for d in docs:
+            if d["kind"] in ("ClusterQueue", "ResourceFlavor", "WorkloadPriorityClass"):
+                real_cluster.kubectl(
+                    "delete", d["kind"].lower(), d["metadata"]["name"], "--wait=false", check=False
+                )
+        real_cluster.kubectl("delete", "namespace", *namespaces, "--wait=false", check=False)
+
+
+def _json(d: dict) -> str:
+    import json
+
+    return json.dumps(d, separators=(",", ":"))
