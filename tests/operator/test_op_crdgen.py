@@ -66,7 +66,7 @@ def test_status_subresource_printer_columns_names():
     v = version()
     assert v["subresources"] == {"status": {}}
     cols = [c["name"] for c in v["additionalPrinterColumns"]]
-    assert cols == ["Mode", "Phase", "Step", "Restarts", "Queue", "Age"]
+    assert cols == ["Mode", "Phase", "Step", "Reward", "Restarts", "Queue", "Age"]
     names = crd["spec"]["names"]
     assert names["shortNames"] == [api.SHORT_NAME] and "rlpost" in names["categories"]
     status = v["schema"]["openAPIV3Schema"]["properties"]["status"]
