@@ -306,9 +306,16 @@ def _lock() -> Iterator[None]:
 
 
 def ensure_images(
-    only: list[str] | None = None, progress: Progress = _log, force: bool = False
+    only: list[str] | None = None,
+    progress: Progress = _log,
+    force: bool = False,
+    stale_ok: bool | None = None,
 ) -> dict[str, Path]:
     """Image name (operator|trainer|rollout) -> OCI archive, building what is missing/stale.
+
+    stale_ok (default: $RLPOST_IMAGES_STALE_OK=1): an existing archive whose inputs changed
+    since is used as it is (while developing in a tree that others edit); missing ones are
+    still built.
 
     The archive's index names the image by its tag (org.opencontainers.image.ref.name), so
     `ctr -n k8s.io images import --base-name <repo> <archive>` or `--index-name` recovers it;
@@ -318,6 +325,8 @@ def ensure_images(
         unknown = set(only) - set(wanted)
         assert not unknown, f"unknown images {sorted(unknown)}; known: {sorted(wanted)}"
         wanted = {n: wanted[n] for n in only}
+    if stale_ok is None:
+        stale_ok = os.environ.get("RLPOST_IMAGES_STALE_OK") == "1"
     out: dict[str, Path] = {}
     with _lock():
         for name, image in wanted.items():
@@ -325,6 +334,10 @@ def ensure_images(
             entry = read_manifest()["images"].get(name)
             if not force and _archive_ok(entry, key):
                 progress(f"{name}: cached {Path(entry['archive']).name}")
+                out[name] = Path(entry["archive"])
+                continue
+            if stale_ok and not force and entry and _archive_ok(entry, entry["key"]):
+                progress(f"{name}: STALE (inputs changed since), using {entry['archive']}")
                 out[name] = Path(entry["archive"])
                 continue
             missing = check_tools()

