@@ -354,6 +354,18 @@ def ensure_images(
     return out
 
 
+def archive_digest(archive: Path) -> str:
+    """The image manifest digest an archive holds (`sha256:...`): what `ctr images ls` shows
+    as DIGEST after an import, so a node can tell a stale import from the current archive."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        f = tar.extractfile("index.json")
+        assert f is not None, f"{archive}: no index.json"
+        (desc,) = json.load(f)["manifests"]
+    return desc["digest"]
+
+
 def tags() -> dict[str, str]:
     return {n: i.tag for n, i in images().items()}
 
