@@ -45,7 +45,7 @@ def pv_for(pvc: dict, root: str = "/tmp/rlpost-e2e-pvs") -> dict:
 
 
 class StaticPVBinder:
-    def __init__(self, cluster, interval_s: float = 0.5):
+    def __init__(self, cluster, interval_s: float = 0.2):
         self.cluster = cluster
         self.interval_s = interval_s
         self.made: set[str] = set()

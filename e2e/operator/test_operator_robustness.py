@@ -256,7 +256,12 @@ def test_9_idle_minute_zero_writes(cluster, op, namespace):
     after = _versions(cluster, ns)
     assert op.writes() == before_writes, op.metrics_text()
     changed = {k for k in after if before.get(k) != after[k]}
-    assert not changed, changed
+    events = [
+        {k: e.get(k) for k in ("reason", "message", "count", "source", "reportingComponent")}
+        for e in items(cluster, "events", ns)
+        if ("Event", e["metadata"]["name"]) in changed
+    ]
+    assert not changed, (changed, events)
     assert "rlpost_reconcile_duration_seconds_count" in op.metrics_text()
     # kopf keeps no state on the objects (no progress/diff-base annotations, no finalizers)
     for name in ("idle", "waiting"):

@@ -50,7 +50,8 @@ def wl_for(j):
 
 def test_new_job_creates_only_the_workload_and_is_queued():
     plan = p.reconcile(p.Observed(job=job()))
-    assert verbs(plan) == [("create", "Workload", "rlposttrainjob-j")]
+    assert verbs(plan)[0] == ("create", "Workload", "rlposttrainjob-j")
+    assert {v[1] for v in verbs(plan)} == {"Workload", "PersistentVolumeClaim"}
     assert plan.status["phase"] == "Queued"
     assert conds(plan.status)["Queued"]["status"] == "True"
     assert plan.events and plan.events[0][1] == "Queued"
@@ -244,7 +245,7 @@ def test_invalid_specs_create_nothing():
         and "spec.queueName is not set" in plan.status["conditions"][0]["message"]
     )
     plan = p.reconcile(p.Observed(job=j, default_queue_exists=True))
-    assert verbs(plan)[-1] == ("create", "Workload", "rlposttrainjob-j")
+    assert ("create", "Workload", "rlposttrainjob-j") in verbs(plan)
     j = job(priorityClassName="nope")
     plan = p.reconcile(p.Observed(job=j, priority_class_exists=False))
     assert plan.actions == [] and "WorkloadPriorityClass 'nope'" in str(plan.status)
@@ -262,6 +263,12 @@ def test_workload_deleted_drops_finalizer_after_gang_gone_and_orphans():
 
 
 def test_state_pvc_is_created_once_and_kept_across_restarts():
+    # made with the Workload, so it is bound by the time Kueue admits the gang
+    plan = p.reconcile(p.Observed(job=job()))
+    assert verbs(plan) == [
+        ("create", "Workload", "rlposttrainjob-j"),
+        ("create", "PersistentVolumeClaim", "j-state"),
+    ]
     j = job(status={"phase": "Queued"})
     wl = admit(wl_for(j))
     plan, j, children = settle(j, wl)

@@ -209,6 +209,11 @@ class AdmissionSteps(PassBase):
             self.plan.step = "ensure_workload"
             self.stop_gang("no Workload")
             self.act("create", "Workload", desired["metadata"]["name"], desired, "gang admission")
+            # The state volume comes first: provisioned (or bound to a static PV) while Kueue
+            # admits, so the gang's pods do not wait on an unbound claim.
+            state_pvc = b.build_state_pvc(self.ref, self.spec)
+            if state_pvc is not None:
+                self.ensure_once(state_pvc, "state volume")
             self.condition(
                 "Queued",
                 True,
