@@ -112,7 +112,10 @@ def test_namespace_scope_roles_in_each_watched_namespace_only():
         assert set(rule["verbs"]) <= READ, rule
         assert "secrets" not in rule["resources"] and "pods" not in rule["resources"]
     groups = {g for r in cr["rules"] for g in r["apiGroups"]}
-    assert groups == {"kueue.x-k8s.io", "apiextensions.k8s.io"}
+    assert groups == {"kueue.x-k8s.io", "apiextensions.k8s.io", ""}
+    # The one core resource: nodes, read to check a job's per-pod GPUs before admission.
+    core = [r for r in cr["rules"] if r["apiGroups"] == [""]]
+    assert [r["resources"] for r in core] == [["nodes"]], core
 
 
 def test_rbac_is_least_privilege():
