@@ -16,7 +16,7 @@ import pytest
 
 from e2e.cluster import node as real_node
 from e2e.cluster import storage
-from e2e.images.build import ensure_images, tags
+from e2e.images.build import archive_digest, ensure_images, tags
 from e2e.platform.conftest import RELEASE, helm_install
 from e2e.platform.prometheus import Prometheus
 
@@ -40,18 +40,23 @@ def images(real_cluster) -> dict[str, str]:
     """Our three images, built from the Dockerfiles (cached) and imported into the node's
     containerd (never pulled: imagePullPolicy IfNotPresent finds them)."""
     archives = ensure_images()
-    have = set(real_node.ctr(real_cluster.state, "images", "ls", "-q").stdout.split())
     refs = tags()
     for name, archive in archives.items():
-        if refs[name] in have:
-            continue
+        if _digests(real_cluster).get(refs[name]) == archive_digest(archive):
+            continue  # this very image is imported already
         t0 = time.monotonic()
         real_node.import_image(archive, state=real_cluster.state)
         print(f"[images] {name}: imported into containerd in {time.monotonic() - t0:.0f} s")
-    have = set(real_node.ctr(real_cluster.state, "images", "ls", "-q").stdout.split())
-    missing = {refs[n] for n in archives} - have
-    assert not missing, f"images not in containerd after import: {missing}"
+    digests = _digests(real_cluster)
+    wrong = {refs[n] for n, a in archives.items() if digests.get(refs[n]) != archive_digest(a)}
+    assert not wrong, f"images not in containerd as built after import: {wrong}"
     return {n: refs[n] for n in archives}
+
+
+def _digests(cluster) -> dict[str, str]:
+    """Image reference -> manifest digest, as the node's containerd has them."""
+    out = real_node.ctr(cluster.state, "images", "ls").stdout.splitlines()[1:]
+    return {cols[0]: cols[2] for line in out if len(cols := line.split()) >= 3}
 
 
 @dataclass

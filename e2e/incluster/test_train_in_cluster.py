@@ -23,7 +23,9 @@ from e2e.cluster import storage
 from e2e.incluster.conftest import NODE
 from e2e.platform.chart import REPO
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# The first test also waits for the images (built by `make images` before the suite; a
+# rebuild after a code change exports GBs) and their import into containerd.
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(5400)]
 
 EXAMPLE = REPO / "examples" / "copy-first-letter.yaml"
 JOB = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
