@@ -80,6 +80,7 @@ def test_retryable_refusal_shows_as_a_condition_and_keeps_applying():
 
 def test_retryable_codes():
     assert p.retryable(500) and p.retryable(0) and p.retryable(409) and p.retryable(429)
+    assert p.retryable(404, 'roles.rbac.authorization.k8s.io "j-rlpost" not found')
     assert p.retryable(403, 'pods "x" is forbidden: exceeded quota: compute')
     assert not p.retryable(422) and not p.retryable(400) and not p.retryable(403, "forbidden")
     assert p.api_message('{"kind":"Status","message":"too\\n long"}') == "too long"

@@ -80,9 +80,11 @@ class ChildError:
 
 
 def retryable(code: int, message: str = "") -> bool:
-    """5xx, no answer, conflicts, throttling and namespace ResourceQuota limits heal on
-    their own; any other 4xx (invalid, forbidden, too large) does not."""
-    if code == 0 or code >= 500 or code in (409, 429):
+    """5xx, no answer, timeouts, conflicts, throttling, namespace ResourceQuota limits and
+    404 (an object the write refers to is not there yet: a RoleBinding applied in the same
+    pass as its Role) heal on their own; any other 4xx (invalid, forbidden, too large) does
+    not."""
+    if code == 0 or code >= 500 or code in (404, 408, 409, 429):
         return True
     return code == 403 and "exceeded quota" in message
 
