@@ -331,6 +331,21 @@ def test_engine_router_buffer_failures_do_not_stop_the_gang_and_are_counted():
     assert [e[1] for e in plan.events] == ["RoleRestarted"]
 
 
+def test_engine_restarts_past_max_restarts_fail_the_job_with_the_pods_reason():
+    j, wl, children, pods = running_world()
+    limit = j["spec"].get("failurePolicy", {}).get("maxRestarts", 3)
+    pods[2] = restarted(pods[2], limit)  # at the limit: the gang goes on
+    plan, j, children = settle(j, wl, children, pods)
+    assert plan.status["phase"] == "Running"
+    pods[2] = restarted(pods[2], limit + 1)
+    plan, j, children = settle(j, wl, children, pods)
+    assert plan.status["phase"] == "Failed"
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "MaxRestartsExceeded"
+    assert "exited with code 137" in failed["message"] and "maxRestarts" in failed["message"]
+    assert any(a.verb == "delete" for a in plan.actions)  # the gang is stopped
+
+
 def test_failed_buffer_pod_is_recreated_with_its_volume():
     j, wl, children, pods = running_world()
     buf = next(x for x in pods if x["metadata"]["name"] == "j-buffer")

@@ -107,10 +107,12 @@ class GangSteps(PassBase):
             ("Warning", "BufferRecreated", f"{why}; recreating it (its state volume is kept)")
         )
 
-    def role_restarts(self, attempt: int) -> None:
+    def role_restarts(self, attempt: int) -> bool:
         """Engine, router and buffer pods restart without stopping the gang (their
         Deployment or the kubelet restarts them; the operator recreates a Failed buffer
-        pod): count them per role in status.roleRestarts, one Warning Event per increase."""
+        pod): count them per role in status.roleRestarts, one Warning Event per increase.
+        A role restarted more than failurePolicy.maxRestarts times fails the job with the
+        pod's reason (True: the pass ends there)."""
         counts: dict[str, int] = {}
         why: dict[str, str] = {}
         for p in [*self.compute_pods(), *self.obs.failed_pods]:
@@ -127,8 +129,19 @@ class GangSteps(PassBase):
         new = {r: max(int(old.get(r, 0)), counts.get(r, 0)) for r in sorted({*old, *counts})}
         new = {r: n for r, n in new.items() if n}
         if not new:
-            return
+            return False
         self.st["roleRestarts"] = new
+        limit = self.spec.failure_policy.max_restarts
+        over = [r for r, n in new.items() if n > limit]
+        if over:
+            role = over[0]
+            msg = (
+                f"{why.get(role, f'{role} pods keep failing')}; {role} restarted {new[role]} "
+                f"times, failurePolicy.maxRestarts is {limit}: check the {role} logs "
+                "(kubectl logs) and raise maxRestarts or fix the cause"
+            )
+            self.fail("MaxRestartsExceeded", msg)
+            return True
         for role, n in new.items():
             if n > int(old.get(role, 0)):
                 owner = "the operator" if role == ROLE_BUFFER else "its Deployment"
@@ -338,7 +351,8 @@ class GangSteps(PassBase):
         self.replace_failed_buffer()
         for obj in compute:
             self.ensure(obj, "gang")
-        self.role_restarts(attempt)
+        if self.role_restarts(attempt):
+            return self.finish()
 
         admission = (wl.get("status") or {}).get("admission") or {}
         flavors = {
