@@ -31,8 +31,15 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    last = [i for i in items if i.get_closest_marker("cluster_down")]
-    items[:] = [i for i in items if not i.get_closest_marker("cluster_down")] + last
+    """e2e/incluster runs after the kwok suites (it adds the real node's default
+    StorageClass and local PVs), and the cluster_down tests after everything."""
+
+    def rank(item) -> int:
+        if item.get_closest_marker("cluster_down"):
+            return 2
+        return 1 if "e2e/incluster/" in item.nodeid else 0
+
+    items.sort(key=rank)  # stable: the order within each group is kept
 
 
 def _want_real_node() -> bool:
