@@ -109,7 +109,8 @@ def build_gpt(s: LlamaShape, hf_cfg, tp: int, pp: int, dtype: torch.dtype):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     config = transformer_config(s, hf_cfg, tp, pp, dtype)
-    spec_kwargs = {}
+    # QK-norm (qwen3) is a module of the layer spec, not only a config flag.
+    spec_kwargs: dict = {"qk_layernorm": s.qk_norm}
     if "normalization" in inspect.signature(get_gpt_layer_local_spec).parameters:
         spec_kwargs["normalization"] = "RMSNorm"
     model = GPTModel(
