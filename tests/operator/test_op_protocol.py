@@ -160,11 +160,17 @@ def test_user_suspend_deactivates_workload_and_requeued_false():
 def test_resume_after_readmission_uses_last_checkpoint():
     j, wl, children, pods = running_world()
     progress = next(c for c in children if c["metadata"]["name"] == "j-progress")
-    progress["data"] = {"step": "37", "weightVersion": "37", "lastCheckpointStep": "30"}
+    progress["data"] = {
+        "step": "37",
+        "weightVersion": "37",
+        "lastCheckpointStep": "30",
+        "rewardMean": "0.625",
+    }
     wl["status"]["conditions"].append(cond("Evicted", "True", "Preempted", "x"))
     _, j, children = settle(j, wl, children, pods)
     _, j, children = settle(j, wl, children, [])
     assert j["status"]["lastCheckpointStep"] == 30 and j["status"]["step"] == 37
+    assert j["status"]["rewardMean"] == 0.625
     wl2 = admit(wl_for(j), gpu_flavor="gpu-b")
     plan, j, children = settle(j, wl2, children, [])
     sts = next(a.body for a in plan.actions if a.kind == "StatefulSet")

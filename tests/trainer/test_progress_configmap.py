@@ -41,9 +41,16 @@ def test_progress_patches_the_configmap_with_a_least_privilege_token(
     monkeypatch.delenv("RLPOST_PROGRESS_DIR", raising=False)
 
     progress = Progress(job)
-    progress.update({"step": 2}, step=3, weightVersion=3, lastCheckpointStep=2)
+    progress.update({"step": 1, "reward_mean": 0.25}, step=2, weightVersion=2)
+    progress.update({"step": 2, "reward_mean": 0.5}, step=3, weightVersion=3, lastCheckpointStep=2)
     data = cluster.get_json("configmap", f"{job}-progress", "-n", namespace)["data"]
-    assert data == {"step": "3", "weightVersion": "3", "lastCheckpointStep": "2", "done": "false"}
+    assert data == {
+        "step": "3",
+        "weightVersion": "3",
+        "lastCheckpointStep": "2",
+        "rewardMean": "0.375",  # the mean of the last 5 steps' rewards (here 2)
+        "done": "false",
+    }
     progress.update(done=True)
     data = cluster.get_json("configmap", f"{job}-progress", "-n", namespace)["data"]
     assert data["done"] == "true" and data["step"] == "3"
