@@ -375,7 +375,9 @@ def test_only_global_rank_0_talks_to_the_buffer_reports_and_checkpoints(world_fo
     assert not (states[1] / "checkpoints").exists()
     assert len(read_steps(progresses[0])) == STEPS  # one line per step, not one per rank
     progress = json.loads((progresses[0] / "progress.json").read_text())
+    rewards = [r["reward_mean"] for r in read_steps(progresses[0])]
     assert progress == {"step": STEPS, "weightVersion": STEPS, "lastCheckpointStep": STEPS,
+                        "rewardMean": round(sum(rewards[-5:]) / len(rewards[-5:]), 4),
                         "done": True}  # fmt: skip
     names = os.listdir(states[0] / "checkpoints")
     assert not [n for n in names if n.startswith(".")]  # no temp dir left behind
