@@ -143,7 +143,7 @@ def operator_pod(cluster, ns: str) -> dict:
         "-n",
         ns,
         "-l",
-        f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=rlpost",
+        f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=rlpost-operator",
     )["items"]
     running = [p for p in pods if p["status"].get("phase") == "Running"]
     assert len(running) == 1, [p["status"] for p in pods]

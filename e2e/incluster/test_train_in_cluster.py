@@ -162,10 +162,15 @@ def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
     st = done["status"]
     assert st["step"] == yaml.safe_load(EXAMPLE.read_text())["spec"]["steps"], st
     assert st["rewardMean"] >= 0.9, st
-    wl = c.get_json("workload", wl_name, "-n", ns)
-    assert any(
-        x["type"] == "Finished" and x["status"] == "True" for x in wl["status"]["conditions"]
-    ), wl["status"]
+    # The operator marks the Workload Finished (the quota returns) in its next pass.
+    c.wait_for(
+        "the Workload Finished",
+        lambda: any(
+            x["type"] == "Finished" and x["status"] == "True"
+            for x in c.get_json("workload", wl_name, "-n", ns)["status"]["conditions"]
+        ),
+        timeout=60,
+    )
     result = json.dumps(
         {
             "what": "kubectl apply -f examples/copy-first-letter.yaml on the real node",
