@@ -321,7 +321,6 @@ def test_custom_function_refused_at_start_fails_without_restarts(cluster, op, na
 # ---------------------------------------------------------------------------- fuzz
 
 
-
 def truthful(job: dict) -> str | None:
     """None when the job's phase is a settled one and its conditions say so; else why not."""
     st = job.get("status") or {}
