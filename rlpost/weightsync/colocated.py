@@ -44,8 +44,8 @@ import torch
 
 from rlpost.weightsync import payloads as P
 from rlpost.weightsync.packed import packed_span
-from rlpost.weightsync.pipeline import PipelinedChannel, PipelineError
-from rlpost.weightsync.sender import WeightSyncFailed
+from rlpost.weightsync.pipeline import PipelineError
+from rlpost.weightsync.sender import ChannelPool, WeightSyncFailed
 from rlpost.weightsync.tensor_ipc import serialize_named_tensors, share_memory
 
 log = logging.getLogger("rlpost.weightsync")
@@ -178,7 +178,7 @@ class ColocatedSender:
         self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(headers=headers, timeout=http_timeout_s)
-        self._channels: dict[str, PipelinedChannel] = {}
+        self._channels = ChannelPool(self.token, self.http_timeout_s)
         self._stage: StagingBuffer | None = None
         self._last_plan: tuple | None = None  # (layout key, plan): see _plan
         self._used: set[tuple] = set()
@@ -246,25 +246,6 @@ class ColocatedSender:
 
     # ------------------------------------------------------------------ push
 
-    def _channel(self, url: str) -> PipelinedChannel:
-        ch = self._channels.pop(url, None)
-        if ch is not None and ch.reusable(self.keep_alive_s):
-            self._channels[url] = ch
-            return ch
-        if ch is not None:
-            ch.close()
-        try:
-            ch = PipelinedChannel(url, self.token, self.http_timeout_s)
-        except OSError as e:
-            raise WeightSyncFailed(f"engine {url}: cannot connect: {e}") from e
-        self._channels[url] = ch
-        return ch
-
-    def _drop_channels(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
-        self._channels.clear()
-
     def _plan(self, named: list[tuple[str, torch.Tensor]]):
         """Per bucket, the request body as JSON bytes split around the weight version, and
         the bucket sizes; made once per memory layout (the same tensors at the same addresses
@@ -295,7 +276,7 @@ class ColocatedSender:
         start = time.perf_counter()
         ok = False
         try:
-            channels = [self._channel(url) for url in self.engine_urls]
+            channels = [self._channels.channel(url, self.keep_alive_s) for url in self.engine_urls]
             for ch in channels:  # first: the engines stop generating while this prepares
                 ch.send(P.PATH_PAUSE, P.pause_payload(self.pause_mode), f"POST {P.PATH_PAUSE}")
             named = list(named_tensors)
@@ -329,7 +310,7 @@ class ColocatedSender:
             raise WeightSyncFailed(str(e)) from e
         finally:
             if not ok:
-                self._drop_channels()
+                self._channels.close_all()
         self.last_bucket_sizes = sizes
         return time.perf_counter() - start
 
@@ -337,7 +318,7 @@ class ColocatedSender:
         """Drop the connections and the cached payloads (no group to destroy: IPC needs
         none; `engine_urls` is accepted for WeightSender's signature)."""
         del engine_urls
-        self._drop_channels()
+        self._channels.close_all()
         self._payloads.clear()
         self._last_plan = None
         self._stage = None

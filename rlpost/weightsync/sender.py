@@ -64,6 +64,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ChannelPool(dict[str, PipelinedChannel]):
+    """The control connection to each engine, kept for the next update while it may be
+    reused (idle < keep_alive_s, the last update's answers all read, not closed by the
+    engine); shared by the NCCL/gloo and the colocated senders."""
+
+    def __init__(self, token: str, timeout_s: float):
+        super().__init__()
+        self.token, self.timeout_s = token, timeout_s
+
+    def channel(self, url: str, keep_alive_s: float) -> PipelinedChannel:
+        ch = self.pop(url, None)
+        if ch is not None and ch.reusable(keep_alive_s):
+            self[url] = ch
+            return ch
+        if ch is not None:
+            ch.close()
+        try:
+            ch = PipelinedChannel(url, self.token, self.timeout_s)
+        except OSError as e:
+            raise WeightSyncFailed(f"engine {url}: cannot connect: {e}") from e
+        self[url] = ch
+        return ch
+
+    def close_all(self) -> None:
+        for ch in self.values():
+            ch.close()
+        self.clear()
+
+
 class WeightSender:
     def __init__(
         self,
@@ -106,7 +135,7 @@ class WeightSender:
         # request written into a connection as it closes would be lost after its bucket's
         # broadcast was enqueued, so reuse stays well inside that timer.
         self.keep_alive_s = keep_alive_s
-        self._channels: dict[str, PipelinedChannel] = {}
+        self._channels = ChannelPool(token, http_timeout_s)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(headers=headers, timeout=http_timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=max(2, len(self.engine_urls)))
@@ -263,26 +292,6 @@ class WeightSender:
 
     # ------------------------------------------------------------------ pipelined
 
-    def _channel(self, url: str) -> PipelinedChannel:
-        """The control connection to `url`: the last update's, if it may be reused."""
-        ch = self._channels.pop(url, None)
-        if ch is not None and ch.reusable(self.keep_alive_s):
-            self._channels[url] = ch
-            return ch
-        if ch is not None:
-            ch.close()
-        try:
-            ch = PipelinedChannel(url, self.token, self.http_timeout_s)
-        except OSError as e:
-            raise WeightSyncFailed(f"engine {url}: cannot connect: {e}") from e
-        self._channels[url] = ch
-        return ch
-
-    def _drop_channels(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
-        self._channels.clear()
-
     def _bucket_tensors(self, bucket, device: str) -> tuple[list[torch.Tensor], bool]:
         """What goes on the wire for one bucket, and whether it still has to be filled
         (fill_flat) after its request is written. Everything that can fail happens here."""
@@ -304,7 +313,7 @@ class WeightSender:
         channels: list[PipelinedChannel] = []
         ok = False
         try:
-            channels = [self._channel(url) for url in self.engine_urls]
+            channels = [self._channels.channel(url, self.keep_alive_s) for url in self.engine_urls]
             for ch in channels:
                 ch.send(P.PATH_PAUSE, P.pause_payload(self.pause_mode), f"POST {P.PATH_PAUSE}")
             sizes: list[int] = []
@@ -372,7 +381,7 @@ class WeightSender:
             raise WeightSyncFailed(str(e)) from e
         finally:
             if not ok:  # after a failure, the next update starts on fresh connections
-                self._drop_channels()
+                self._channels.close_all()
         self.last_bucket_sizes = sizes
         self.last_in_place_buckets = in_place
         return time.perf_counter() - start
@@ -397,6 +406,6 @@ class WeightSender:
                 self._wait(futures)
             except WeightSyncFailed as e:
                 log.warning("destroying the weight-sync group on an engine failed: %s", e)
-        self._drop_channels()
+        self._channels.close_all()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
