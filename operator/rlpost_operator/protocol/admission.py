@@ -145,15 +145,8 @@ class AdmissionSteps(PassBase):
                     self.obs.now,
                     wl["metadata"].get("generation"),
                 )
-                self.act(
-                    "patch_status",
-                    "Workload",
-                    wl["metadata"]["name"],
-                    {
-                        "metadata": {"resourceVersion": wl["metadata"]["resourceVersion"]},
-                        "status": {"conditions": conds},
-                    },
-                    why="mark the Workload Finished",
+                self.patch_workload_status(
+                    wl, {"conditions": conds}, why="mark the Workload Finished"
                 )
             elif RESOURCE_IN_USE_FINALIZER in (wl["metadata"].get("finalizers") or []):
                 self._drop_finalizer(wl, "Workload finished")
@@ -387,13 +380,8 @@ class AdmissionSteps(PassBase):
         set_condition(
             conds, "Admitted", False, "NoReservation", "The workload has no reservation", now, gen
         )
-        self.act(
-            "patch_status",
-            "Workload",
-            wl["metadata"]["name"],
-            {
-                "metadata": {"resourceVersion": wl["metadata"]["resourceVersion"]},
-                "status": {"conditions": conds, "admission": None},
-            },
+        self.patch_workload_status(
+            wl,
+            {"conditions": conds, "admission": None},
             why=f"clear quota reservation after eviction ({evicted.get('reason')})",
         )

@@ -54,6 +54,13 @@ class PassBase:
     def act(self, verb: str, kind: str, name: str, body=None, why: str = "") -> None:
         self.plan.actions.append(Action(verb, kind, name, body, why))
 
+    def patch_workload_status(self, wl: dict, status: dict, why: str) -> None:
+        """A status write of the Workload, guarded by the resourceVersion it was read at."""
+        body = {"metadata": {"resourceVersion": wl["metadata"]["resourceVersion"]}}
+        self.act(
+            "patch_status", "Workload", wl["metadata"]["name"], {**body, "status": status}, why
+        )
+
     def condition(self, ctype: str, status: bool, reason: str, message: str) -> None:
         set_condition(
             self.st["conditions"], ctype, status, reason, message, self.obs.now, self.generation

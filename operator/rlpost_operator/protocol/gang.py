@@ -278,16 +278,7 @@ class GangSteps(PassBase):
             self.obs.now,
             wl["metadata"].get("generation"),
         )
-        self.act(
-            "patch_status",
-            "Workload",
-            wl["metadata"]["name"],
-            {
-                "metadata": {"resourceVersion": wl["metadata"]["resourceVersion"]},
-                "status": {"conditions": conds},
-            },
-            why=f"PodsReady {value}",
-        )
+        self.patch_workload_status(wl, {"conditions": conds}, why=f"PodsReady {value}")
 
     def start(self) -> Plan:
         assert self.spec is not None and self.wl is not None
