@@ -73,6 +73,7 @@ class RewardType(StrEnum):
     MATH = "math"  # Math-Verify: the \\boxed{} / last answer equals the label mathematically
     REMOTE = "remote"  # POST to reward.url
     CUSTOM = "custom"  # python path "pkg.module:function"
+    CODE_EXEC = "code_exec"  # the response's Python runs against the label's hidden tests
 
 
 class Transport(StrEnum):
@@ -211,6 +212,27 @@ class DataSpec(Model):
     apply_chat_template: bool = False
 
 
+class SandboxSpec(Model):
+    """Limits of one code_exec sample (a subprocess: no network, a scratch directory)."""
+
+    cpu_seconds: Annotated[int, Field(ge=1, le=600)] = 5
+    memory_mb: Annotated[int, Field(ge=64, le=65536)] = 512
+    wall_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    max_processes: Annotated[int, Field(ge=2, le=1024)] = 32
+
+
+class RewardPoolSpec(Model):
+    """Ray workers that run custom and code_exec rewards. 0: in the buffer process."""
+
+    workers: Annotated[int, Field(ge=0, le=1024)] = 0
+    cpus_per_worker: Annotated[float, Field(gt=0, le=256)] = 1.0
+    memory: Quantity = "2Gi"
+    # Reward tasks in flight at once (0: 2 per worker CPU).
+    max_in_flight: Annotated[int, Field(ge=0, le=65536)] = 0
+    # Ray re-runs a task whose worker died this many times.
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3
+
+
 class RewardSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -228,6 +250,8 @@ class RewardSpec(Model):
     url: str | None = None
     function: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    sandbox: SandboxSpec = SandboxSpec()
+    pool: RewardPoolSpec = RewardPoolSpec()
 
 
 class WeightSyncSpec(Model):

@@ -49,6 +49,24 @@ def check_function(path: str) -> Callable[..., Any]:
     return fn
 
 
+def code_exec_fn(spec: RewardSpec) -> Callable[[str, str, Any], float]:
+    """The code_exec reward with the spec's sandbox limits (blocking: a thread or a task)."""
+    from rlpost_rollout.rewards import code_exec
+
+    sb = spec.sandbox
+    limits = code_exec.Limits(
+        cpu_s=sb.cpu_seconds,
+        memory_mb=sb.memory_mb,
+        wall_s=sb.wall_seconds,
+        max_processes=sb.max_processes,
+    )
+
+    def reward(prompt: str, response: str, label: Any) -> float:
+        return code_exec.score(response, label, limits)
+
+    return reward
+
+
 def _checked(value: Any, where: str) -> float:
     try:
         reward = float(value)
@@ -65,6 +83,8 @@ def make_reward(spec: RewardSpec) -> RewardFn:
         return _remote(spec.url or "", timeout)
     if spec.type == RewardType.CUSTOM:
         fn, where = check_function(spec.function or ""), f"reward {spec.function}"
+    elif spec.type == RewardType.CODE_EXEC:
+        fn, where = code_exec_fn(spec), "reward code_exec"
     elif spec.type == RewardType.MATH:
         fn, where = math_answer_async, "reward math"
     else:
