@@ -192,6 +192,13 @@ def build() -> dict:
         "rollout: applying it on one engine.",
     )
     g.panel(
+        "Train/rollout logprob mismatch",
+        [(f"max by (job) (rlpost_logprob_mismatch{{{JOB}}})", "{{job}}")],
+        description="Mean |trainer - rollout logprob| per trained token of the last step: "
+        "how far the engines' sampling policy is from the trainer's (staleness, numerics; "
+        "algorithm.tisCap corrects for it).",
+    )
+    g.panel(
         "Buffer depth",
         [(f"sum by (job) (rlpost_buffer_depth{{{JOB}}})", "{{job}}")],
         description="Scored samples waiting in the buffer for the trainer.",

@@ -65,7 +65,18 @@ class RouterPolicy(StrEnum):
 
 
 class Algorithm(StrEnum):
-    GRPO = "grpo"
+    GRPO = "grpo"  # group-normalised advantages, token ratio clipped (PPO-style)
+    GSPO = "gspo"  # group-normalised advantages, one ratio per sequence, clipped per sequence
+    DAPO = "dapo"  # GRPO + decoupled clip (clipHigh > clipLow), token-mean, overlong shaping
+    REINFORCE_PP = "reinforce_pp"  # REINFORCE++: baseline and normalisation over the batch
+
+
+class LossAggregation(StrEnum):
+    """How per-token losses become one number (the whole batch's, whatever the sharding)."""
+
+    TOKEN_MEAN = "token-mean"  # mean over every trained token of the batch
+    SEQ_MEAN_TOKEN_SUM = "seq-mean-token-sum"  # sum over each sequence, mean over sequences
+    SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"  # mean over each sequence, then over sequences
 
 
 class RewardType(StrEnum):
@@ -188,16 +199,50 @@ class RolloutSpec(Model):
     resources: Resources = Resources(cpu="8", memory="64Gi")
 
 
+DAPO_CLIP_HIGH = 0.28  # the DAPO paper's clip-higher
+
+
 class AlgorithmSpec(Model):
+    """The RL algorithm (docs/DESIGN.md, "Algorithms"). Unset optional fields take the
+    algorithm's own default: clipLow = clip; clipHigh = 0.28 for dapo, else clip;
+    lossAggregation = token-mean for dapo and reinforce_pp, else seq-mean-token-mean."""
+
     name: Algorithm = Algorithm.GRPO
     group_size: Annotated[int, Field(ge=2, le=1024)] = 8
     rollout_batch_size: Annotated[int, Field(ge=1, le=65536)] = 64  # prompts per step
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-6
     kl_coef: Annotated[float, Field(ge=0.0)] = 0.0
     clip: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+    # Decoupled clip range [1 - clipLow, 1 + clipHigh] of the ratio (DAPO's clip-higher).
+    clip_low: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    clip_high: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    loss_aggregation: LossAggregation | None = None
+    # Overlong shaping (DAPO): a response longer than rollout.maxNewTokens - overlongBuffer
+    # loses overlongPenalty * (its excess / overlongBuffer) of reward. Unset: off.
+    overlong_buffer: Annotated[int, Field(ge=1, le=65536)] | None = None
+    overlong_penalty: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
+    # Truncated importance sampling: each token's loss is weighted by
+    # min(pi_trainer / pi_rollout, tisCap), the trainer's policy against the engine's
+    # sampling logprobs (staleness, numerics). Unset: off.
+    tis_cap: Annotated[float, Field(ge=1.0, le=1000.0)] | None = None
     dynamic_sampling: bool = True  # drop groups whose rewards have zero std, refill
     # -1 flips the advantage sign: a control run that must NOT learn (proves the gradient).
     advantage_sign: Annotated[int, Field(ge=-1, le=1)] = 1
+
+    def clip_range(self) -> tuple[float, float]:
+        """(clip_low, clip_high) with the algorithm's defaults for unset fields."""
+        high = self.clip_high
+        if high is None:
+            high = DAPO_CLIP_HIGH if self.name == Algorithm.DAPO else self.clip
+        return (self.clip if self.clip_low is None else self.clip_low), high
+
+    def aggregation(self) -> LossAggregation:
+        """loss_aggregation, or the algorithm's default."""
+        if self.loss_aggregation is not None:
+            return LossAggregation(self.loss_aggregation)
+        if self.name in (Algorithm.DAPO, Algorithm.REINFORCE_PP):
+            return LossAggregation.TOKEN_MEAN
+        return LossAggregation.SEQ_MEAN_TOKEN_MEAN
 
 
 class DataSpec(Model):
@@ -309,6 +354,11 @@ class RLPostTrainJobSpec(Model):
                 cel(
                     "self.mode != 'disaggregated' || self.weightSync.transport != 'ipc'",
                     "ipc weight sync needs colocated mode; use nccl or auto",
+                ),
+                cel(
+                    "!has(self.algorithm.overlongBuffer) || "
+                    "self.algorithm.overlongBuffer < self.rollout.maxNewTokens",
+                    "algorithm.overlongBuffer must be less than rollout.maxNewTokens",
                 ),
             ]
         }
@@ -468,6 +518,9 @@ def semantic_errors(spec: RLPostTrainJobSpec) -> list[str]:
             "trainer.parallelism.tensor * pipeline must divide trainer.replicas * gpusPerPod "
             f"({tp_pp} does not divide {spec.trainer.replicas * spec.trainer.gpus_per_pod})"
         )
+    alg = spec.algorithm
+    if alg.overlong_buffer is not None and alg.overlong_buffer >= spec.rollout.max_new_tokens:
+        errors.append("algorithm.overlongBuffer must be less than rollout.maxNewTokens")
     if spec.reward.type == RewardType.REMOTE and not spec.reward.url:
         errors.append("reward.url is required for remote")
     if spec.reward.type == RewardType.CUSTOM and not spec.reward.function:

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rlpost_trainer.batch import batch_advantages  # noqa: E402
+from rlpost_trainer.algorithms import batch_advantages  # noqa: E402
 
 from rlpost.api import RLPostTrainJob  # noqa: E402
 from rlpost.models import build_tokenizer  # noqa: E402

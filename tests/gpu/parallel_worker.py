@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rlpost_trainer.batch import batch_advantages  # noqa: E402
+from rlpost_trainer.algorithms import batch_advantages  # noqa: E402
 
 from rlpost.models import build_tokenizer  # noqa: E402
 from tests.gpu.helpers import job, synthetic_batch  # noqa: E402

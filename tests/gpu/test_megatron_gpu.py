@@ -11,7 +11,8 @@ import sys
 
 import pytest
 import torch
-from rlpost_trainer.batch import TrainBatch, batch_advantages
+from rlpost_trainer.algorithms import batch_advantages
+from rlpost_trainer.batch import TrainBatch
 
 from rlpost.local.gpus import source_tree_env
 from rlpost.models import build_tokenizer

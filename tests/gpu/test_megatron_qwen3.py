@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rlpost_trainer.batch import batch_advantages
+from rlpost_trainer.algorithms import batch_advantages
 
 from rlpost.api import RLPostTrainJob
 from rlpost.models import build_tokenizer

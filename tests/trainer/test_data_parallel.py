@@ -210,7 +210,8 @@ def model_state(state_dir: Path, step: int) -> dict[str, torch.Tensor]:
 def assert_same_training(one: list[dict], many: list[dict]) -> None:
     assert [r["step"] for r in many] == [r["step"] for r in one]
     for a, b in zip(one, many, strict=True):
-        for key in ("loss", "pg_loss", "kl", "kl_rollout", "clip_fraction", "grad_norm"):
+        keys = ("loss", "pg_loss", "kl", "kl_rollout", "logprob_mismatch", "clip_fraction")
+        for key in (*keys, "grad_norm"):
             assert b[key] == pytest.approx(a[key], abs=TOL, rel=TOL), (a["step"], key, a, b)
         assert a["samples"] == b["samples"] == 10
 

@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
-from rlpost_trainer.batch import Batch, batch_advantages, collate
-from rlpost_trainer.grpo import group_advantages, grpo_loss, k3_kl
+from rlpost_trainer.algorithms import batch_advantages, grpo
+from rlpost_trainer.algorithms.advantages import group_advantages
+from rlpost_trainer.algorithms.core import LossConfig, k3_kl
+from rlpost_trainer.batch import Batch, collate
 from rlpost_trainer.torch_backend import TorchBackend
 
 from rlpost.api import ModelSource, RLPostTrainJobSpec
@@ -28,6 +30,11 @@ def test_group_advantages_normalise_within_each_group():
 def test_identical_rewards_give_zero_advantage_not_nan():
     adv = group_advantages(torch.tensor([[1.0, 1.0, 1.0]]))
     assert torch.equal(adv, torch.zeros(1, 3))
+
+
+def grpo_loss(logp, old, adv, mask, clip, kl_coef=0.0, ref_logprobs=None):
+    cfg = LossConfig(clip_low=clip, clip_high=clip, kl_coef=kl_coef)
+    return grpo.loss(logp, old, adv, mask, cfg, ref_logprobs=ref_logprobs)
 
 
 def _grad(logp0, old, adv, mask, clip=0.2, **kw):

@@ -1,9 +1,10 @@
 """The interface between the RL loop and a training engine.
 
 The loop (loop.py) is engine-agnostic: it collates the buffer's batch into a TrainBatch,
-computes GRPO advantages, and asks the backend to do the rest. `torch` (torch_backend.py)
-is the reference implementation; a Megatron-core backend implements the same protocol and
-converts its parameter layout to HF names in `named_hf_weights()`.
+computes the algorithm's advantages (algorithms/), and asks the backend to do the rest.
+`torch` (torch_backend.py) is the reference implementation; a Megatron-core backend
+implements the same protocol and converts its parameter layout to HF names in
+`named_hf_weights()`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class TrainerBackend(Protocol):
         """log p(targets) per position, [B, L-1], no grad (current policy)."""
 
     def train_step(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
-        """One optimizer step of the GRPO loss on `batch`; returns loss statistics
-        (at least loss, pg_loss, kl, clip_fraction, grad_norm)."""
+        """One optimizer step of spec.algorithm's loss (algorithms.policy_loss) on `batch`;
+        returns loss statistics (algorithms.LossStats's fields and grad_norm)."""
 
     def named_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (unsharded) weights under HF parameter names, in the engines' dtype."""

@@ -71,6 +71,9 @@ class TrainBatch:
     n_groups: int
     response_tokens: int
     total_tokens: int
+    # [B] response length of each row (every generated token, trained or not): the DAPO
+    # overlong shaping's input.
+    response_lengths: torch.Tensor | None = None
 
 
 def collate(batch: Batch, pad_id: int) -> TrainBatch:
@@ -105,15 +108,5 @@ def collate(batch: Batch, pad_id: int) -> TrainBatch:
         n_groups=len(batch.groups),
         response_tokens=sum(len(s.response_ids) for s in samples),
         total_tokens=sum(len(x) for x in seqs),
+        response_lengths=torch.tensor([len(s.response_ids) for s in samples], dtype=torch.long),
     )
-
-
-def batch_advantages(tb: TrainBatch, eps: float = 1e-6) -> torch.Tensor:
-    """Group-normalised advantages per row; groups may differ in size."""
-    from rlpost_trainer.grpo import group_advantages
-
-    adv = torch.zeros_like(tb.rewards)
-    for g in range(tb.n_groups):
-        rows = tb.group_index == g
-        adv[rows] = group_advantages(tb.rewards[rows][None, :], eps)[0]
-    return adv

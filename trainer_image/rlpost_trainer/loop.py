@@ -25,8 +25,9 @@ from rlpost.models import build_tokenizer
 from rlpost.storage import checkpoint_dir, resolve_job_paths
 from rlpost.weightsync.colocated import release_engines, resume_engines
 from rlpost_trainer import checkpoint
+from rlpost_trainer.algorithms import batch_advantages
 from rlpost_trainer.backend import TrainerBackend, make_backend
-from rlpost_trainer.batch import Batch, TrainBatch, batch_advantages, collate
+from rlpost_trainer.batch import Batch, TrainBatch, collate
 from rlpost_trainer.buffer_client import BatchNotReady, BufferClient, BufferError
 from rlpost_trainer.engines import engine_set_from_env
 from rlpost_trainer.metrics import TrainerMetrics
@@ -211,7 +212,7 @@ class Trainer:
             if batch.step != step:
                 raise BufferError(f"asked the buffer for step {step}, got step {batch.step}")
             tb = collate(batch, self.tokenizer.pad_token_id)
-            advantages = batch_advantages(tb) * self.spec.algorithm.advantage_sign
+            advantages = batch_advantages(tb, self.spec)
             payload = (tb, advantages, batch_stats(batch))
         tb, advantages, stats = self.from_main(payload)
         return tb, advantages, stats if self.ranks.is_main else None
@@ -238,6 +239,7 @@ class Trainer:
         sync_s = self.push_weights(step + 1)
         self.buffer.post_weight_version(step + 1)
         t_end = time.perf_counter()
+        tis = self.spec.algorithm.tis_cap is not None
         record = {
             "step": step,
             "weight_version": step + 1,
@@ -246,6 +248,9 @@ class Trainer:
             "pg_loss": stats.get("pg_loss"),
             "kl": stats.get("kl") if self.spec.algorithm.kl_coef > 0 else None,
             "kl_rollout": stats.get("kl_rollout"),
+            "logprob_mismatch": stats.get("logprob_mismatch"),
+            "tis_weight_mean": stats.get("tis_weight_mean") if tis else None,
+            "tis_clip_fraction": stats.get("tis_clip_fraction") if tis else None,
             "clip_fraction": stats.get("clip_fraction"),
             "grad_norm": stats.get("grad_norm"),
             "response_tokens": tb.response_tokens,
@@ -260,6 +265,8 @@ class Trainer:
         self.metrics.step.set(step)
         self.metrics.reward.set(record["reward_mean"])
         self.metrics.tps.set(record["tokens_per_second"])
+        if record["logprob_mismatch"] is not None:
+            self.metrics.mismatch.set(record["logprob_mismatch"])
         return record
 
     # ------------------------------------------------------------------ the loop

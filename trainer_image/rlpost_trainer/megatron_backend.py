@@ -2,9 +2,9 @@
 
 Same contract as the torch backend (backend.py): fp32 master weights built from the same HF
 init as the engines (spec.model + spec.seed, converted to Megatron's fused layouts), the
-same GRPO loss (grpo.grpo_loss) on the same micro-batches, AdamW, global grad-norm clipping
-at 1.0; `named_hf_weights()` converts back to HF names/layouts (fused QKV and gate/up split,
-TP shards gathered) in spec.model.dtype for the engines.
+same loss (algorithms.policy_loss of spec.algorithm) on the same micro-batches, AdamW, global
+grad-norm clipping at 1.0; `named_hf_weights()` converts back to HF names/layouts (fused QKV
+and gate/up split, TP shards gathered) in spec.model.dtype for the engines.
 
 Optimizer (RLPOST_MEGATRON_OPTIMIZER): `distributed` (the default on one GPU) is
 Megatron-core's own DistributedDataParallel (gradients accumulated into contiguous fp32
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -33,8 +34,8 @@ import torch.distributed as dist
 
 from rlpost.api import RLPostTrainJobSpec
 from rlpost.models import DTYPES, build_model
+from rlpost_trainer.algorithms import LossStats, policy_loss
 from rlpost_trainer.batch import TrainBatch
-from rlpost_trainer.grpo import grpo_loss
 from rlpost_trainer.megatron.convert import (
     LlamaShape,
     gather_tp,
@@ -112,7 +113,7 @@ def inner_optimizers(optimizer) -> list:
     return [o.optimizer for o in subs]
 
 
-STAT_KEYS = ("loss", "pg_loss", "kl", "clip_fraction", "ratio_mean", "kl_rollout")
+STAT_KEYS = tuple(f.name for f in fields(LossStats))
 
 
 class MegatronBackend:
@@ -168,8 +169,8 @@ class MegatronBackend:
             self.optimizer = torch.optim.AdamW(
                 self.model.parameters(), lr=spec.algorithm.lr, betas=(0.9, 0.99), weight_decay=0.0
             )
-        # Megatron's DDP averages gradients over DP ranks; each rank's loss is weighted by its
-        # share of the whole batch (the sum over ranks is the batch loss): scale back.
+        # Megatron's DDP averages gradients over DP ranks; each rank's loss is its share of
+        # the whole batch's (the sum over ranks is the batch loss): scale back.
         self.grad_scale = float(self.dp_size) if self.ddp is not None else 1.0
         self.ref_model = None
         if spec.algorithm.kl_coef > 0:
@@ -362,9 +363,12 @@ class MegatronBackend:
         return [r["logprobs"] for r in reports] if self.last_stage else []
 
     def _items(self, batch: TrainBatch, advantages: torch.Tensor, lo: int, hi: int) -> list:
-        """Rows lo..hi as micro-batches: (batch, advantages, weight in the full batch,
-        reference logprobs or None) each."""
-        n = batch.input_ids.shape[0]
+        """Rows lo..hi as micro-batches: (batch, advantages, the full batch's (sequences with
+        trained tokens, trained tokens), reference logprobs or None) each."""
+        whole = (
+            float((batch.loss_mask.sum(-1) > 0).sum().clamp(min=1)),
+            float(batch.loss_mask.sum().clamp(min=1)),
+        )
         mbs = self._micro_batches(batch, lo, hi)
         refs: list = [None] * len(mbs)
         if self.ref_model is not None:
@@ -375,25 +379,27 @@ class MegatronBackend:
                     refs = [megatron_logprobs(self.ref_model, mb, self.device) for mb in mbs]
         starts = range(lo, hi, MICRO_BATCH_ROWS)
         return [
-            (mb, advantages[a : a + mb.input_ids.shape[0]], mb.input_ids.shape[0] / n, ref)
+            (mb, advantages[a : a + mb.input_ids.shape[0]], whole, ref)
             for mb, a, ref in zip(mbs, starts, refs, strict=True)
         ]
 
     def _weighted_loss(self, item, logits: torch.Tensor):
-        """GRPO loss of one micro-batch and its stats, both weighted by its share of rows."""
-        mb, adv, weight, ref = item
-        alg = self.spec.algorithm
-        loss, stats = grpo_loss(
+        """The spec's loss of one micro-batch and its stats, each its share of the whole
+        batch's value (normalised by the whole batch's sequences and tokens, as the torch
+        backend does): the shares of all micro-batches and ranks add up to it."""
+        mb, adv, (n_seqs, n_tokens), ref = item
+        loss, stats = policy_loss(
+            self.spec.algorithm,
             logprobs_from_logits(logits, mb.targets),
             mb.old_logprobs.to(self.device),
             adv.to(self.device),
             mb.loss_mask.to(self.device),
-            clip=alg.clip,
-            kl_coef=alg.kl_coef,
             ref_logprobs=ref,
+            n_seqs=n_seqs,
+            n_tokens=n_tokens,
         )
         vec = torch.tensor([getattr(stats, k) for k in STAT_KEYS], dtype=torch.float64)
-        return loss * weight, vec * weight
+        return loss, vec
 
     def _forward_backward(self, items: list) -> torch.Tensor:
         """Gradients of the weighted loss over `items`; the stats totals on every stage."""

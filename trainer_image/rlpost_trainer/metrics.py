@@ -23,6 +23,12 @@ class TrainerMetrics:
             labels,
             registry=self.registry,
         ).labels(job)
+        self.mismatch = Gauge(
+            "rlpost_logprob_mismatch",
+            "mean |trainer - rollout logprob| per trained token of the last step",
+            labels,
+            registry=self.registry,
+        ).labels(job)
         self.sync = Histogram(
             "rlpost_weight_sync_seconds",
             "wall time of one full weight update to all engines",

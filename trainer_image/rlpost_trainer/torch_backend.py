@@ -19,8 +19,8 @@ import torch.distributed as dist
 from rlpost.api import RLPostTrainJobSpec
 from rlpost.models import DTYPES, build_model
 from rlpost.weightsync.packed import pack_parameters
+from rlpost_trainer.algorithms import LossStats, policy_loss
 from rlpost_trainer.batch import TrainBatch
-from rlpost_trainer.grpo import LossStats, grpo_loss
 from rlpost_trainer.ranks import dp_rows
 
 # Rows per forward/backward; the loss is accumulated so the step equals one full-batch step.
@@ -52,6 +52,7 @@ def rows(batch: TrainBatch, lo: int, hi: int) -> TrainBatch:
         n_groups=batch.n_groups,
         response_tokens=0,
         total_tokens=0,
+        response_lengths=None if batch.response_lengths is None else batch.response_lengths[lo:hi],
     )
 
 
@@ -109,13 +110,12 @@ class TorchBackend:
             if self.ref_model is not None:
                 with torch.no_grad():
                     ref = token_logprobs(self.ref_model, mb, self.device)
-            loss, stats = grpo_loss(
+            loss, stats = policy_loss(
+                alg,
                 logp,
                 mb.old_logprobs.to(self.device),
                 advantages[lo:hi].to(self.device),
                 mb.loss_mask.to(self.device),
-                clip=alg.clip,
-                kl_coef=alg.kl_coef,
                 ref_logprobs=ref,
                 n_seqs=n_seqs,
                 n_tokens=n_tokens,
