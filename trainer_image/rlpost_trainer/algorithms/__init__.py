@@ -1,6 +1,7 @@
 """The RL algorithms (spec.algorithm.name): one loss module each (grpo, gspo, dapo,
 reinforce_pp), sharing the advantage functions (advantages.py) and the ratio, clip, TIS,
-aggregation and statistics plumbing (core.py).
+aggregation and statistics plumbing (core.py). critic.py: GAE and the value loss for a
+future `ppo` (not wired: no backend trains a critic).
 
 The backends call `policy_loss` per micro-batch; the loop calls `batch_advantages` once per
 step (rank 0, whole groups)."""
