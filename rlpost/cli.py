@@ -1,6 +1,6 @@
 """`rlpost`: run a job on this machine, or check a job file.
 
-rlpost run job.yaml [--steps N] [--run-dir DIR] [--max-staleness K]
+rlpost run job.yaml [--steps N] [--run-dir DIR] [--max-staleness K] [--reward-workers N]
 rlpost validate job.yaml
 rlpost export RUN_DIR --step N OUT   (a training checkpoint as a Hugging Face model directory)
 """
@@ -24,6 +24,8 @@ def _load(path: str, overrides: argparse.Namespace | None = None):
             spec.steps = overrides.steps
         if overrides.max_staleness is not None:
             spec.rollout.max_staleness = overrides.max_staleness
+        if getattr(overrides, "reward_workers", None) is not None:
+            spec.reward.pool.workers = overrides.reward_workers
         # Re-validate: an override can make the spec invalid (e.g. staleness in colocated).
         from rlpost.api import RLPostTrainJob, semantic_errors
 
@@ -152,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="data-parallel trainer ranks (one pod of that many GPUs; gloo ranks on the CPU)",
+    )
+    run.add_argument(
+        "--reward-workers",
+        type=int,
+        default=None,
+        help="override spec.reward.pool.workers: a local Ray head with N CPUs runs custom and "
+        "code_exec rewards (0: in the buffer process)",
     )
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a job file (schema + semantic rules)")

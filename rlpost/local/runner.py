@@ -146,6 +146,7 @@ class LocalRun:
             logs / "router.log",
             f"{router_url}/health",
         )
+        pool = self.reward_pool(env, logs)
         buffer = Role(
             "buffer",
             [py, "-m", "rlpost_rollout.buffer", "--host", "127.0.0.1", "--port", str(buffer_port)],
@@ -153,6 +154,7 @@ class LocalRun:
                 **env,
                 "RLPOST_ROUTER_URL": router_url,
                 "RLPOST_STATE_DIR": str(self.run_dir / "buffer-state"),
+                **({"RLPOST_RAY_ADDRESS": self.urls_ray} if pool else {}),
             },
             logs / "buffer.log",
             f"{buffer_url}/health",
@@ -177,7 +179,21 @@ class LocalRun:
             "buffer": buffer_url,
             "trainer_metrics": f"http://127.0.0.1:{metrics_port}/metrics",
         }
-        return [engines, [router], [buffer], [trainer]]
+        if pool:
+            self.urls["ray"] = self.urls_ray
+        return [engines, [router, *pool], [buffer], [trainer]]
+
+    def reward_pool(self, env: dict[str, str], logs: Path) -> list[Role]:
+        """The Ray head of rewards.pool (`--reward-workers N`), or nothing (workers 0)."""
+        workers = self.spec.reward.pool.workers
+        if workers == 0:
+            return []
+        from rlpost.local import raypool
+
+        port = free_port()
+        self.urls_ray = f"127.0.0.1:{port}"
+        argv = raypool.head_argv(port, workers)
+        return [Role("reward-pool", argv, raypool.head_env(env), logs / "reward-pool.log")]
 
     def gang_env(self) -> dict[str, str]:
         """One trainer "pod" of `trainer_ranks` ranks: its launcher (rlpost_trainer.launch)

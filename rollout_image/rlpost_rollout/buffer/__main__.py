@@ -22,6 +22,7 @@ from rlpost_rollout.buffer.metrics import BufferMetrics
 from rlpost_rollout.buffer.store import Store
 from rlpost_rollout.rewards import make_reward
 from rlpost_rollout.rewards.base import check_function
+from rlpost_rollout.rewards.pool import POOLED, PoolMetrics, RewardPool, connect
 
 log = logging.getLogger("rlpost_rollout.buffer")
 
@@ -34,6 +35,32 @@ def context_length(source) -> int:
     if cfg.exists():
         return int(json.loads(cfg.read_text()).get("max_position_embeddings", 1 << 30))
     return 1 << 30
+
+
+def reward_fn(spec, metrics: BufferMetrics):
+    """The spec's reward; custom and code_exec ones on the job's Ray pool when it has one."""
+    pool_spec = spec.pool
+    if pool_spec.workers == 0 or spec.type not in POOLED:
+        return make_reward(spec)
+    address = os.environ.get("RLPOST_RAY_ADDRESS")
+    if not address:
+        raise ValueError("rewards.pool.workers > 0 but RLPOST_RAY_ADDRESS (the pool) is not set")
+    connect(address)
+    in_flight = pool_spec.max_in_flight or max(
+        1, int(2 * pool_spec.workers * pool_spec.cpus_per_worker)
+    )
+    log.info(
+        "reward pool connected",
+        extra={"address": address, "workers": pool_spec.workers, "max_in_flight": in_flight},
+    )
+    pool = RewardPool(
+        spec,
+        max_in_flight=in_flight,
+        timeout_s=spec.timeout_seconds,
+        max_retries=pool_spec.max_retries,
+        metrics=PoolMetrics(metrics.job, metrics.registry),
+    )
+    return make_reward(spec, pool)
 
 
 def build(job, state_dir: str, router_url: str) -> Buffer:
@@ -66,7 +93,7 @@ def build(job, state_dir: str, router_url: str) -> Buffer:
             os.environ.get("RLPOST_MAX_INFLIGHT_GROUPS", spec.algorithm.rollout_batch_size)
         ),
     )
-    driver = Driver(cfg, store, source, make_reward(spec.reward), tokenizer, metrics)
+    driver = Driver(cfg, store, source, reward_fn(spec.reward, metrics), tokenizer, metrics)
     buffer = Buffer(
         store,
         driver,

@@ -184,18 +184,30 @@ class Driver:
                     _version(meta.get("weight_version"), version_at_start), version_at_start
                 ),
             }
-            try:
-                sample["reward"] = await self.reward(row.prompt, out["text"], row.label)
-                self.scored_rewards.append(sample["reward"])
-            except RewardError as exc:
-                sample["failed"], sample["error"] = True, str(exc)
-                errors.append(f"{sample['sample_id']}: {exc}")
-                self.metrics.reward_errors.inc()
-                log.error(
-                    "reward failed",
-                    extra={"sample_id": sample["sample_id"], "where": row.where, "error": str(exc)},
-                )
             samples.append(sample)
+        # The group's samples are scored at once (a reward pool runs them in parallel), each
+        # under its sample id (the pool scores an id once).
+        scored = await asyncio.gather(
+            *(
+                self.reward(row.prompt, out["text"], row.label, key=x["sample_id"])
+                for x, out in zip(samples, outs, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        for sample, result in zip(samples, scored, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, RewardError):
+                raise result
+            if not isinstance(result, RewardError):
+                sample["reward"] = result
+                self.scored_rewards.append(result)
+                continue
+            sample["failed"], sample["error"] = True, str(result)
+            errors.append(f"{sample['sample_id']}: {result}")
+            self.metrics.reward_errors.inc()
+            log.error(
+                "reward failed",
+                extra={"sample_id": sample["sample_id"], "where": row.where, "error": str(result)},
+            )
         if errors:
             self.fail_streak += 1
             self._record_error("reward", errors[-1])

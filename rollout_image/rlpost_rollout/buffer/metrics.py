@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 class BufferMetrics:
     def __init__(self, job: str):
+        self.job = job
         self.registry = CollectorRegistry()
         r = self.registry
         samples = Counter("rlpost_samples", "samples by outcome", ["job", "outcome"], registry=r)

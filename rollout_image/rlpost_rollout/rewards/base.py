@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import inspect
 import math
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +15,9 @@ import httpx
 from rlpost.api import RewardSpec, RewardType
 from rlpost_rollout.rewards.builtin import exact_match, math_answer_async
 
-RewardFn = Callable[[str, str, Any], Awaitable[float]]
+# reward(prompt, response, label, key=sample_id) -> float; `key` lets a reward pool score each
+# sample once however often its task is retried (the in-process rewards ignore it).
+RewardFn = Callable[..., Awaitable[float]]
 
 
 class RewardError(Exception):
@@ -77,8 +80,15 @@ def _checked(value: Any, where: str) -> float:
     return reward
 
 
-def make_reward(spec: RewardSpec) -> RewardFn:
+def make_reward(spec: RewardSpec, pool: Any = None) -> RewardFn:
+    """`pool` (a rewards.pool.RewardPool): custom and code_exec rewards run there."""
     timeout = spec.timeout_seconds
+    if pool is not None:
+
+        async def pooled(prompt: str, response: str, label: Any, key: str | None = None):
+            return await pool.score(key or uuid.uuid4().hex, prompt, response, label)
+
+        return pooled
     if spec.type == RewardType.REMOTE:
         return _remote(spec.url or "", timeout)
     if spec.type == RewardType.CUSTOM:
@@ -90,7 +100,7 @@ def make_reward(spec: RewardSpec) -> RewardFn:
     else:
         fn, where = exact_match, "reward exact_match"
 
-    async def call(prompt: str, response: str, label: Any) -> float:
+    async def call(prompt: str, response: str, label: Any, key: str | None = None) -> float:
         try:
             if inspect.iscoroutinefunction(fn):
                 value = await asyncio.wait_for(fn(prompt, response, label), timeout)
@@ -115,7 +125,7 @@ def _remote(url: str, timeout: float) -> RewardFn:
     """POST {"prompt", "response", "label"} -> {"reward": float}."""
     client = httpx.AsyncClient(timeout=timeout)
 
-    async def call(prompt: str, response: str, label: Any) -> float:
+    async def call(prompt: str, response: str, label: Any, key: str | None = None) -> float:
         where = f"remote reward {url}"
         try:
             r = await client.post(
