@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlpost.local.gpus import source_tree_env
+from rlpost.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
@@ -63,14 +64,6 @@ MODELS = {
 }
 MODEL = MODELS["7b"]
 BUCKETS_MB = [256, 512, 1024, 2048]  # --buckets
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_job(directory: Path, dtype: str = "bfloat16", model: dict | None = None) -> Path:

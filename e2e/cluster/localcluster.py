@@ -22,11 +22,13 @@ from pathlib import Path
 
 import yaml
 
+from rlpost.ports import free_port
+
 from . import kueue_manifests
 from . import node as real_node_mod
 from .certs import make_certs
 from .paths import REPO, bin_dir, missing_binaries, module_dir
-from .procs import _alive, _stop_pid, free_port, log
+from .procs import _alive, _stop_pid, log
 
 __all__ = ["LocalCluster", "_alive", "default_state_dir", "fake_gpu_node", "free_port", "log"]
 

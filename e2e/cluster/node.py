@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from rlpost.ports import free_port
+
 from . import hostnet
 from .certs import client_cert
 from .oci import PAUSE_IMAGE, pause_archive
 from .paths import bin_dir
-from .procs import _alive, _stop_pid, free_port, log
+from .procs import _alive, _stop_pid, log
 
 if TYPE_CHECKING:
     from .localcluster import LocalCluster

@@ -78,6 +78,25 @@ def _engine_version(pod: dict) -> int:
         return int(json.loads(r.read())["weight_version"])
 
 
+def _gang_report(cluster, ns: str) -> str:
+    """What each pod of the job is doing, its last log lines and the namespace's events."""
+    lines = []
+    for p in _pods(cluster, ns):
+        name = p["metadata"]["name"]
+        st = p["status"]
+        conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
+        states = [
+            (c["name"], c.get("restartCount"), c.get("state"))
+            for c in st.get("containerStatuses", [])
+        ]
+        lines.append(f"pod {name}: {st.get('phase')} {conds} {states}")
+        logs = cluster.kubectl("logs", "-n", ns, name, "--all-containers", "--tail=15", check=False)
+        lines.append(logs.stdout + logs.stderr)
+    ev = cluster.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False)
+    lines.append(ev.stdout[-4000:])
+    return "\n".join(lines)
+
+
 def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
     c = real_cluster
     ns = real_platform.tenants[0].namespace
@@ -130,7 +149,10 @@ def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
                 return False
         return all(p["spec"]["nodeName"] == NODE for p in pods)
 
-    c.wait_for("trainer Running, engines/router/buffer Ready", gang_ready, timeout=600, interval=2)
+    try:
+        c.wait_for("trainer Running, engines/router/buffer Ready", gang_ready, 600, interval=2)
+    except TimeoutError:
+        raise AssertionError(_gang_report(c, ns)) from None
     gang_s = time.monotonic() - t0
     # The weights move: the job's status and every engine report a newer version.
     c.wait_for(

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -18,14 +17,9 @@ from rlpost.api import RLPostTrainJob
 from rlpost.local.gpus import local_transport, plan_gpus, visible_gpus
 from rlpost.local.plot import read_steps, reward_curve
 from rlpost.local.procs import Processes, Role, RoleFailed
+from rlpost.ports import free_port
 
 log = logging.getLogger("rlpost.local")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def latest_checkpoint(root: Path) -> int | None:

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 import torch
 
+from rlpost.ports import free_port
 from rlpost.weightsync import payloads as P
 from rlpost.weightsync.flat import FLATTENED_BUCKET, empty_flat, fill_flat
 from rlpost.weightsync.group import SyncGroup, create_sync_group
@@ -56,12 +57,6 @@ def local_address_for(url: str) -> str:
             return s.getsockname()[0]
         except OSError:
             return "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class ChannelPool(dict[str, PipelinedChannel]):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from rlpost_trainer.batch import Batch, collate
 
 from rlpost.api import RLPostTrainJob
 from rlpost.local.gpus import source_tree_env
+from rlpost.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "gpu-test-token"
@@ -79,12 +79,6 @@ def synthetic_batch(vocab: int, seed: int = 0, groups: int = 4, group_size: int 
             )
         out.append({"group_id": str(gi), "weight_version": 0, "samples": samples})
     return collate(Batch.model_validate({"step": 0, "groups": out}), pad_id=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class GpuEngine:

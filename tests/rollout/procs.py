@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,11 @@ from typing import Any
 import httpx
 import yaml
 
+from rlpost.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ALPHABET = "abcdefghij0123456789 =+"
 TOKEN = "test-token-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_job(directory: Path, prompts: Path, **spec_overrides: Any) -> Path:

@@ -10,19 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from rlpost.ports import free_port
 from rlpost_trainer.megatron.convert import LlamaShape
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_distributed(tp: int, pp: int, seed: int) -> None:
@@ -36,7 +30,7 @@ def init_distributed(tp: int, pp: int, seed: int) -> None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
         torch.cuda.set_device(local)
         dist.init_process_group(
