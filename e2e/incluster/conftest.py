@@ -8,6 +8,7 @@ Everything here runs containers for real: nothing is scheduled on kwok nodes. Th
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -199,3 +200,43 @@ def _json(d: dict) -> str:
     import json
 
     return json.dumps(d, separators=(",", ":"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call_failed = rep.failed
+
+
+@pytest.fixture(autouse=True)
+def report_on_failure(request):
+    """When a test here fails: each tenant's jobs (status), pods, operator log and events,
+    so a failure in CI says why without a rerun."""
+    yield
+    if not getattr(request.node, "rep_call_failed", False):
+        return
+    if "real_platform" not in request.fixturenames or "real_cluster" not in request.fixturenames:
+        return
+    c = request.getfixturevalue("real_cluster")
+    platform = request.getfixturevalue("real_platform")
+    out = []
+    for t in platform.tenants:
+        ns = t.namespace
+        for args in (
+            (
+                "get",
+                "rljob",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.status}{'\\n'}{end}",
+            ),
+            ("get", "pods", "-n", ns, "-o", "wide"),
+            ("logs", "-n", ns, "-l", "app.kubernetes.io/name=rlpost-operator", "--tail=40"),
+            ("get", "events", "-n", ns, "--sort-by=.lastTimestamp"),
+        ):
+            r = c.kubectl(*args, check=False)
+            out.append(f"$ kubectl {' '.join(args)}\n{(r.stdout + r.stderr)[-6000:]}")
+    print("\n".join(out), file=sys.stderr)
