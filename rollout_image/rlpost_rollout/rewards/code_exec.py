@@ -123,6 +123,7 @@ def run_sandboxed(
 ) -> SandboxResult:
     """network "auto": a user+network+PID namespace when the kernel allows, else seccomp;
     "seccomp": the fallback only (tests use it to check that path)."""
+    python = sandbox_python()
     nonce = secrets.token_hex(16)
     scratch = tempfile.mkdtemp(prefix="rlpost-sbx-")
     root = os.geteuid() == 0
@@ -142,7 +143,7 @@ def run_sandboxed(
     env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8"}
     try:
         proc = subprocess.Popen(
-            [sandbox_python(), "-I", "-S", "-B", CHILD],
+            [python, "-I", "-S", "-B", CHILD],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
