@@ -78,6 +78,31 @@ def _engine_version(pod: dict) -> int:
         return int(json.loads(r.read())["weight_version"])
 
 
+def ensure_data_pvc(c, platform, ns: str) -> None:
+    """The data PVC the example names, bound to a local PV that holds its prompts."""
+    if c.kubectl("get", "pvc", DATA_PVC, "-n", ns, check=False).returncode == 0:
+        return
+    pv = storage.static_volume(
+        c,
+        f"data-{ns}",
+        NODE,
+        {"copy-first-letter.jsonl": (REPO / "examples" / "copy-first-letter.jsonl").read_bytes()},
+    )
+    c.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": DATA_PVC, "namespace": ns},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": storage.STORAGE_CLASS,
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+    )
+
+
 def _gang_report(cluster, ns: str) -> str:
     """What each pod of the job is doing, its last log lines and the namespace's events."""
     lines = []
@@ -101,25 +126,7 @@ def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
     c = real_cluster
     ns = real_platform.tenants[0].namespace
     # The data PVC the example names, on a local PV holding the prompts.
-    pv = storage.static_volume(
-        c,
-        f"data-{real_platform.suffix}",
-        NODE,
-        {"copy-first-letter.jsonl": (REPO / "examples" / "copy-first-letter.jsonl").read_bytes()},
-    )
-    c.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": DATA_PVC, "namespace": ns},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": storage.STORAGE_CLASS,
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        }
-    )
+    ensure_data_pvc(c, real_platform, ns)
     t0 = time.monotonic()
     c.kubectl("apply", "-n", ns, "-f", str(EXAMPLE))
 
@@ -208,3 +215,28 @@ def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
     print(result)
     if os.environ.get("RLPOST_RECORD_RESULTS") == "1":  # to commit a measured run
         RESULTS.write_text(result + "\n")
+
+
+def test_sign_flipped_job_does_not_learn_in_the_cluster(real_cluster, real_platform):
+    """The control: the same file with the advantage sign flipped trains in the cluster too,
+    and its reward stays at or below 0.2 (chance is 0.083): the learning above is the
+    gradient's doing, not the task's."""
+    c = real_cluster
+    ns = real_platform.tenants[0].namespace
+    ensure_data_pvc(c, real_platform, ns)
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["metadata"] = {"name": "flipped", "namespace": ns}
+    doc["spec"]["algorithm"]["advantageSign"] = -1
+    doc["spec"]["steps"] = 60
+    c.apply(doc)
+
+    def finished() -> dict | None:
+        st = c.get_json("rlposttrainjob", "flipped", "-n", ns).get("status", {})
+        if st.get("phase") in ("Failed", "InvalidSpec"):
+            raise AssertionError(json.dumps(st, indent=1))
+        return st if st.get("phase") == "Succeeded" else None
+
+    st = c.wait_for("the flipped job Succeeded", finished, timeout=1200, interval=5)
+    assert st["step"] == 60, st
+    assert st["rewardMean"] <= 0.2, st
+    assert (st.get("weightVersion") or 0) > 0, st  # it trained and synced: not a no-op
