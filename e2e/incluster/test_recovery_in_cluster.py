@@ -5,7 +5,8 @@ interval, and the job still learns.
 The example job (examples/copy-first-letter.yaml with more steps, so that every fault lands
 mid-training) in the second tenant's namespace, one fault after another:
 1. a higher-priority job in the same ClusterQueue preempts it mid-training: Suspended, its
-   pods gone, its state PVC kept; once re-admitted it resumes from the last checkpoint
+   pods gone, its state PVC kept; the urgent job runs and is deleted; once re-admitted the
+   preempted job resumes from the last checkpoint
    (status.resumeStep) and redoes at most one checkpoint interval of steps;
 2. SIGKILL of the trainer's process (from the host: a container's init ignores a SIGKILL
    sent from inside its own pid namespace) restarts the gang from the checkpoint, counted
@@ -38,7 +39,7 @@ from e2e.incluster.test_train_in_cluster import (
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(5400)]
 
 SPEC = yaml.safe_load(EXAMPLE.read_text())
-SPEC["spec"]["steps"] = 400  # (150 in the example) room for four faults mid-training
+SPEC["spec"]["steps"] = 300  # (150 in the example) room for four faults mid-training
 INTERVAL = SPEC["spec"]["checkpoint"]["intervalSteps"]
 
 
@@ -123,7 +124,15 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
         timeout=300,
     )
     pvc_uid = c.get_json("pvc", f"{JOB}-state", "-n", ns)["metadata"]["uid"]
-    c.wait_for("urgent Succeeded", lambda: status("urgent").get("phase") == "Succeeded", 900, 2)
+    # The urgent job runs (admitted in the preempted job's place), then is deleted: its
+    # quota comes back and the preempted job is admitted again.
+    c.wait_for(
+        "urgent Running",
+        lambda: status("urgent").get("phase") == "Running",
+        timeout=600,
+        interval=1,
+    )
+    c.kubectl("delete", "rljob", "urgent", "-n", ns, "--wait=false")
     st = c.wait_for(
         "re-admitted and Running",
         lambda: (s := not_failed(status())).get("phase") == "Running" and s,
