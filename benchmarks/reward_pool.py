@@ -8,10 +8,12 @@ Each pool is what `rlpost run --reward-workers N` starts (rlpost.local.raypool: 
 (`rlpost_rollout.buffer.__main__.reward_fn`: RewardPool, max in flight 2 per worker), all of
 a batch submitted at once, as the driver does for its groups. Engines and trainer are not
 running: on a 2-core machine they would take the cores the comparison is about. Worker
-processes are warmed up (a small batch) before each timed batch; the 1- and 2-worker rounds
-alternate (both heads up all along). A control with a 200 ms sleep as the reward shows the
-pool's own scaling when free cores are not the limit. The machine's load average is
-recorded with each figure: other work on the machine lowers the 2-worker figure first.
+processes are warmed up (a small batch) before each timed batch. The 1- and 2-worker rounds
+alternate; both heads stay up, idle before the first round (a head starting up, with its
+prestarted workers, takes a good part of a core here). A control with a 200 ms sleep as the
+reward shows the pool's own scaling when free cores are not the limit. The machine's load
+average is recorded with each figure: other work on the machine lowers the 2-worker figure
+first.
 """
 
 from __future__ import annotations
@@ -93,6 +95,33 @@ def start_head(workers: int) -> tuple[subprocess.Popen, str]:
     return head, f"127.0.0.1:{port}"
 
 
+def group_cpu_s(pgids: list[int]) -> float:
+    """CPU seconds used so far by the processes of these process groups."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in pgids:  # field 5 of stat: the process group
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def settle(pgids: list[int], below: float = 0.1, max_s: float = 180.0) -> float:
+    """Wait until the Ray heads are idle (start-up, prestarted workers done): their CPU use
+    under `below` cores over 5 s. Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_s:
+        a, t = group_cpu_s(pgids), time.monotonic()
+        time.sleep(5)
+        if (group_cpu_s(pgids) - a) / (time.monotonic() - t) < below:
+            break
+    return time.monotonic() - t0
+
+
 def measure_pool(
     workers: int, address: str, samples: int, tag: str, function: str = FUNCTION
 ) -> dict:
@@ -129,6 +158,7 @@ def main() -> None:
     heads = {n: start_head(n) for n in (1, 2)}
     pools: dict[int, list[dict]] = {1: [], 2: []}
     try:
+        settled_s = settle([h.pid for h, _ in heads.values()])
         # Interleaved (1, 2, 1, 2, ...): a change of load on the machine hits both alike.
         for r in range(args.rounds):
             for n in (1, 2):
@@ -156,6 +186,7 @@ def main() -> None:
         "samples_per_round": args.samples,
         "rounds": args.rounds,
         "load_before": load_before,
+        "heads_settled_s": round(settled_s, 1),
         "load_after": loadavg(),
         "results": results,
         "ratio_2_over_1": by[2] / by[1],

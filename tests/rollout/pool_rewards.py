@@ -32,3 +32,8 @@ def hangs(prompt: str, response: str, label: dict) -> float:
 def raises(prompt: str, response: str, label: dict) -> float:
     _log(label, f"start {label['sid']} {os.getpid()}")
     raise ValueError("no score for you")
+
+
+def exact(prompt: str, response: str, label) -> float:
+    """exact_match as a custom reward (an `rlpost run --reward-workers N` check)."""
+    return 1.0 if response.strip() == str(label).strip() else 0.0
