@@ -260,6 +260,19 @@ def custom_function_errors(spec: api.RLPostTrainJobSpec) -> list[str]:
 # ---------------------------------------------------------------------------- all of it
 
 
+def cluster_support_errors(spec: api.RLPostTrainJobSpec) -> list[str]:
+    """What `rlpost run` does and the operator does not do yet: refused before admission, so
+    nothing is created for a job whose pods could not start."""
+    errors = []
+    if spec.reward.pool.workers > 0:
+        errors.append(
+            "reward.pool.workers > 0: the Ray reward pool runs with `rlpost run "
+            "--reward-workers` only; the operator does not create a pool yet (set "
+            "reward.pool.workers to 0 to score rewards in the buffer pod)"
+        )
+    return errors
+
+
 def pre_admission_errors(
     ref: b.JobRef,
     spec: api.RLPostTrainJobSpec,
@@ -271,4 +284,5 @@ def pre_admission_errors(
         *config_size_errors(ref, spec_wire),
         *capacity_errors(spec, cap),
         *custom_function_errors(spec),
+        *cluster_support_errors(spec),
     ]

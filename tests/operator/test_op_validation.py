@@ -142,3 +142,12 @@ def test_custom_function_in_the_rollout_image_is_checked_from_source():
 def test_custom_function_elsewhere_is_left_to_the_buffer():
     assert v.custom_function_errors(reward("mycompany.rewards:score")) == []
     assert v.custom_function_errors(spec()) == []
+
+
+def test_reward_pool_is_refused_in_a_cluster_until_the_operator_creates_one():
+    s = spec()
+    assert v.cluster_support_errors(s) == []
+    s.reward.pool.workers = 2
+    (msg,) = v.cluster_support_errors(s)
+    assert "reward.pool.workers" in msg and "--reward-workers" in msg
+    assert msg in v.pre_admission_errors(REF, s, job()["spec"], None)
