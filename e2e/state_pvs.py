@@ -9,6 +9,12 @@ class, pre-bound to it through claimRef (uid included, so it binds to that PVC o
 deletes the PVs it made at the end (reclaim policy Retain: nothing on a kwok node to clean).
 A cluster with a real dynamic provisioner binds the PVCs itself; the binder then finds no
 Pending PVC and does nothing.
+
+Namespaces whose name starts with REAL_NS_PREFIX (e2e/incluster's tenants, on the real
+node) are left alone: their PVCs bind to the real node's local PVs (e2e/cluster/storage.py),
+which the roles (uid 10001) can write. The binders are session fixtures of the kwok suites
+and still run when e2e/incluster does; a PV of theirs (a hostPath the kubelet makes as root,
+mode 0755) once won the race for a real job's state PVC, and its buffer could not write.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import threading
 
 LABEL = "app.kubernetes.io/name=rlpost"
+REAL_NS_PREFIX = "real-"
 MARK = "rlpost.dev/e2e-static-pv"
 
 
@@ -57,6 +64,8 @@ class StaticPVBinder:
         made = 0
         for pvc in pvcs:
             if (pvc.get("status") or {}).get("phase") != "Pending" or pvc["spec"].get("volumeName"):
+                continue
+            if pvc["metadata"]["namespace"].startswith(REAL_NS_PREFIX):
                 continue
             pv = pv_for(pvc)
             if pv["metadata"]["name"] in self.made:

@@ -46,6 +46,11 @@ def default_state_dir() -> Path:
 
 
 @dataclass
+class GiveUp(AssertionError):
+    """Raised by a wait_for predicate when what it waits for can no longer happen (the job
+    Failed): the wait ends at once with this error instead of at its timeout."""
+
+
 class LocalCluster:
     state: Path
     ports: dict[str, int] = field(default_factory=dict)
@@ -128,11 +133,15 @@ class LocalCluster:
         return path
 
     def wait_for(self, what: str, predicate, timeout: float = 60, interval: float = 0.5):
+        """Poll `predicate` until it returns something truthy. An exception means "not yet"
+        (the object may not exist yet), except GiveUp: the wait can no longer succeed."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             try:
                 last = predicate()
+            except GiveUp:
+                raise
             except Exception as exc:  # the object may not exist yet
                 last = exc
             if last and not isinstance(last, Exception):

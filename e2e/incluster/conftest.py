@@ -8,6 +8,8 @@ Everything here runs containers for real: nothing is scheduled on kwok nodes. Th
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 import uuid
@@ -20,6 +22,7 @@ from e2e.cluster import storage
 from e2e.images.build import archive_digest, ensure_images, tags
 from e2e.platform.conftest import RELEASE, helm_install
 from e2e.platform.prometheus import Prometheus
+from e2e.state_pvs import REAL_NS_PREFIX
 
 NODE = real_node.NODE_NAME
 TOLERATION = {**real_node.TAINT, "operator": "Equal"}
@@ -138,6 +141,16 @@ def real_kueue_docs(suffix: str, namespaces: list[str]) -> list[dict]:
     return docs
 
 
+def kill_container(cluster, pod: dict) -> int:
+    """SIGKILL the main process of the pod's first container from the host (a container's
+    init ignores a SIGKILL sent from inside its own pid namespace). Returns the host pid."""
+    cid = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    out = real_node.ctr(cluster.state, "tasks", "ls").stdout.splitlines()[1:]
+    pids = {cols[0]: int(cols[1]) for line in out if len(cols := line.split()) >= 2}
+    os.kill(pids[cid], signal.SIGKILL)
+    return pids[cid]
+
+
 def operator_pod(cluster, ns: str) -> dict:
     pods = cluster.get_json(
         "pods",
@@ -156,7 +169,8 @@ def real_platform(real_cluster, images, tmp_path_factory):
     """Two tenants, each with the chart installed (operator pod on the real node) and a
     real Prometheus scraping both operator pods at their pod IPs."""
     sfx = uuid.uuid4().hex[:5]
-    namespaces = [f"real-a-{sfx}", f"real-b-{sfx}"]
+    # (the prefix keeps the kwok suites' static-PV binders away from these namespaces)
+    namespaces = [f"{REAL_NS_PREFIX}a-{sfx}", f"{REAL_NS_PREFIX}b-{sfx}"]
     docs = real_kueue_docs(sfx, namespaces)
     order = {"Namespace": 0, "ResourceFlavor": 1, "WorkloadPriorityClass": 1}
     real_cluster.apply(sorted(docs, key=lambda d: order.get(d["kind"], 2)))

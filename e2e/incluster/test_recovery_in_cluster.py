@@ -20,14 +20,13 @@ and the job ends Succeeded with the last-5-step mean reward >= 0.9.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import yaml
 
-from e2e.cluster import node as real_node
+from e2e.cluster.localcluster import GiveUp
+from e2e.incluster.conftest import kill_container
 from e2e.incluster.test_train_in_cluster import (
     EXAMPLE,
     JOB,
@@ -45,15 +44,6 @@ INTERVAL = SPEC["spec"]["checkpoint"]["intervalSteps"]
 
 def _role(pod: dict) -> str:
     return pod["metadata"]["labels"].get("rlpost.dev/role", "?")
-
-
-def _kill_container(c, pod: dict) -> int:
-    """SIGKILL the main process of the pod's first container, from the host."""
-    cid = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    out = real_node.ctr(c.state, "tasks", "ls").stdout.splitlines()[1:]
-    pids = {cols[0]: int(cols[1]) for line in out if len(cols := line.split()) >= 2}
-    os.kill(pids[cid], signal.SIGKILL)
-    return pids[cid]
 
 
 def _buffer_log(c, ns: str) -> Path:
@@ -91,7 +81,7 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
 
     def not_failed(st: dict) -> dict:
         if st.get("phase") in ("Failed", "InvalidSpec"):
-            raise AssertionError(json.dumps(st, indent=1))
+            raise GiveUp(json.dumps(st, indent=1))
         return st
 
     # 1. Preemption after the first checkpoint.
@@ -156,7 +146,7 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
     (trainer,) = [p for p in _pods(c, ns) if _role(p) == "trainer"]
     restarts = status().get("restarts") or 0
     step_at_kill = status()["step"]
-    _kill_container(c, trainer)
+    kill_container(c, trainer)
     st = c.wait_for(
         "the gang restart counted",
         lambda: (s := not_failed(status())).get("restarts") == restarts + 1 and s,

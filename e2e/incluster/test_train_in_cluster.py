@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from e2e.cluster import storage
-from e2e.incluster.conftest import NODE
+from e2e.cluster.localcluster import GiveUp
+from e2e.incluster.conftest import NODE, kill_container, operator_pod
 from e2e.platform.chart import REPO
 
 # The first test also waits for the images (built by `make images` before the suite; a
@@ -179,7 +180,7 @@ def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
         j = job()
         phase = j.get("status", {}).get("phase")
         if phase in ("Failed", "InvalidSpec"):
-            raise AssertionError(f"job {phase}: {json.dumps(j['status'], indent=1)}")
+            raise GiveUp(f"job {phase}: {json.dumps(j['status'], indent=1)}")
         return j if phase == "Succeeded" else None
 
     try:
@@ -217,26 +218,84 @@ def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
         RESULTS.write_text(result + "\n")
 
 
-def test_sign_flipped_job_does_not_learn_in_the_cluster(real_cluster, real_platform):
+def _restart_operator(c, ns: str) -> None:
+    """kill -9 the operator's process; its container restarts in the same pod."""
+    pod = operator_pod(c, ns)
+    before = pod["status"]["containerStatuses"][0]["restartCount"]
+    kill_container(c, pod)
+
+    def back() -> bool:
+        st = operator_pod(c, ns)["status"]["containerStatuses"][0]
+        return st["restartCount"] > before and st["ready"]
+
+    c.wait_for("the operator restarted and Ready", back, timeout=180, interval=1)
+
+
+def test_sign_flipped_job_does_not_learn_through_three_operator_kills(real_cluster, real_platform):
     """The control: the same file with the advantage sign flipped trains in the cluster too,
     and its reward stays at or below 0.2 (chance is 0.083): the learning above is the
-    gradient's doing, not the task's."""
+    gradient's doing, not the task's. Meanwhile the operator's process is killed with
+    SIGKILL three times (just after the apply, once the Workload is admitted, mid-training):
+    the job still Succeeds, with one Workload and one set of children, all owned by it."""
     c = real_cluster
     ns = real_platform.tenants[0].namespace
+    name = "flipped"
     ensure_data_pvc(c, real_platform, ns)
     doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["metadata"] = {"name": "flipped", "namespace": ns}
+    doc["metadata"] = {"name": name, "namespace": ns}
     doc["spec"]["algorithm"]["advantageSign"] = -1
     doc["spec"]["steps"] = 60
     c.apply(doc)
 
-    def finished() -> dict | None:
-        st = c.get_json("rlposttrainjob", "flipped", "-n", ns).get("status", {})
+    def status() -> dict:
+        st = c.get_json("rlposttrainjob", name, "-n", ns).get("status", {})
         if st.get("phase") in ("Failed", "InvalidSpec"):
-            raise AssertionError(json.dumps(st, indent=1))
-        return st if st.get("phase") == "Succeeded" else None
+            raise GiveUp(json.dumps(st, indent=1))
+        return st
 
-    st = c.wait_for("the flipped job Succeeded", finished, timeout=1200, interval=5)
+    _restart_operator(c, ns)  # 1. just after the apply
+    wl = c.wait_for("the Workload", lambda: status().get("workloadName"), 120)
+    c.wait_for(
+        "Workload admitted",
+        lambda: any(
+            x["type"] == "Admitted" and x["status"] == "True"
+            for x in c.get_json("workload", wl, "-n", ns)["status"].get("conditions", [])
+        ),
+        timeout=120,
+    )
+    _restart_operator(c, ns)  # 2. admitted: children being created
+    c.wait_for("mid-training", lambda: (status().get("step") or 0) >= 10, 900, interval=1)
+    _restart_operator(c, ns)  # 3. mid-training
+
+    st = c.wait_for(
+        "the flipped job Succeeded",
+        lambda: (s := status()).get("phase") == "Succeeded" and s,
+        timeout=1200,
+        interval=5,
+    )
     assert st["step"] == 60, st
     assert st["rewardMean"] <= 0.2, st
     assert (st.get("weightVersion") or 0) > 0, st  # it trained and synced: not a no-op
+
+    # No duplicate and no orphan: one Workload, every object of the job owned by it, and the
+    # gang's pods gone once it Succeeded (the compute children are deleted at the end).
+    uid = c.get_json("rlposttrainjob", name, "-n", ns)["metadata"]["uid"]
+    owned: dict[str, list[str]] = {}
+    for kind in ("workloads", "services", "configmaps", "secrets", "persistentvolumeclaims"):
+        for o in c.get_json(kind, "-n", ns)["items"]:
+            mine = uid in [r["uid"] for r in o["metadata"].get("ownerReferences", [])]
+            ours = o["metadata"]["name"].startswith(f"{name}-") or o["metadata"]["name"] == (
+                f"rlposttrainjob-{name}"
+            )
+            assert mine or not ours, f"{kind}/{o['metadata']['name']} is not owned by the job"
+            if mine:
+                owned.setdefault(kind, []).append(o["metadata"]["name"])
+    assert owned["workloads"] == [wl], owned
+    assert len(owned["services"]) == 4 and len(owned["persistentvolumeclaims"]) == 1, owned
+    c.wait_for(
+        "the gang's pods gone",
+        lambda: (
+            not c.get_json("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={name}")["items"]
+        ),
+        timeout=120,
+    )

@@ -302,3 +302,32 @@ def test_deleted_workload_never_reads_running_while_the_gang_goes():
     plan, _, _ = settle(j2, None, children2, pods2)
     assert ("create", "Workload", "rlposttrainjob-j") in verbs(plan)
     assert plan.status["phase"] == "Queued"
+
+
+def test_a_failed_container_says_its_last_log_line():
+    """FallbackToLogsOnError on every container; the last line of the termination message
+    (a traceback's error) reaches the failure message, trimmed."""
+    from rlpost_operator.protocol.facts import pod_failure
+
+    tb = (
+        "Traceback (most recent call last):\n  ...\n"
+        "PermissionError: [Errno 13] Permission denied: '/state/buffer'\n\n"
+    )
+    failed = {
+        "metadata": {"name": "j-buffer"},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {"name": "buffer", "lastState": {"terminated": {"exitCode": 1, "message": tb}}}
+            ],
+        },
+    }
+    msg = pod_failure(failed)
+    assert msg == (
+        "pod j-buffer container buffer exited with code 1 (Error): "
+        "PermissionError: [Errno 13] Permission denied: '/state/buffer'"
+    )
+    failed["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"] = "x" * 900
+    assert pod_failure(failed).endswith(": ..." + "x" * 300)
+    failed["status"]["containerStatuses"][0]["lastState"]["terminated"].pop("message")
+    assert pod_failure(failed).endswith("exited with code 1 (Error)")

@@ -178,6 +178,9 @@ def pod_spec(
         "resources": _resources(res, gpus),
         "volumeMounts": mounts,
         "securityContext": container_security(),
+        # A container that fails leaves its last log lines as its termination message: the
+        # operator puts the last one in the job's status and Events.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if readiness:
         container["readinessProbe"] = readiness

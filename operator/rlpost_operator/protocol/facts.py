@@ -102,8 +102,19 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
                 return (
                     f"pod {name} container {cs.get('name')} exited with code "
                     f"{term.get('exitCode')} ({term.get('reason') or 'Error'})"
+                    + last_words(term.get("message"))
                 )
     return None
+
+
+def last_words(message: str | None, limit: int = 300) -> str:
+    """The last non-empty line of a termination message (FallbackToLogsOnError: the log's
+    tail, e.g. a traceback's error line), as a suffix for the failure message."""
+    lines = [x.strip() for x in (message or "").splitlines() if x.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    return ": " + (last if len(last) <= limit else "..." + last[-limit:])
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
