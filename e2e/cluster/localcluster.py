@@ -45,12 +45,12 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("RLPOST_CLUSTER_DIR", REPO / ".cluster"))
 
 
-@dataclass
 class GiveUp(AssertionError):
     """Raised by a wait_for predicate when what it waits for can no longer happen (the job
     Failed): the wait ends at once with this error instead of at its timeout."""
 
 
+@dataclass
 class LocalCluster:
     state: Path
     ports: dict[str, int] = field(default_factory=dict)
