@@ -254,18 +254,22 @@ def test_5_suspend_round_trip(cluster, op, namespace):
         return wl["spec"]["active"] is False and not (wl.get("status") or {}).get("admission")
 
     wait(cluster, "Workload deactivated and quota released", released, 60)
-    cq = get(cluster, "clusterqueue", ns, ns)
-    assert all(
-        int(r.get("total", 0)) == 0 or r["name"] != GPU
-        for f in cq["status"].get("flavorsUsage", [])
-        for r in f["resources"]
-    )
+
+    def no_gpus_in_use():  # (Kueue updates the ClusterQueue's usage on its own schedule)
+        cq = get(cluster, "clusterqueue", ns, ns)
+        return all(
+            int(r.get("total", 0)) == 0 or r["name"] != GPU
+            for f in cq["status"].get("flavorsUsage", [])
+            for r in f["resources"]
+        )
+
+    wait(cluster, "the ClusterQueue's GPU usage back to 0", no_gpus_in_use, 30)
     cluster.kubectl(
         "patch", "rljob", "sus", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
     )
     job = wait_phase(cluster, "sus", ns, "Running", timeout=120)
     assert cond(job, "Suspended")["status"] == "False"
-    assert len(pods_of(cluster, "sus", ns)) == 6
+    wait(cluster, "the 6 pods back", lambda: len(pods_of(cluster, "sus", ns)) == 6, 30)
 
 
 def fail_pod(cluster, ns, pod):
