@@ -255,10 +255,11 @@ def test_5_suspend_round_trip(cluster, op, namespace):
 
     wait(cluster, "Workload deactivated and quota released", released, 60)
 
-    def no_gpus_in_use():  # (Kueue updates the ClusterQueue's usage on its own schedule)
+    def no_gpus_in_use():  # (Kueue updates the ClusterQueue's usage on its own schedule;
+        # only the GPU total is an integer: cpu may read "4500m")
         cq = get(cluster, "clusterqueue", ns, ns)
         return all(
-            int(r.get("total", 0)) == 0 or r["name"] != GPU
+            r["name"] != GPU or int(r.get("total", 0)) == 0
             for f in cq["status"].get("flavorsUsage", [])
             for r in f["resources"]
         )
