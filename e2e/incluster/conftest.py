@@ -216,14 +216,6 @@ def _json(d: dict) -> str:
     return json.dumps(d, separators=(",", ":"))
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    if rep.when == "call":
-        item.rep_call_failed = rep.failed
-
-
 @pytest.fixture(autouse=True)
 def report_on_failure(request):
     """When a test here fails: each tenant's jobs (status), pods, operator log and events,

@@ -32,6 +32,7 @@ from e2e.incluster.test_train_in_cluster import (
     JOB,
     _engine_version,
     _pods,
+    _ready,
     ensure_data_pvc,
 )
 
@@ -196,10 +197,7 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
     before = _replay(log.read_bytes(), tmp_path / "before")
     c.wait_for(
         "the buffer recreated and Ready",
-        lambda: any(
-            x["type"] == "Ready" and x["status"] == "True"
-            for x in c.get_json("pod", buf, "-n", ns)["status"].get("conditions", [])
-        ),
+        lambda: _ready(c.get_json("pod", buf, "-n", ns)),
         timeout=600,
         interval=2,
     )

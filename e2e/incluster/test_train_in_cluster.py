@@ -67,10 +67,16 @@ def _pods(cluster, ns: str) -> list[dict]:
     return cluster.get_json("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={JOB}")["items"]
 
 
-def _ready(pod: dict) -> bool:
+def _condition(obj: dict, kind: str) -> bool:
+    """The object's status condition `kind` is True."""
     return any(
-        c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", [])
+        c["type"] == kind and c["status"] == "True"
+        for c in (obj.get("status") or {}).get("conditions", [])
     )
+
+
+def _ready(pod: dict) -> bool:
+    return _condition(pod, "Ready")
 
 
 def _engine_version(pod: dict) -> int:
@@ -137,10 +143,7 @@ def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
     wl_name = c.wait_for("the Workload", lambda: job().get("status", {}).get("workloadName"), 60)
     c.wait_for(
         "Workload admitted",
-        lambda: any(
-            x["type"] == "Admitted" and x["status"] == "True"
-            for x in c.get_json("workload", wl_name, "-n", ns)["status"].get("conditions", [])
-        ),
+        lambda: _condition(c.get_json("workload", wl_name, "-n", ns), "Admitted"),
         timeout=120,
     )
     want = {"trainer": 1, "rollout": 2, "router": 1, "buffer": 1}
@@ -195,10 +198,7 @@ def test_kubectl_apply_trains(real_cluster, real_platform, tmp_path):
     # The operator marks the Workload Finished (the quota returns) in its next pass.
     c.wait_for(
         "the Workload Finished",
-        lambda: any(
-            x["type"] == "Finished" and x["status"] == "True"
-            for x in c.get_json("workload", wl_name, "-n", ns)["status"]["conditions"]
-        ),
+        lambda: _condition(c.get_json("workload", wl_name, "-n", ns), "Finished"),
         timeout=60,
     )
     result = json.dumps(
@@ -257,10 +257,7 @@ def test_sign_flipped_job_does_not_learn_through_three_operator_kills(real_clust
     wl = c.wait_for("the Workload", lambda: status().get("workloadName"), 120)
     c.wait_for(
         "Workload admitted",
-        lambda: any(
-            x["type"] == "Admitted" and x["status"] == "True"
-            for x in c.get_json("workload", wl, "-n", ns)["status"].get("conditions", [])
-        ),
+        lambda: _condition(c.get_json("workload", wl, "-n", ns), "Admitted"),
         timeout=120,
     )
     _restart_operator(c, ns)  # 2. admitted: children being created

@@ -225,14 +225,6 @@ def op(cluster, op_suite, namespace, tmp_path, request, state_pvs):
     cluster.kubectl("delete", "clusterqueue", namespace, "--wait=false", check=False)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    if rep.when == "call":
-        item.rep_call_failed = rep.failed
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpus(n, kind): GPU quota of the test's ClusterQueue")
 

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import ray  # the dev extra installs it: a missing ray fails here, never skips
 from prometheus_client import generate_latest
 from rlpost_rollout.buffer.__main__ import reward_fn
 from rlpost_rollout.buffer.metrics import BufferMetrics
@@ -25,7 +26,6 @@ from rlpost.api import RewardSpec
 from rlpost.local import raypool
 from rlpost.local.runner import free_port
 
-ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
 
