@@ -29,9 +29,11 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: set[int] = field(default_factory=set)
     ignore_eos: bool = False
-    seed: int | None = None
+    seed: int | None = None  # SGLang's sampling_seed: the same seed, the same tokens
     logprob_start_len: int = -1  # -1: no input logprobs
     aborted: threading.Event = field(default_factory=threading.Event)
+    # This request's own random stream (from `seed`), drawn from token after token.
+    rng: torch.Generator | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -159,7 +161,9 @@ class Generator:
             keep = sorted_p.cumsum(0) - sorted_p < r.top_p  # always keeps the top token
             sorted_p[~keep] = 0.0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-        gen = torch.Generator().manual_seed(r.seed + n_out) if r.seed is not None else self.rng
+        if r.seed is not None and r.rng is None:
+            r.rng = torch.Generator().manual_seed(r.seed)
+        gen = r.rng or self.rng
         token = int(torch.multinomial(probs.cpu(), 1, generator=gen))
         return token, float(logp_raw[token])
 

@@ -161,6 +161,7 @@ def generate_payload(
     stop: list[str] | None = None,
     return_logprob: bool = True,
     rid: str | None = None,
+    sampling_seed: int | None = None,
 ) -> dict[str, Any]:
     """The /generate body the buffer sends (SGLang GenerateReqInput); checked by the contract
     test, so keep every key an SGLang field."""
@@ -172,6 +173,8 @@ def generate_payload(
     }
     if stop:
         sampling["stop"] = stop
+    if sampling_seed is not None:
+        sampling["sampling_seed"] = sampling_seed
     body: dict[str, Any] = {
         "input_ids": input_ids,
         "sampling_params": sampling,

@@ -64,3 +64,14 @@ def first_step_reaching(steps: list[dict], level: float, window: int = 5) -> dic
         if sum(rewards) / window >= level:
             return steps[i]
     return None
+
+
+def learning_summary(steps: list[dict], level: float = 0.9) -> str:
+    """One line on a run's curve: where the 5-step mean first reached `level`, if it did."""
+    reached = first_step_reaching(steps, level)
+    when = f"step {reached['step']} after {reached['elapsed_s']:.0f}s" if reached else "never"
+    last = sum(r["reward_mean"] for r in steps[-10:]) / max(1, len(steps[-10:]))
+    return (
+        f"step-0 reward {steps[0]['reward_mean']:.3f}; 5-step mean >= {level} at {when}; "
+        f"last-10 mean {last:.3f}; final {steps[-1]['reward_mean']:.3f}"
+    )

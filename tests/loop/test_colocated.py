@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.loop.conftest import EXAMPLE, first_step_reaching
+from tests.loop.conftest import EXAMPLE, first_step_reaching, learning_summary
 from tests.loop.test_learning import run_cli
 
 
@@ -32,8 +32,7 @@ def test_colocated_example_learns(tmp_path):
     sync = sorted(r["sync_ms"] for r in steps)[len(steps) // 2]
     release = sorted(r["release_ms"] for r in steps)[len(steps) // 2]
     print(
-        f"colocated: step-0 reward {steps[0]['reward_mean']:.3f}; 5-step mean >= 0.9 at step "
-        f"{reached and reached['step']}; last-10 mean {last:.3f}; median sync {sync:.1f} ms, "
+        f"colocated: {learning_summary(steps)}; median sync {sync:.1f} ms, "
         f"release {release:.1f} ms; wall {wall:.0f}s"
     )
     assert steps[0]["reward_mean"] < 0.3

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from tests.loop.conftest import EXAMPLE, first_step_reaching, read_jsonl
+from tests.loop.conftest import EXAMPLE, first_step_reaching, learning_summary, read_jsonl
 
 CHANCE = 1 / 12
 
@@ -34,12 +34,7 @@ def test_example_learns_to_copy_the_first_letter(tmp_path):
     assert len(steps) == 150
     assert steps[0]["reward_mean"] < 0.3  # starts near chance
     reached = first_step_reaching(steps, 0.9)
-    print(
-        f"chance {CHANCE:.3f}; step-0 reward {steps[0]['reward_mean']:.3f}; "
-        f"5-step mean >= 0.9 at step {reached and reached['step']} after "
-        f"{reached and reached['elapsed_s']:.0f}s; final {steps[-1]['reward_mean']:.3f}; "
-        f"command wall {wall:.0f}s"
-    )
+    print(f"chance {CHANCE:.3f}; {learning_summary(steps)}; command wall {wall:.0f}s")
     assert reached is not None, [round(r["reward_mean"], 2) for r in steps]
     assert reached["elapsed_s"] <= 600
     assert sum(r["reward_mean"] for r in steps[-10:]) / 10 >= 0.9

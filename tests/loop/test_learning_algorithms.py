@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.loop.conftest import EXAMPLE, first_step_reaching
+from tests.loop.conftest import EXAMPLE, first_step_reaching, learning_summary
 from tests.loop.test_learning import CHANCE, run_cli
 
 ALGORITHMS = ["gspo", "dapo", "reinforce_pp"]
@@ -35,11 +35,7 @@ def job_file(tmp_path, algorithm: dict, steps: int | None = None, **rollout):
 def assert_learns(steps, wall, label):
     reached = first_step_reaching(steps, 0.9)
     last = sum(r["reward_mean"] for r in steps[-10:]) / 10
-    print(
-        f"{label}: step-0 reward {steps[0]['reward_mean']:.3f}; 5-step mean >= 0.9 at step "
-        f"{reached and reached['step']} after {reached and reached['elapsed_s']:.0f}s; "
-        f"last-10 mean {last:.3f}; final {steps[-1]['reward_mean']:.3f}; command wall {wall:.0f}s"
-    )
+    print(f"{label}: {learning_summary(steps)}; command wall {wall:.0f}s")
     assert steps[0]["reward_mean"] < 0.3  # starts near chance
     assert reached is not None, [round(r["reward_mean"], 2) for r in steps]
     assert last >= 0.9

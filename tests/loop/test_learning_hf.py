@@ -11,7 +11,7 @@ import os
 import pytest
 import yaml
 
-from tests.loop.conftest import first_step_reaching
+from tests.loop.conftest import first_step_reaching, learning_summary
 from tests.loop.test_learning import run_cli
 from tests.models.conftest import ROOT
 
@@ -52,12 +52,7 @@ def test_qwen3_architecture_model_learns_copy_first_letter(trained_run):
     assert len(steps) == total
     assert steps[0]["reward_mean"] < 0.3  # starts near chance
     reached = first_step_reaching(steps, 0.9)
-    print(
-        f"qwen3 copy-first-letter: step-0 reward {steps[0]['reward_mean']:.3f}; 5-step mean "
-        f">= 0.9 at step {reached and reached['step']} after "
-        f"{reached and reached['elapsed_s']:.0f}s; final {steps[-1]['reward_mean']:.3f}; "
-        f"command wall {wall:.0f}s"
-    )
+    print(f"qwen3 copy-first-letter: {learning_summary(steps)}; command wall {wall:.0f}s")
     assert reached is not None, [round(r["reward_mean"], 2) for r in steps]
     assert sum(r["reward_mean"] for r in steps[-10:]) / 10 >= 0.9
     # HF exports every checkpoint.hfIntervalSteps and after the last step.

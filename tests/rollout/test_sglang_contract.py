@@ -168,8 +168,16 @@ def test_engine_request_models_use_sglang_field_names(sglang):
 
 def test_the_buffers_generate_payload_is_sglangs(sglang):
     body = protocol.generate_payload(
-        [1, 2, 3], max_new_tokens=4, temperature=1.0, top_p=0.9, top_k=5, stop=["x"], rid="r"
+        [1, 2, 3],
+        max_new_tokens=4,
+        temperature=1.0,
+        top_p=0.9,
+        top_k=5,
+        stop=["x"],
+        rid="r",
+        sampling_seed=7,
     )
+    assert body["sampling_params"]["sampling_seed"] == 7
     check_body(sglang.fields_for("/generate"), body, "buffer /generate")
     sampling = sglang.classes["SamplingParams"]
     assert set(body["sampling_params"]) <= set(sampling), set(body["sampling_params"]) - set(

@@ -89,6 +89,7 @@ def build(job, state_dir: str, router_url: str) -> Buffer:
         temperature=spec.rollout.temperature,
         stop=list(spec.rollout.stop),
         dynamic_sampling=spec.algorithm.dynamic_sampling,
+        seed=spec.seed,
         max_inflight_groups=int(
             os.environ.get("RLPOST_MAX_INFLIGHT_GROUPS", spec.algorithm.rollout_batch_size)
         ),

@@ -85,6 +85,9 @@ class Buffer:
                 self.driver.kick()
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self.driver.changed.wait(), timeout=min(left, 1.0))
+            # The earliest-drawn prompts first (not the first to finish): a step's batch
+            # does not depend on which engine was faster, so a seeded run reproduces.
+            valid.sort(key=lambda g: s.groups[g]["prompt_index"])
             chosen = valid[: self.batch_size]
             stale = [
                 {"group_id": g, "weight_version": s.groups[g]["weight_version"]}

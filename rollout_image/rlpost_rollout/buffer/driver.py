@@ -30,6 +30,13 @@ from rlpost_rollout.rewards import RewardError, RewardFn
 log = logging.getLogger("rlpost_rollout.buffer.driver")
 
 
+def sample_seed(run_seed: int, prompt_index: int, j: int) -> int:
+    """The sampling seed of sample j of the run's prompt `prompt_index`: fixed by the job's
+    seed, so a run's rollouts do not depend on which engine served a request, nor on what
+    else was in its batch (a re-drawn prompt gets the same seeds, with the new weights)."""
+    return ((run_seed * 1_000_003 + prompt_index) * 4096 + j) % 2**63
+
+
 class PermanentGenerateError(Exception):
     """The engine refused the request (4xx): retrying would not help."""
 
@@ -49,6 +56,7 @@ class DriverConfig:
     dynamic_sampling: bool
     max_inflight_groups: int
     stop: list[str] = field(default_factory=list)  # stop strings (rollout.stop)
+    seed: int = 0  # spec.seed: sample j of prompt i is drawn with sample_seed(seed, i, j)
     request_timeout_s: float = 300.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
@@ -150,7 +158,9 @@ class Driver:
         try:
             outs = await asyncio.gather(
                 *(
-                    self._generate(list(row.prompt_ids), f"{gid}-{j}")
+                    self._generate(
+                        list(row.prompt_ids), f"{gid}-{j}", sample_seed(self.cfg.seed, index, j)
+                    )
                     for j in range(self.cfg.group_size)
                 )
             )
@@ -262,13 +272,14 @@ class Driver:
     def _record_error(self, cause: str, message: str) -> None:
         self.errors[cause] = message
 
-    async def _generate(self, prompt_ids: list[int], rid: str) -> dict[str, Any]:
+    async def _generate(self, prompt_ids: list[int], rid: str, seed: int) -> dict[str, Any]:
         body = generate_payload(
             prompt_ids,
             max_new_tokens=self.cfg.max_new_tokens,
             temperature=self.cfg.temperature,
             stop=self.cfg.stop or None,
             rid=rid,
+            sampling_seed=seed,
         )
         url = f"{self.cfg.router_url}/generate"
         delay, attempt = self.cfg.backoff_initial_s, 0
