@@ -39,7 +39,7 @@ from e2e.incluster.test_train_in_cluster import (
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(5400)]
 
 SPEC = yaml.safe_load(EXAMPLE.read_text())
-SPEC["spec"]["steps"] = 300  # (150 in the example) room for four faults mid-training
+SPEC["spec"]["steps"] = 200  # (150 in the example) room for four faults, all by step ~100
 INTERVAL = SPEC["spec"]["checkpoint"]["intervalSteps"]
 
 

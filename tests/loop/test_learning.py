@@ -47,7 +47,7 @@ def test_example_learns_to_copy_the_first_letter(tmp_path):
 def test_flipped_advantage_sign_does_not_learn(tmp_path):
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["spec"]["algorithm"]["advantageSign"] = -1
-    raw["spec"]["steps"] = 80
+    raw["spec"]["steps"] = 50
     raw["spec"]["data"]["prompts"] = str(EXAMPLE.parent / raw["spec"]["data"]["prompts"])
     job = tmp_path / "flipped.yaml"
     job.write_text(yaml.safe_dump(raw))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import statistics
 import time
@@ -20,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from rlpost_rollout.buffer.dataset import PromptSource
 from rlpost_rollout.buffer.store import Store
@@ -84,7 +85,11 @@ class Driver:
         self.changed = asyncio.Event()  # set whenever a group settles (batch waiters listen)
         self.errors: dict[str, str] = {}  # cause -> last message (for /health)
         self.router_ok: bool | None = None
-        self.http = httpx.AsyncClient(timeout=cfg.request_timeout_s)
+        # aiohttp, not httpx, on this path: a step sends groupSize x rolloutBatchSize
+        # concurrent requests, and under httpx the buffer spent most of its CPU in httpcore's
+        # connection pool (py-spy; docs/benchmarks.md, "Rollout client"). Made in the running
+        # loop, at the first request.
+        self.http: aiohttp.ClientSession | None = None
         self.scored_rewards: list[float] = []
         # Consecutive groups lost to a systematic cause (rewards failing, engines refusing,
         # stale weights): the driver backs off instead of burning the engines in a loop.
@@ -148,7 +153,8 @@ class Driver:
         for t in list(self.inflight.values()):
             t.cancel()
         await asyncio.gather(*self.inflight.values(), return_exceptions=True)
-        await self.http.aclose()
+        if self.http is not None:
+            await self.http.close()
 
     # ------------------------------------------------------------------ one group
 
@@ -283,15 +289,21 @@ class Driver:
         )
         url = f"{self.cfg.router_url}/generate"
         delay, attempt = self.cfg.backoff_initial_s, 0
+        if self.http is None:
+            self.http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.cfg.request_timeout_s),
+                connector=aiohttp.TCPConnector(limit=0),  # as many as the groups in flight
+            )
         while True:
             attempt += 1
             try:
-                r = await self.http.post(url, json=body)
-            except httpx.HTTPError as exc:
+                async with self.http.post(url, json=body) as r:
+                    status, text = r.status, await r.text()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = f"router {self.cfg.router_url} unreachable: {type(exc).__name__}: {exc}"
             else:
-                if r.status_code == 200:
-                    out = r.json()
+                if status == 200:
+                    out = json.loads(text)
                     if self.router_ok is False:
                         log.info("router reachable again", extra={"router": self.cfg.router_url})
                     self.router_ok = True
@@ -299,11 +311,9 @@ class Driver:
                     if out["meta_info"]["finish_reason"]["type"] == "abort":
                         raise Aborted(rid)
                     return out
-                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
-                    raise PermanentGenerateError(f"HTTP {r.status_code}: {r.text[:300]}")
-                problem = (
-                    f"router {self.cfg.router_url} answered HTTP {r.status_code}: {r.text[:200]}"
-                )
+                if 400 <= status < 500 and status not in (408, 429):
+                    raise PermanentGenerateError(f"HTTP {status}: {text[:300]}")
+                problem = f"router {self.cfg.router_url} answered HTTP {status}: {text[:200]}"
             self.router_ok = False
             self.errors["router"] = problem
             self.metrics.generate_errors.inc()
