@@ -4,7 +4,6 @@ fails the job on the next pass and the retries stop (no hot loop)."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 
@@ -75,48 +74,42 @@ def controller(code):
     return ctl, kube
 
 
-def test_non_retryable_refusal_writes_status_then_fails_the_job():
+@pytest.mark.asyncio
+async def test_non_retryable_refusal_writes_status_then_fails_the_job():
     ctl, kube = controller(422)
-
-    async def go():
-        key = ("ns", "j")
-        delay = await ctl.reconcile(key)
-        # the status of the pass was written although the StatefulSet was refused
-        assert kube.status["phase"] == "Admitted"
-        assert "waits for Kueue" not in json.dumps(kube.status)
-        assert delay == 0.05  # at once: the next pass decides
-        (err,) = ctl.child_errors[key].values()
-        assert (err.kind, err.code, err.retryable) == ("StatefulSet", 422, False)
-        assert err.message.endswith("denied by policy")
-        job2 = copy.deepcopy(ctl.cache.jobs[key])
-        job2["status"] = kube.status
-        job2["metadata"]["resourceVersion"] = "11"
-        ctl.cache.put_job(job2)
-        kube.writes.clear()
-        await ctl.reconcile(key)
-        assert kube.status["phase"] == "Failed"
-        failed = next(c for c in kube.status["conditions"] if c["type"] == "Failed")
-        assert failed["reason"] == p.CHILD_REJECTED and "denied by policy" in failed["message"]
-        assert not [w for w in kube.writes if w[0] == "apply"]  # no retry of the refused write
-
-    asyncio.run(go())
+    key = ("ns", "j")
+    delay = await ctl.reconcile(key)
+    # the status of the pass was written although the StatefulSet was refused
+    assert kube.status["phase"] == "Admitted"
+    assert "waits for Kueue" not in json.dumps(kube.status)
+    assert delay == 0.05  # at once: the next pass decides
+    (err,) = ctl.child_errors[key].values()
+    assert (err.kind, err.code, err.retryable) == ("StatefulSet", 422, False)
+    assert err.message.endswith("denied by policy")
+    job2 = copy.deepcopy(ctl.cache.jobs[key])
+    job2["status"] = kube.status
+    job2["metadata"]["resourceVersion"] = "11"
+    ctl.cache.put_job(job2)
+    kube.writes.clear()
+    await ctl.reconcile(key)
+    assert kube.status["phase"] == "Failed"
+    failed = next(c for c in kube.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == p.CHILD_REJECTED and "denied by policy" in failed["message"]
+    assert not [w for w in kube.writes if w[0] == "apply"]  # no retry of the refused write
 
 
-def test_retryable_refusal_backs_off_and_shows_a_condition():
+@pytest.mark.asyncio
+async def test_retryable_refusal_backs_off_and_shows_a_condition():
     ctl, kube = controller(503)
-
-    async def go():
-        key = ("ns", "j")
-        with pytest.raises(ApiError):
-            await ctl.reconcile(key)  # the worker retries with backoff
-        assert kube.status["phase"] == "Admitted"
-        job2 = copy.deepcopy(ctl.cache.jobs[key])
-        job2["status"] = kube.status
-        job2["metadata"]["resourceVersion"] = "11"
-        ctl.cache.put_job(job2)
-        with pytest.raises(ApiError):
-            await ctl.reconcile(key)
-        c = next(c for c in kube.status["conditions"] if c["type"] == "ChildrenApplied")
-        assert c["status"] == "False" and "HTTP 503" in c["message"]
-
-    asyncio.run(go())
+    key = ("ns", "j")
+    with pytest.raises(ApiError):
+        await ctl.reconcile(key)  # the worker retries with backoff
+    assert kube.status["phase"] == "Admitted"
+    job2 = copy.deepcopy(ctl.cache.jobs[key])
+    job2["status"] = kube.status
+    job2["metadata"]["resourceVersion"] = "11"
+    ctl.cache.put_job(job2)
+    with pytest.raises(ApiError):
+        await ctl.reconcile(key)
+    c = next(c for c in kube.status["conditions"] if c["type"] == "ChildrenApplied")
+    assert c["status"] == "False" and "HTTP 503" in c["message"]

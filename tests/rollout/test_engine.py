@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import pytest
 import torch
 
 from rlpost.api import ModelSource
@@ -39,18 +40,16 @@ def greedy(text: str, n: int = 12) -> dict:
     }
 
 
-def test_concurrent_requests_are_batched_and_match_single_runs(procs, tmp_path):
+@pytest.mark.asyncio
+async def test_concurrent_requests_are_batched_and_match_single_runs(procs, tmp_path):
     url = engine(procs, tmp_path)
     prompts = ["1+1=", "12345+678=", "a", "9 9 9 9 9 9 9=", "bcd", "0=0", "77+1=", "j"]
     alone = {p: gen(url, greedy(p)) for p in prompts}
     before = state(url)
 
-    async def all_at_once():
-        async with httpx.AsyncClient(timeout=60) as c:
-            rs = await asyncio.gather(*(c.post(f"{url}/generate", json=greedy(p)) for p in prompts))
-        return {p: r.json() for p, r in zip(prompts, rs, strict=True)}
-
-    together = asyncio.run(all_at_once())
+    async with httpx.AsyncClient(timeout=60) as c:
+        rs = await asyncio.gather(*(c.post(f"{url}/generate", json=greedy(p)) for p in prompts))
+    together = {p: r.json() for p, r in zip(prompts, rs, strict=True)}
     after = state(url)
     assert after["requests_total"] - before["requests_total"] == len(prompts)
     batches = after["batches"] - before["batches"]

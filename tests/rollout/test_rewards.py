@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import threading
@@ -16,8 +15,8 @@ from rlpost_rollout.rewards.builtin import exact_match, math_answer
 from rlpost.api import RewardSpec
 
 
-def score(spec: RewardSpec, response: str, label, prompt: str = "p") -> float:
-    return asyncio.run(make_reward(spec)(prompt, response, label))
+async def score(spec: RewardSpec, response: str, label, prompt: str = "p") -> float:
+    return await make_reward(spec)(prompt, response, label)
 
 
 def test_exact_match_and_math_answers():
@@ -37,19 +36,21 @@ def test_exact_match_and_math_answers():
     assert math_answer("", "\\boxed{\\frac{1}{x^{3}}}", "\\frac{1}{x^2}") == 0.0
 
 
-def test_math_reward_runs_math_verify_in_a_worker_process():
+@pytest.mark.asyncio
+async def test_math_reward_runs_math_verify_in_a_worker_process():
     # Through make_reward: a worker process's main thread (Math-Verify's SIGALRM timeouts
     # work there; in the buffer's threads they would raise).
     spec = RewardSpec(type="math")
-    assert score(spec, "= 6", "6") == 1.0
-    assert score(spec, "The total is \\boxed{\\frac{3}{4}} dollars", "0.75") == 1.0
-    assert score(spec, "The total is 7", "8") == 0.0
+    assert await score(spec, "= 6", "6") == 1.0
+    assert await score(spec, "The total is \\boxed{\\frac{3}{4}} dollars", "0.75") == 1.0
+    assert await score(spec, "The total is 7", "8") == 0.0
     # A label that is no math answer is a failed sample (visible), not a silent zero.
     with pytest.raises(RewardError, match="not a math answer"):
-        score(spec, "12", "twelve apples")
+        await score(spec, "12", "twelve apples")
 
 
-def test_custom_reward_by_python_path(tmp_path, monkeypatch):
+@pytest.mark.asyncio
+async def test_custom_reward_by_python_path(tmp_path, monkeypatch):
     (tmp_path / "custom_rw.py").write_text(
         "def length(prompt, response, label):\n    return len(response)\n"
         "def bad(prompt, response, label):\n    return 'high'\n"
@@ -59,21 +60,18 @@ def test_custom_reward_by_python_path(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("custom_rw", None)
-    assert score(RewardSpec(type="custom", function="custom_rw:length"), "abc", "x") == 3.0
-    assert score(RewardSpec(type="custom", function="custom_rw:anet"), "abc", "x") == 0.5
+    assert await score(RewardSpec(type="custom", function="custom_rw:length"), "abc", "x") == 3.0
+    assert await score(RewardSpec(type="custom", function="custom_rw:anet"), "abc", "x") == 0.5
     with pytest.raises(RewardError, match="returned 'high', not a number"):
-        score(RewardSpec(type="custom", function="custom_rw:bad"), "abc", "x")
+        await score(RewardSpec(type="custom", function="custom_rw:bad"), "abc", "x")
     with pytest.raises(RewardError, match="raised KeyError"):
-        score(RewardSpec(type="custom", function="custom_rw:boom"), "abc", "x")
+        await score(RewardSpec(type="custom", function="custom_rw:boom"), "abc", "x")
     slow = make_reward(RewardSpec(type="custom", function="custom_rw:slow", timeoutSeconds=0.5))
 
-    async def timed() -> float:
-        started = time.monotonic()
-        with pytest.raises(RewardError, match="timed out after 0.5s"):
-            await slow("p", "a", "x")
-        return time.monotonic() - started
-
-    assert asyncio.run(timed()) < 2  # the driver moves on; the stuck thread is abandoned
+    started = time.monotonic()
+    with pytest.raises(RewardError, match="timed out after 0.5s"):
+        await slow("p", "a", "x")
+    assert time.monotonic() - started < 2  # the driver moves on; the stuck thread is abandoned
     with pytest.raises(ValueError, match="has no function 'nope'"):
         make_reward(RewardSpec(type="custom", function="custom_rw:nope"))
     with pytest.raises(ValueError, match="cannot import 'no_such_mod'"):
@@ -114,18 +112,19 @@ def judge():
     server.server_close()
 
 
-def test_remote_reward(judge):
+@pytest.mark.asyncio
+async def test_remote_reward(judge):
     spec = RewardSpec(type="remote", url=judge, timeoutSeconds=1)
-    assert score(spec, "42", "42") == 1.0
-    assert score(spec, "41", "42") == 0.0
+    assert await score(spec, "42", "42") == 1.0
+    assert await score(spec, "41", "42") == 0.0
     with pytest.raises(RewardError, match="answered HTTP 500: judge down"):
-        score(spec, "x", "broken")
+        await score(spec, "x", "broken")
     with pytest.raises(RewardError, match="without a 'reward' field"):
-        score(spec, "x", "nofield")
+        await score(spec, "x", "nofield")
     started = time.monotonic()
     with pytest.raises(RewardError, match="timed out after 1.0s"):
-        score(spec, "x", "slow")
+        await score(spec, "x", "slow")
     assert time.monotonic() - started < 2.5
     dead = RewardSpec(type="remote", url="http://127.0.0.1:9/score", timeoutSeconds=1)
     with pytest.raises(RewardError, match="unreachable"):
-        score(dead, "x", "y")
+        await score(dead, "x", "y")
