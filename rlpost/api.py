@@ -69,6 +69,7 @@ class Algorithm(StrEnum):
     GSPO = "gspo"  # group-normalised advantages, one ratio per sequence, clipped per sequence
     DAPO = "dapo"  # GRPO + decoupled clip (clipHigh > clipLow), token-mean, overlong shaping
     REINFORCE_PP = "reinforce_pp"  # REINFORCE++: baseline and normalisation over the batch
+    PPO = "ppo"  # a value model (critic): per-token GAE advantages, token ratio clipped
 
 
 class LossAggregation(StrEnum):
@@ -200,12 +201,32 @@ class RolloutSpec(Model):
 
 
 DAPO_CLIP_HIGH = 0.28  # the DAPO paper's clip-higher
+PPO_GAMMA = 1.0  # undiscounted: one outcome reward per response
+PPO_GAE_LAMBDA = 0.95
+PPO_ONLY = "algorithm.criticLr, gamma and gaeLambda are ppo's (its value model): set name: ppo"
+PPO_MEGATRON = (
+    "algorithm.name ppo needs trainer.backend torch: the megatron backend trains no value "
+    "model (critic)"
+)
 
 
 class AlgorithmSpec(Model):
     """The RL algorithm (docs/DESIGN.md, "Algorithms"). Unset optional fields take the
     algorithm's own default: clipLow = clip; clipHigh = 0.28 for dapo, else clip;
-    lossAggregation = token-mean for dapo and reinforce_pp, else seq-mean-token-mean."""
+    lossAggregation = token-mean for dapo, reinforce_pp and ppo, else seq-mean-token-mean;
+    ppo: criticLr = lr, gamma = 1, gaeLambda = 0.95."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.name == 'ppo' || "
+                    "(!has(self.criticLr) && !has(self.gamma) && !has(self.gaeLambda))",
+                    PPO_ONLY,
+                ),
+            ]
+        }
+    )
 
     name: Algorithm = Algorithm.GRPO
     group_size: Annotated[int, Field(ge=2, le=1024)] = 8
@@ -228,6 +249,11 @@ class AlgorithmSpec(Model):
     dynamic_sampling: bool = True  # drop groups whose rewards have zero std, refill
     # -1 flips the advantage sign: a control run that must NOT learn (proves the gradient).
     advantage_sign: Annotated[int, Field(ge=-1, le=1)] = 1
+    # ppo only: the value model's learning rate (unset: lr), and GAE's discount (unset: 1,
+    # undiscounted) and lambda (unset: 0.95); the reward sits on a response's last token.
+    critic_lr: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    gamma: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    gae_lambda: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
 
     def clip_range(self) -> tuple[float, float]:
         """(clip_low, clip_high) with the algorithm's defaults for unset fields."""
@@ -240,9 +266,18 @@ class AlgorithmSpec(Model):
         """loss_aggregation, or the algorithm's default."""
         if self.loss_aggregation is not None:
             return LossAggregation(self.loss_aggregation)
-        if self.name in (Algorithm.DAPO, Algorithm.REINFORCE_PP):
+        if self.name in (Algorithm.DAPO, Algorithm.REINFORCE_PP, Algorithm.PPO):
             return LossAggregation.TOKEN_MEAN
         return LossAggregation.SEQ_MEAN_TOKEN_MEAN
+
+    def value_lr(self) -> float:
+        """ppo's critic learning rate: criticLr, or lr."""
+        return self.lr if self.critic_lr is None else self.critic_lr
+
+    def gae_params(self) -> tuple[float, float]:
+        """ppo's (gamma, lambda) with the defaults for unset fields."""
+        gamma = PPO_GAMMA if self.gamma is None else self.gamma
+        return gamma, PPO_GAE_LAMBDA if self.gae_lambda is None else self.gae_lambda
 
 
 class DataSpec(Model):
@@ -359,6 +394,10 @@ class RLPostTrainJobSpec(Model):
                     "!has(self.algorithm.overlongBuffer) || "
                     "self.algorithm.overlongBuffer < self.rollout.maxNewTokens",
                     "algorithm.overlongBuffer must be less than rollout.maxNewTokens",
+                ),
+                cel(
+                    "self.algorithm.name != 'ppo' || self.trainer.backend != 'megatron'",
+                    PPO_MEGATRON,
                 ),
             ]
         }
@@ -521,6 +560,11 @@ def semantic_errors(spec: RLPostTrainJobSpec) -> list[str]:
     alg = spec.algorithm
     if alg.overlong_buffer is not None and alg.overlong_buffer >= spec.rollout.max_new_tokens:
         errors.append("algorithm.overlongBuffer must be less than rollout.maxNewTokens")
+    ppo_fields = (alg.critic_lr, alg.gamma, alg.gae_lambda)
+    if alg.name != Algorithm.PPO and any(x is not None for x in ppo_fields):
+        errors.append(PPO_ONLY)
+    if alg.name == Algorithm.PPO and spec.trainer.backend == TrainerBackend.MEGATRON:
+        errors.append(PPO_MEGATRON)
     if spec.reward.type == RewardType.REMOTE and not spec.reward.url:
         errors.append("reward.url is required for remote")
     if spec.reward.type == RewardType.CUSTOM and not spec.reward.function:

@@ -95,7 +95,8 @@ def reference(name, cfg, logp, old, adv, mask, ref=None, rollout=None):
         else:
             for t in trained[i]:
                 r = math.exp(logp[i][t] - old[i][t])
-                m, dm = ref_min_grad(r, adv[i], cfg.clip_low, cfg.clip_high)
+                a = adv[i][t] if isinstance(adv[i], list) else adv[i]  # [B, T] (ppo) or [B]
+                m, dm = ref_min_grad(r, a, cfg.clip_low, cfg.clip_high)
                 v[i][t] = -m * w[i][t]
                 dv[i][t][t] = -dm * r * w[i][t]
         if cfg.kl_coef > 0:
@@ -356,7 +357,7 @@ def test_spec_defaults_validation_and_unchanged_old_specs():
         "name", "groupSize", "rolloutBatchSize", "lr", "klCoef", "clip", "overlongPenalty",
         "dynamicSampling", "advantageSign",
     }  # fmt: skip
-    for bad in [{"name": "ppo"}, {"clipLow": 1.0}, {"tisCap": 0.5}, {"overlongBuffer": 0}]:
+    for bad in [{"name": "ppo2"}, {"clipLow": 1.0}, {"tisCap": 0.5}, {"overlongBuffer": 0}]:
         with pytest.raises(ValueError):
             AlgorithmSpec.model_validate(bad)
     from rlpost.api import semantic_errors

@@ -14,7 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from rlpost.api import RLPostTrainJobSpec
+from rlpost.api import PPO_MEGATRON, RLPostTrainJobSpec
+from rlpost.models import ModelError
 from rlpost_trainer.batch import TrainBatch
 
 
@@ -36,19 +37,27 @@ class TrainerBackend(Protocol):
 
     def train_step(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
         """One optimizer step of spec.algorithm's loss (algorithms.policy_loss) on `batch`;
-        returns loss statistics (algorithms.LossStats's fields and grad_norm)."""
+        returns loss statistics (algorithms.LossStats's fields and grad_norm; with a value
+        model, ppo, also loop.CRITIC_STATS)."""
 
     def named_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (unsharded) weights under HF parameter names, in the engines' dtype."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume training bit-for-bit (model, optimizer)."""
+        """Everything needed to resume training bit-for-bit (model, optimizer; ppo: the
+        value model and its optimizer)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class UnsupportedAlgorithm(ModelError):
+    """The backend cannot train spec.algorithm (the trainer exits 78: InvalidSpec)."""
+
+
 def make_backend(spec: RLPostTrainJobSpec) -> TrainerBackend:
     name = str(spec.trainer.backend)
+    if name == "megatron" and str(spec.algorithm.name) == "ppo":
+        raise UnsupportedAlgorithm(PPO_MEGATRON)
     if name == "torch":
         from rlpost_trainer.torch_backend import TorchBackend
 

@@ -36,6 +36,10 @@ from rlpost_trainer.ranks import Ranks, control_group, init_process_group
 from rlpost_trainer.resume import resume_point
 
 log = logging.getLogger("rlpost_trainer")
+# A backend that trains a value model (ppo: value_model.py) reports these per step.
+CRITIC_STATS = (
+    "value_loss", "value_mean", "returns_mean", "explained_variance", "critic_grad_norm",
+)  # fmt: skip
 
 
 def load_job() -> RLPostTrainJob:
@@ -253,6 +257,7 @@ class Trainer:
             "tis_clip_fraction": stats.get("tis_clip_fraction") if tis else None,
             "clip_fraction": stats.get("clip_fraction"),
             "grad_norm": stats.get("grad_norm"),
+            **({k: stats.get(k) for k in CRITIC_STATS} if "value_loss" in stats else {}),
             "response_tokens": tb.response_tokens,
             "tokens_per_second": tb.response_tokens / max(t_end - t0, 1e-9),
             "batch_wait_s": t_batch - t0,

@@ -4,6 +4,9 @@ Master weights are fp32 whatever the engines serve (small models, exact logprob 
 tests); they are cast to spec.model.dtype when sent. They are packed in one buffer
 (rlpost.weightsync.packed): where no cast is needed, a flattened bucket is broadcast from the
 weights' own memory.
+
+`ppo` also trains a value model (value_model.py: same architecture, scalar head, its own
+optimizer); its advantages come from it, its state is part of the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch.distributed as dist
 from rlpost.api import RLPostTrainJobSpec
 from rlpost.models import DTYPES, build_model
 from rlpost.weightsync.packed import pack_parameters
-from rlpost_trainer.algorithms import LossStats, policy_loss
+from rlpost_trainer.algorithms import LossStats, needs_critic, policy_loss
 from rlpost_trainer.batch import TrainBatch
 from rlpost_trainer.ranks import dp_rows
 
@@ -87,6 +90,11 @@ class TorchBackend:
         self.ref_model = None
         if spec.algorithm.kl_coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.critic = None
+        if needs_critic(spec.algorithm):
+            from rlpost_trainer.value_model import Critic
+
+            self.critic = Critic(spec, vocab_size, self.device)
 
     @torch.no_grad()
     def compute_logprobs(self, batch: TrainBatch) -> torch.Tensor:
@@ -95,16 +103,26 @@ class TorchBackend:
     def train_step(self, batch: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
         """`batch` is the whole step's batch on every rank; this rank trains on its rows.
         The loss is normalised over the whole batch (its sequences and tokens), so the
-        summed gradients equal one full-batch step on one rank."""
+        summed gradients equal one full-batch step on one rank.
+
+        ppo: `advantages` are the (shaped) rewards, one per row; the critic makes them
+        per-token advantages and is trained on the same micro-batches."""
         alg = self.spec.algorithm
         self.optimizer.zero_grad(set_to_none=True)
         n_seqs = float((batch.loss_mask.sum(-1) > 0).sum().clamp(min=1))
         n_tokens = float(batch.loss_mask.sum().clamp(min=1))
         first, end = dp_rows(batch.input_ids.shape[0], self.rank, self.world)
         totals = {f.name: 0.0 for f in fields(LossStats)}
-        for lo in range(first, end, MICRO_BATCH_ROWS):
-            hi = min(end, lo + MICRO_BATCH_ROWS)
-            mb = rows(batch, lo, hi)
+        spans = [
+            (lo, min(end, lo + MICRO_BATCH_ROWS)) for lo in range(first, end, MICRO_BATCH_ROWS)
+        ]
+        micro = [rows(batch, lo, hi) for lo, hi in spans]
+        per_mb = [advantages[lo:hi] for lo, hi in spans]
+        if self.critic is not None:
+            targets = self.critic.targets(micro, per_mb)
+            per_mb = [t.advantages for t in targets]
+            totals["value_loss"] = 0.0
+        for k, mb in enumerate(micro):
             logp = token_logprobs(self.model, mb, self.device)
             ref = None
             if self.ref_model is not None:
@@ -114,7 +132,7 @@ class TorchBackend:
                 alg,
                 logp,
                 mb.old_logprobs.to(self.device),
-                advantages[lo:hi].to(self.device),
+                per_mb[k].to(self.device),
                 mb.loss_mask.to(self.device),
                 ref_logprobs=ref,
                 n_seqs=n_seqs,
@@ -123,16 +141,23 @@ class TorchBackend:
             loss.backward()
             for key, value in vars(stats).items():
                 totals[key] += value
+            if self.critic is not None:
+                totals["value_loss"] += self.critic.loss(mb, targets[k], n_seqs, n_tokens)
         if self.world > 1:
+            self._all_reduce_grads([p for p in self.model.parameters() if p.requires_grad])
+            if self.critic is not None:
+                self._all_reduce_grads(self.critic.parameters())
             totals = self._all_reduce(totals)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=1.0)
         self.optimizer.step()
         totals["grad_norm"] = float(grad_norm)
+        if self.critic is not None:
+            totals["critic_grad_norm"] = self.critic.step()
+            totals.update(self.critic.stats)
         return totals
 
-    def _all_reduce(self, totals: dict[str, float]) -> dict[str, float]:
-        """Sum the gradients (one flat buffer) and the statistics over the ranks."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+    def _all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum the gradients over the ranks (one flat buffer)."""
         for p in params:
             if p.grad is None:  # a rank without rows (batch smaller than the world)
                 p.grad = torch.zeros_like(p)
@@ -142,6 +167,9 @@ class TorchBackend:
         for p in params:
             p.grad.copy_(flat[at : at + p.numel()].view_as(p.grad))
             at += p.numel()
+
+    def _all_reduce(self, totals: dict[str, float]) -> dict[str, float]:
+        """Sum the statistics over the ranks."""
         stats = torch.tensor(list(totals.values()), dtype=torch.float64, device=self.device)
         dist.all_reduce(stats)
         return dict(zip(totals, stats.tolist(), strict=True))
@@ -151,8 +179,18 @@ class TorchBackend:
             yield name, p.detach().to(self.send_dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.critic is not None:
+            if "critic" not in state:
+                raise ValueError(
+                    "algorithm ppo: the checkpoint has no value model (written by a run of "
+                    "another algorithm); start a fresh run or resume with that algorithm"
+                )
+            self.critic.load_state_dict(state["critic"])

@@ -1,7 +1,7 @@
 """The RL algorithms (spec.algorithm.name): one loss module each (grpo, gspo, dapo,
-reinforce_pp), sharing the advantage functions (advantages.py) and the ratio, clip, TIS,
-aggregation and statistics plumbing (core.py). critic.py: GAE and the value loss for a
-future `ppo` (not wired: no backend trains a critic).
+reinforce_pp, ppo), sharing the advantage functions (advantages.py) and the ratio, clip, TIS,
+aggregation and statistics plumbing (core.py). critic.py: GAE and the value loss of `ppo`,
+whose value model the torch backend trains (value_model.py).
 
 The backends call `policy_loss` per micro-batch; the loop calls `batch_advantages` once per
 step (rank 0, whole groups)."""
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from rlpost.api import AlgorithmSpec, RLPostTrainJobSpec
-from rlpost_trainer.algorithms import dapo, grpo, gspo, reinforce_pp
+from rlpost_trainer.algorithms import dapo, grpo, gspo, ppo, reinforce_pp
 from rlpost_trainer.algorithms.advantages import (
     global_advantages,
     grouped_advantages,
@@ -20,9 +20,16 @@ from rlpost_trainer.algorithms.advantages import (
 from rlpost_trainer.algorithms.core import LossConfig, LossStats
 from rlpost_trainer.batch import TrainBatch
 
-MODULES = {"grpo": grpo, "gspo": gspo, "dapo": dapo, "reinforce_pp": reinforce_pp}
+MODULES = {"grpo": grpo, "gspo": gspo, "dapo": dapo, "reinforce_pp": reinforce_pp, "ppo": ppo}
 
-__all__ = ["LossConfig", "LossStats", "batch_advantages", "loss_config", "policy_loss"]
+__all__ = [
+    "LossConfig", "LossStats", "batch_advantages", "loss_config", "needs_critic", "policy_loss",
+]  # fmt: skip
+
+
+def needs_critic(alg: AlgorithmSpec) -> bool:
+    """The algorithm's advantages come from a value model the backend trains (ppo)."""
+    return MODULES[str(alg.name)].ADVANTAGES == "critic"
 
 
 def loss_config(alg: AlgorithmSpec) -> LossConfig:
@@ -72,7 +79,10 @@ def batch_advantages(
 ) -> torch.Tensor:
     """One advantage per row of the step's batch: rewards (shaped by overlong punishment
     when algorithm.overlongBuffer is set), then the algorithm's normalisation (per group or
-    over the batch), times algorithm.advantageSign. No spec: GRPO's (group-normalised)."""
+    over the batch), times algorithm.advantageSign. No spec: GRPO's (group-normalised).
+
+    A critic algorithm (ppo): the shaped rewards themselves; the backend turns them into
+    per-token advantages with its value model (ppo.py) and applies the sign there."""
     alg = spec.algorithm if spec is not None else AlgorithmSpec()
     rewards = tb.rewards
     if alg.overlong_buffer is not None:
@@ -84,6 +94,8 @@ def batch_advantages(
             alg.overlong_penalty,
         )  # fmt: skip
         rewards = rewards + shaping.to(rewards.dtype)
+    if needs_critic(alg):
+        return rewards
     if MODULES[str(alg.name)].ADVANTAGES == "global":
         adv = global_advantages(rewards, eps)
     else:

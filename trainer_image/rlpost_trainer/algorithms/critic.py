@@ -1,8 +1,8 @@
 """PPO's critic pieces as pure tensor functions: per-token outcome rewards, generalized
 advantage estimation (GAE) and the clipped value loss.
 
-NOT WIRED: no backend trains a value model yet, so `ppo` is not an algorithm.name; these are
-the tested building blocks for it (docs/DESIGN.md, "Algorithms").
+Used by `ppo` (ppo.py; the torch backend trains the value model: value_model.py,
+docs/DESIGN.md, "Algorithms").
 
 Shapes as in core.py: [B, T] response-aligned, `mask` 1 on trained (policy) tokens. GAE runs
 over each row's trained tokens in order: untrained positions (tool output inside a
