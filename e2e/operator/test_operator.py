@@ -139,23 +139,15 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     assert f'rlpost_jobs{{namespace="{ns}",phase="Running"}} 1.0' in op.metrics_text()
 
 
-def test_2_colocated_one_worker_podset(cluster, op, namespace):
+def test_2_colocated_is_refused_before_admission_until_workers_run_engines(cluster, op, namespace):
     ns = namespace
     submit(cluster, job_doc("col", ns, mode="colocated", trainer={"replicas": 2, "gpusPerPod": 4}))
-    job = wait_phase(cluster, "col", ns, "Running", timeout=120)
-    (wl,) = workloads(cluster, ns)
-    sets = {ps["name"]: ps for ps in wl["spec"]["podSets"]}
-    assert list(sets) == ["worker", "router", "buffer"]
-    gpus = sum(
-        int(ps["template"]["spec"]["containers"][0]["resources"]["requests"].get(GPU, 0))
-        * ps["count"]
-        for ps in sets.values()
-    )
-    assert gpus == 8  # requested once: the engines share the worker GPUs
-    assert maybe(cluster, "deployment", "col-rollout", ns) is None
-    roles = sorted(p["metadata"]["labels"]["rlpost.dev/role"] for p in pods_of(cluster, "col", ns))
-    assert roles == ["buffer", "router", "worker", "worker"]
-    assert job["status"]["readyPods"] == "4/4"
+    job = wait_phase(cluster, "col", ns, "Invalid", timeout=60)
+    c = cond(job, "InvalidSpec")
+    assert c["status"] == "True" and "mode: colocated runs with `rlpost run` only" in c["message"]
+    # Nothing half-created: no Workload (no quota taken), no pods.
+    assert workloads(cluster, ns) == []
+    assert pods_of(cluster, "col", ns) == []
 
 
 # ---------------------------------------------------------------------------- 3, 4

@@ -264,6 +264,11 @@ def cluster_support_errors(spec: api.RLPostTrainJobSpec) -> list[str]:
     """What `rlpost run` does and the operator does not do yet: refused before admission, so
     nothing is created for a job whose pods could not start."""
     errors = []
+    if spec.mode == api.Mode.COLOCATED:
+        errors.append(
+            "mode: colocated runs with `rlpost run` only; in a cluster the worker pods do not "
+            "run engines yet, so the job could never generate (use mode: disaggregated)"
+        )
     if spec.reward.pool.workers > 0:
         errors.append(
             "reward.pool.workers > 0: the Ray reward pool runs with `rlpost run "

@@ -151,3 +151,11 @@ def test_reward_pool_is_refused_in_a_cluster_until_the_operator_creates_one():
     (msg,) = v.cluster_support_errors(s)
     assert "reward.pool.workers" in msg and "--reward-workers" in msg
     assert msg in v.pre_admission_errors(REF, s, job()["spec"], None)
+
+
+def test_colocated_is_refused_in_a_cluster_until_worker_pods_run_engines():
+    s = spec()
+    s.mode = api.Mode.COLOCATED
+    (msg,) = v.cluster_support_errors(s)
+    assert msg.startswith("mode: colocated runs with `rlpost run` only")
+    assert msg in v.pre_admission_errors(REF, s, job()["spec"], None)
