@@ -1,5 +1,5 @@
-"""GSPO, DAPO and REINFORCE++ learn the example through `rlpost run` (as GRPO does in
-test_learning.py), their sign-flipped controls do not; an async run (maxStaleness 2) with
+"""GSPO, DAPO, REINFORCE++ and PPO (with its value model) learn the example through
+`rlpost run` (as GRPO does in test_learning.py), their sign-flipped controls do not; an async run (maxStaleness 2) with
 TIS learns and reports a non-zero, bounded train/rollout logprob mismatch.
 
 The controls and the TIS run are marked `breadth`: `make test` (CI, 90 minutes) leaves them
@@ -13,7 +13,7 @@ import yaml
 from tests.loop.conftest import EXAMPLE, first_step_reaching, learning_summary
 from tests.loop.test_learning import CHANCE, run_cli
 
-ALGORITHMS = ["gspo", "dapo", "reinforce_pp"]
+ALGORITHMS = ["gspo", "dapo", "reinforce_pp", "ppo"]
 # Fewer steps than the example's 150 (CI time): each reached a 5-step mean >= 0.9 by step
 # ~77 in 150-step runs (examples/README.md); the flipped controls are below chance by 40.
 LEARN_STEPS = 100
