@@ -121,6 +121,8 @@ class Phase(StrEnum):
 # ---------------------------------------------------------------------------- spec parts
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")]
+# A custom function by Python path, "pkg.module:function" (rlpost.extension_points).
+FunctionPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 
 
 class Resources(Model):
@@ -197,6 +199,9 @@ class RolloutSpec(Model):
     # Stop strings (SGLang's sampling_params.stop); EOS ids come from the model's tokenizer
     # and generation_config.json.
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
+    # A custom generate function for one sample (docs/CONTRACTS.md, "Custom functions"):
+    # async fn(prompt, prompt_ids, sampling, router); unset: one /generate call per sample.
+    generate: FunctionPath | None = None
     resources: Resources = Resources(cpu="8", memory="64Gi")
 
 
@@ -247,6 +252,9 @@ class AlgorithmSpec(Model):
     # sampling logprobs (staleness, numerics). Unset: off.
     tis_cap: Annotated[float, Field(ge=1.0, le=1000.0)] | None = None
     dynamic_sampling: bool = True  # drop groups whose rewards have zero std, refill
+    # A group filter, fn(group) -> keep, or (False, reason): dropped groups are counted under
+    # the reason and refilled, like dynamicSampling's zero-std drop (which runs first).
+    filter: FunctionPath | None = None
     # -1 flips the advantage sign: a control run that must NOT learn (proves the gradient).
     advantage_sign: Annotated[int, Field(ge=-1, le=1)] = 1
     # ppo only: the value model's learning rate (unset: lr), and GAE's discount (unset: 1,
@@ -280,8 +288,24 @@ class AlgorithmSpec(Model):
         return gamma, PPO_GAE_LAMBDA if self.gae_lambda is None else self.gae_lambda
 
 
+DATA_NEEDS_INPUT = 'data.prompts (a JSONL file) or data.source ("pkg.module:function") is required'
+
+
 class DataSpec(Model):
-    prompts: Annotated[str, Field(min_length=1)]  # JSONL path (in the data PVC, or local)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.prompts) || has(self.source)", DATA_NEEDS_INPUT),
+            ]
+        }
+    )
+
+    # JSONL path (in the data PVC, or local). With `source` set it is not read by rlpost: the
+    # function gets it (e.g. a file of its own format).
+    prompts: Annotated[str, Field(min_length=1)] | None = None
+    # A data-source function replacing the JSONL reader, fn(data, seed) -> iterable of rows
+    # (docs/CONTRACTS.md, "Custom functions").
+    source: FunctionPath | None = None
     pvc: str | None = None
     prompt_key: str = "prompt"
     label_key: str = "label"
@@ -328,7 +352,7 @@ class RewardSpec(Model):
 
     type: RewardType = RewardType.EXACT_MATCH
     url: str | None = None
-    function: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
+    function: FunctionPath | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
     sandbox: SandboxSpec = SandboxSpec()
     pool: RewardPoolSpec = RewardPoolSpec()
@@ -569,6 +593,8 @@ def semantic_errors(spec: RLPostTrainJobSpec) -> list[str]:
         errors.append("reward.url is required for remote")
     if spec.reward.type == RewardType.CUSTOM and not spec.reward.function:
         errors.append('reward.function ("pkg.module:function") is required for custom')
+    if spec.data.prompts is None and spec.data.source is None:
+        errors.append(DATA_NEEDS_INPUT)
     if spec.model.path is None and spec.model.config is None:
         errors.append("model: set model.path (weights directory) or model.config (random init)")
     chat = spec.data.messages_key is not None or spec.data.apply_chat_template

@@ -43,7 +43,7 @@ def resolve_spec_paths(spec: RLPostTrainJobSpec) -> RLPostTrainJobSpec:
         tok = spec.model.tokenizer
         if tok and not tok.startswith("char:"):
             spec.model.tokenizer = under_mount(tok, MODEL_MOUNT)
-    if spec.data.pvc:
+    if spec.data.pvc and spec.data.prompts:
         spec.data.prompts = under_mount(spec.data.prompts, DATA_MOUNT)
     return spec
 

@@ -10,11 +10,13 @@ ClusterQueue -> ResourceFlavors -> Nodes); no I/O here.
   1 MiB limit for a ConfigMap's data.
 - `capacity_errors`: no pod asks for more GPUs than the largest node that any GPU flavor of
   the job's ClusterQueue can place it on ("can never be scheduled").
-- `custom_function_errors`: a `reward.function` inside the packages the rollout image ships
-  (`rlpost_rollout`, `rlpost`) exists as a top-level function taking (prompt, response,
-  label). Read from source, never imported: the operator runs no code named by a spec. Other
-  modules (a custom image's code) are checked by the buffer at start, which reports a failure
-  through its termination message (`INVALID_SPEC_EXIT_CODE`).
+- `custom_function_errors`: a custom function (`reward.function`, `data.source`,
+  `rollout.generate`, `algorithm.filter`: `rlpost.extension_points`) inside the packages the
+  rollout image ships (`rlpost_rollout`, `rlpost`) exists as a top-level function taking the
+  extension point's arguments (async where it must be). Read from source, never imported: the
+  operator runs no code named by a spec. Other modules (a custom image's code) are checked by
+  the buffer at start, which reports a failure through its termination message
+  (`INVALID_SPEC_EXIT_CODE`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rlpost import api
+from rlpost.extension_points import ExtensionPoint, spec_functions
 
 from . import builders as b
 from .constants import GPU
@@ -40,7 +43,6 @@ CONFIG_HEADROOM = 64
 INVALID_SPEC_EXIT_CODE = 78
 # Packages of the rollout image the operator may read a custom function's source from.
 SHIPPED_PACKAGES = ("rlpost_rollout", "rlpost")
-REWARD_ARGS = ("prompt", "response", "label")
 
 
 # ---------------------------------------------------------------------------- names, size
@@ -200,24 +202,30 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _signature_problem(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+def _signature_problem(
+    fn: ast.FunctionDef | ast.AsyncFunctionDef, point: ExtensionPoint
+) -> str | None:
     a = fn.args
     positional = [*a.posonlyargs, *a.args]
     required = len(positional) - len(a.defaults)
-    if len(positional) < len(REWARD_ARGS) and a.vararg is None:
+    if len(positional) < len(point.args) and a.vararg is None:
         return f"takes {len(positional)} positional arguments"
-    if required > len(REWARD_ARGS):
+    if required > len(point.args):
         return f"requires {required} positional arguments"
     missing_kw = [k.arg for k, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is None]
     if missing_kw:
         return f"requires keyword arguments {missing_kw}"
+    if point.is_async and not isinstance(fn, ast.AsyncFunctionDef):
+        return "is not async"
     return None
 
 
 def custom_function_errors(spec: api.RLPostTrainJobSpec) -> list[str]:
-    path = spec.reward.function if spec.reward.type == api.RewardType.CUSTOM else None
-    if not path:
-        return []
+    return [e for point, path in spec_functions(spec) for e in _function_errors(point, path)]
+
+
+def _function_errors(point: ExtensionPoint, path: str) -> list[str]:
+    field = point.field
     module, _, attr = path.partition(":")
     if module.split(".")[0] not in SHIPPED_PACKAGES:
         return []  # a custom image's code: checked by the buffer at start
@@ -227,20 +235,21 @@ def custom_function_errors(spec: api.RLPostTrainJobSpec) -> list[str]:
         return []  # the package is not installed here: the buffer checks it
     if source is None:
         return [
-            f"reward.function {path!r}: module {module!r} does not exist in the rollout image "
+            f"{field} {path!r}: module {module!r} does not exist in the rollout image "
             f"(packages {', '.join(SHIPPED_PACKAGES)})"
         ]
     try:
         tree = ast.parse(source.read_text())
     except (OSError, SyntaxError) as exc:
-        return [f"reward.function {path!r}: cannot read {module}: {exc}"]
+        return [f"{field} {path!r}: cannot read {module}: {exc}"]
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == attr:
-            problem = _signature_problem(node)
+            problem = _signature_problem(node, point)
             if problem:
+                kind = "an async function" if point.is_async else "a function"
                 return [
-                    f"reward.function {path!r} {problem}; a reward function is called as "
-                    f"{attr}({', '.join(REWARD_ARGS)}) and returns a number"
+                    f"{field} {path!r} {problem}; {field} must be {kind} called as "
+                    f"{point.call(attr)} that returns {point.returns}"
                 ]
             return []
         if isinstance(node, ast.ClassDef) and node.name == attr:
@@ -254,7 +263,7 @@ def custom_function_errors(spec: api.RLPostTrainJobSpec) -> list[str]:
             targets = [(n.asname or n.name).split(".")[0] for n in node.names]
         if attr in targets:
             return []  # bound some other way: exists; its signature is checked at start
-    return [f"reward.function {path!r}: module {module} has no function {attr!r}"]
+    return [f"{field} {path!r}: module {module} has no function {attr!r}"]
 
 
 # ---------------------------------------------------------------------------- all of it

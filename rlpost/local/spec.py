@@ -64,7 +64,7 @@ def resolve_local_paths(job: RLPostTrainJob, base: Path) -> RLPostTrainJob:
             return p
         return str((base / p).resolve())
 
-    spec.data.prompts = resolve(spec.data.prompts) or spec.data.prompts
+    spec.data.prompts = resolve(spec.data.prompts)
     spec.model.path = resolve(spec.model.path)
     if spec.model.tokenizer and not spec.model.tokenizer.startswith("char:"):
         spec.model.tokenizer = resolve(spec.model.tokenizer)
@@ -95,7 +95,7 @@ def local_problems(job: RLPostTrainJob) -> list[str]:
     """What this machine cannot run even though the spec is valid for a cluster."""
     spec = job.spec
     problems = []
-    if not Path(spec.data.prompts).exists():
+    if spec.data.source is None and not Path(spec.data.prompts or "").exists():
         problems.append(f"spec.data.prompts: {spec.data.prompts} does not exist on this machine")
     if spec.rollout.engine == EngineKind.SGLANG and shutil.which("nvidia-smi") is None:
         problems.append(

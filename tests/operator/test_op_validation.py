@@ -135,7 +135,7 @@ def test_custom_function_in_the_rollout_image_is_checked_from_source():
     assert "has no function 'exact_matc'" in err
     (err,) = v.custom_function_errors(reward("rlpost_rollout.rewardz:f"))
     assert "does not exist in the rollout image" in err
-    (err,) = v.custom_function_errors(reward("rlpost_rollout.rewards.base:load_function"))
+    (err,) = v.custom_function_errors(reward("rlpost_rollout.rewards.base:code_exec_fn"))
     assert "takes 1 positional arguments" in err and "(prompt, response, label)" in err
 
 
@@ -159,3 +159,89 @@ def test_colocated_is_refused_in_a_cluster_until_worker_pods_run_engines():
     (msg,) = v.cluster_support_errors(s)
     assert msg.startswith("mode: colocated runs with `rlpost run` only")
     assert msg in v.pre_admission_errors(REF, s, job()["spec"], None)
+
+
+# ---------------------------------------------------------------- other extension points
+
+SHAPES = """
+import os
+
+
+def rows(data, seed):
+    return []
+
+
+def rows_needing_three(data, seed, more):
+    return []
+
+
+async def generate(prompt, prompt_ids, sampling, router):
+    return {}
+
+
+def generate_sync(prompt, prompt_ids, sampling, router):
+    return {}
+
+
+def keep(group):
+    return True
+
+
+def keep_two(group, other):
+    return True
+"""
+
+
+def extension_spec(**fields):
+    s = spec()
+    s.data.source = fields.get("source")
+    s.rollout.generate = fields.get("generate")
+    s.algorithm.filter = fields.get("filter")
+    return s
+
+
+def test_data_source_generate_and_filter_are_checked_from_source(tmp_path, monkeypatch):
+    (tmp_path / "shipped_ext.py").write_text(SHAPES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(v, "SHIPPED_PACKAGES", ("shipped_ext", *v.SHIPPED_PACKAGES))
+    good = extension_spec(
+        source="shipped_ext:rows", generate="shipped_ext:generate", filter="shipped_ext:keep"
+    )
+    assert v.custom_function_errors(good) == []
+    errs = v.custom_function_errors(
+        extension_spec(
+            source="shipped_ext:rows_needing_three",
+            generate="shipped_ext:generate_sync",
+            filter="shipped_ext:keep_two",
+        )
+    )
+    assert len(errs) == 3, errs
+    source, generate, group_filter = errs
+    assert source.startswith("data.source 'shipped_ext:rows_needing_three' requires 3")
+    assert "rows_needing_three(data, seed)" in source
+    assert generate.startswith("rollout.generate 'shipped_ext:generate_sync' is not async")
+    assert "generate_sync(prompt, prompt_ids, sampling, router)" in generate
+    assert group_filter.startswith("algorithm.filter 'shipped_ext:keep_two' requires 2")
+    (err,) = v.custom_function_errors(extension_spec(filter="shipped_ext:nope"))
+    assert err == "algorithm.filter 'shipped_ext:nope': module shipped_ext has no function 'nope'"
+    # bound some other way (an import): exists; the buffer checks its signature at start
+    assert v.custom_function_errors(extension_spec(generate="shipped_ext:os")) == []
+    # a custom image's module: the buffer checks it at start
+    assert v.custom_function_errors(extension_spec(source="mycompany.data:rows")) == []
+    # the rollout image's own packages are read as before
+    (err,) = v.custom_function_errors(extension_spec(filter="rlpost_rollout.extensions:zero_stdd"))
+    assert "has no function 'zero_stdd'" in err
+    assert (
+        v.custom_function_errors(extension_spec(filter="rlpost_rollout.extensions:zero_std")) == []
+    )
+
+
+def test_data_needs_prompts_or_a_source():
+    s = spec(data={"source": "mycompany.data:rows"})
+    assert s.data.prompts is None and api.semantic_errors(s) == []
+    s.data.source = None
+    assert api.DATA_NEEDS_INPUT in api.semantic_errors(s)
+    data = crdgen.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    data = data["properties"]["spec"]["properties"]["data"]
+    assert "required" not in data
+    assert data["x-kubernetes-validations"][0]["rule"] == "has(self.prompts) || has(self.source)"

@@ -20,7 +20,7 @@ def test_check_function_accepts_the_documented_signature():
     [
         ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
         ("rlpost_rollout.rewards.builtin:nope", "has no function 'nope'"),
-        ("rlpost_rollout.rewards.base:load_function", "cannot be called as fn(prompt, response"),
+        ("rlpost_rollout.rewards.base:code_exec_fn", "cannot be called as fn(prompt, response"),
     ],
 )
 def test_check_function_says_what_is_wrong(path, says):

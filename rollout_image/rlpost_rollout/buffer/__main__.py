@@ -16,12 +16,12 @@ from rlpost.models import TINY_DEFAULTS, ModelError, build_tokenizer
 from rlpost.refuse import refuse_spec
 from rlpost_rollout import config
 from rlpost_rollout.buffer.app import Buffer, batch_timeout_default, create_app
-from rlpost_rollout.buffer.dataset import DatasetError, load_jsonl
+from rlpost_rollout.buffer.dataset import DatasetError, load_function_rows, load_jsonl
 from rlpost_rollout.buffer.driver import Driver, DriverConfig
 from rlpost_rollout.buffer.metrics import BufferMetrics
 from rlpost_rollout.buffer.store import Store
+from rlpost_rollout.extensions import check_spec_functions
 from rlpost_rollout.rewards import make_reward
-from rlpost_rollout.rewards.base import check_function
 from rlpost_rollout.rewards.pool import POOLED, PoolMetrics, RewardPool, connect
 
 log = logging.getLogger("rlpost_rollout.buffer")
@@ -63,12 +63,15 @@ def reward_fn(spec, metrics: BufferMetrics):
     return make_reward(spec, pool)
 
 
-def build(job, state_dir: str, router_url: str) -> Buffer:
-    spec = job.spec
-    metrics = BufferMetrics(config.job_name(job))
-    tokenizer = build_tokenizer(spec.model)
+def load_prompts(spec, tokenizer, functions):
+    """data.source's rows when it is set, else the JSONL file data.prompts."""
     max_ctx = context_length(spec.model)
-    source = load_jsonl(
+    if spec.data.source:
+        _, fn = functions["data.source"]
+        return load_function_rows(
+            fn, spec.data.source, spec.data.wire(), spec.seed, tokenizer, max_ctx
+        )
+    return load_jsonl(
         spec.data.prompts,
         spec.data.prompt_key,
         spec.data.label_key,
@@ -78,6 +81,15 @@ def build(job, state_dir: str, router_url: str) -> Buffer:
         messages_key=spec.data.messages_key,
         apply_chat_template=spec.data.apply_chat_template,
     )
+
+
+def build(job, state_dir: str, router_url: str, functions=None) -> Buffer:
+    """`functions`: the spec's custom functions by field (extensions.check_spec_functions)."""
+    spec = job.spec
+    functions = check_spec_functions(spec) if functions is None else functions
+    metrics = BufferMetrics(config.job_name(job))
+    tokenizer = build_tokenizer(spec.model)
+    source = load_prompts(spec, tokenizer, functions)
     metrics.rejected_rows.inc(len(source.rejected))
     store = Store(state_dir)
     cfg = DriverConfig(
@@ -94,7 +106,16 @@ def build(job, state_dir: str, router_url: str) -> Buffer:
             os.environ.get("RLPOST_MAX_INFLIGHT_GROUPS", spec.algorithm.rollout_batch_size)
         ),
     )
-    driver = Driver(cfg, store, source, reward_fn(spec.reward, metrics), tokenizer, metrics)
+    driver = Driver(
+        cfg,
+        store,
+        source,
+        reward_fn(spec.reward, metrics),
+        tokenizer,
+        metrics,
+        generate=functions.get("rollout.generate"),
+        group_filter=functions.get("algorithm.filter"),
+    )
     buffer = Buffer(
         store,
         driver,
@@ -126,13 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     router = os.environ.get("RLPOST_ROUTER_URL")
     if not state_dir or not router:
         sys.exit("the buffer needs RLPOST_STATE_DIR (durable directory) and RLPOST_ROUTER_URL")
-    if job.spec.reward.type == "custom":
-        try:
-            check_function(job.spec.reward.function or "")
-        except ValueError as exc:
-            refuse_spec("buffer", str(exc))
+    try:  # every custom function (reward, data source, generate, filter) imports and fits
+        functions = check_spec_functions(job.spec)
+    except ValueError as exc:
+        refuse_spec("buffer", str(exc))
     try:
-        buffer = build(job, state_dir, router)
+        buffer = build(job, state_dir, router, functions)
     except ModelError as exc:  # the spec's model/tokenizer cannot work: InvalidSpec
         refuse_spec("buffer", str(exc))
     except (DatasetError, ValueError) as exc:

@@ -1,4 +1,6 @@
-"""JSONL prompt source. Every row is accepted or rejected with a reason naming file:line.
+"""Prompt source: a JSONL file (`data.prompts`) or the rows of a data-source function
+(`data.source`), both through the same checks. Every row is accepted or rejected with a
+reason naming where it came from (file:line, or path[i] for a function's i-th row).
 
 A rejected row is logged, counted (rlpost_dataset_rows_rejected_total) and listed in /stats;
 it is never silently dropped. A file where every row is bad is an error at start.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,93 @@ def load_jsonl(
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"data.prompts {str(path)!r} does not exist")
+
+    def items() -> Iterator[tuple[str, Any, str | None]]:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue  # blank lines are layout, not rows
+                try:
+                    yield f"{path}:{lineno}", json.loads(line), None
+                except json.JSONDecodeError as exc:
+                    yield (
+                        f"{path}:{lineno}",
+                        None,
+                        f"not valid JSON ({exc.msg} at column {exc.colno})",
+                    )
+
+    return build_source(
+        items(),
+        f"data.prompts {str(path)!r}",
+        prompt_key,
+        label_key,
+        tokenizer,
+        max_prompt_tokens,
+        seed,
+        messages_key,
+        apply_chat_template,
+    )
+
+
+def load_function_rows(
+    fn: Callable[..., Any],
+    path: str,
+    data: dict[str, Any],
+    seed: int,
+    tokenizer,
+    max_prompt_tokens: int,
+) -> PromptSource:
+    """`data.source`: fn(data, seed) is called once, here; its rows (dicts, as a JSONL row
+    would be) go through the same checks, chat template and rejection as the file's."""
+    where = f"data.source {path!r}"
+    try:
+        rows = fn(data, seed)
+        iterator = iter(rows)
+    except TypeError as exc:
+        raise DatasetError(f"{where} returned {type(rows).__name__}, not an iterable") from exc
+    except Exception as exc:
+        raise DatasetError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+
+    def items() -> Iterator[tuple[str, Any, str | None]]:
+        i = 0
+        while True:
+            try:
+                obj = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise DatasetError(
+                    f"{where} raised {type(exc).__name__} at row {i}: {exc}"
+                ) from exc
+            yield f"{path}[{i}]", obj, None
+            i += 1
+
+    return build_source(
+        items(),
+        where,
+        data.get("promptKey", "prompt"),
+        data.get("labelKey", "label"),
+        tokenizer,
+        max_prompt_tokens,
+        seed,
+        data.get("messagesKey"),
+        bool(data.get("applyChatTemplate", False)),
+    )
+
+
+def build_source(
+    items: Iterable[tuple[str, Any, str | None]],
+    what: str,
+    prompt_key: str,
+    label_key: str,
+    tokenizer,
+    max_prompt_tokens: int,
+    seed=0,
+    messages_key: str | None = None,
+    apply_chat_template: bool = False,
+) -> PromptSource:
+    """(where, row, why it is unreadable) -> the accepted rows, every other one rejected with
+    its reason; `what` names the input in errors."""
     chat = messages_key is not None or apply_chat_template
     if chat and not tokenizer.has_chat_template:
         from rlpost.models import ModelError
@@ -86,49 +176,39 @@ def load_jsonl(
     key = messages_key or prompt_key
     rows: list[Row] = []
     rejected: list[Rejected] = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                continue  # blank lines are layout, not rows
-            reason = None
+    for where, obj, reason in items:
+        if reason is None:
+            reason = (
+                _check_messages(obj, key, label_key)
+                if messages_key
+                else _check(obj, key, label_key)
+            )
+        if reason is None:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
+                text, ids = prompt_tokens(obj[key], tokenizer, chat)
+            except ValueError as exc:
+                reason = f"prompt cannot be tokenized: {exc}"
             else:
-                reason = (
-                    _check_messages(obj, key, label_key)
-                    if messages_key
-                    else _check(obj, key, label_key)
-                )
-            if reason is None:
-                try:
-                    text, ids = prompt_tokens(obj[key], tokenizer, chat)
-                except ValueError as exc:
-                    reason = f"prompt cannot be tokenized: {exc}"
-                else:
-                    if len(ids) >= max_prompt_tokens:
-                        reason = (
-                            f"prompt has {len(ids)} tokens; the model's context is "
-                            f"{max_prompt_tokens}"
-                        )
-            if reason is not None:
-                rejected.append(Rejected(where, reason))
-                log.error("dataset row rejected", extra={"where": where, "reason": reason})
-                continue
-            rows.append(Row(where, text, obj[label_key], tuple(ids)))
+                if len(ids) >= max_prompt_tokens:
+                    reason = (
+                        f"prompt has {len(ids)} tokens; the model's context is {max_prompt_tokens}"
+                    )
+        if reason is not None:
+            rejected.append(Rejected(where, reason))
+            log.error("dataset row rejected", extra={"where": where, "reason": reason})
+            continue
+        rows.append(Row(where, text, obj[label_key], tuple(ids)))
     if not rows:
         detail = "; ".join(f"{r.where}: {r.reason}" for r in rejected[:5])
         raise DatasetError(
-            f"data.prompts {str(path)!r} has no usable rows ({len(rejected)} rejected"
+            f"{what} has no usable rows ({len(rejected)} rejected"
             + (f": {detail}" if detail else "")
             + ")"
         )
     if rejected:
         log.warning(
             "dataset loaded with rejected rows",
-            extra={"rows": len(rows), "rejected": len(rejected), "file": str(path)},
+            extra={"rows": len(rows), "rejected": len(rejected), "source": what},
         )
     return PromptSource(rows, rejected, seed)
 

@@ -4,9 +4,11 @@ It keeps `rolloutBatchSize` groups ready (or in flight) for the next step the tr
 ask for, and only generates while the live weight version can still serve that step
 (version >= next_step - maxStaleness): synchronous runs wait for the new weights, async runs
 (k > 0) generate step s+1 with version s while the trainer trains step s.
-A group is accepted only when every sample generated and scored; zero-std groups are dropped
-when dynamic sampling is on (and more prompts are drawn to refill); aborted groups (weights
-being swapped) go back to the queue and are drawn again.
+A sample is one /generate call, or what `rollout.generate` (a custom generate function)
+makes of its calls. A group is accepted only when every sample generated and scored and the
+group filters keep it: zero-std groups when dynamic sampling is on, then `algorithm.filter`;
+a dropped group is counted under its reason and more prompts are drawn to refill. Aborted
+groups (weights being swapped) go back to the queue and are drawn again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,17 @@ import aiohttp
 
 from rlpost_rollout.buffer.dataset import PromptSource
 from rlpost_rollout.buffer.store import Store
+from rlpost_rollout.extensions import (
+    Aborted,
+    FilterError,
+    GenerateError,
+    GroupFilter,
+    PermanentGenerateError,
+    SampleRouter,
+    apply_filters,
+    custom_generate,
+    zero_std,
+)
 from rlpost_rollout.protocol import generate_payload
 from rlpost_rollout.rewards import RewardError, RewardFn
 
@@ -36,14 +48,6 @@ def sample_seed(run_seed: int, prompt_index: int, j: int) -> int:
     seed, so a run's rollouts do not depend on which engine served a request, nor on what
     else was in its batch (a re-drawn prompt gets the same seeds, with the new weights)."""
     return ((run_seed * 1_000_003 + prompt_index) * 4096 + j) % 2**63
-
-
-class PermanentGenerateError(Exception):
-    """The engine refused the request (4xx): retrying would not help."""
-
-
-class Aborted(Exception):
-    """The engine aborted the request (weights being updated): draw the prompt again."""
 
 
 @dataclass
@@ -72,8 +76,19 @@ class Driver:
         reward: RewardFn,
         tokenizer,
         metrics,
+        generate: tuple[str, Any] | None = None,
+        group_filter: tuple[str, GroupFilter] | None = None,
     ):
+        """`generate`, `group_filter`: (where, function) of rollout.generate and
+        algorithm.filter, already checked (rlpost_rollout.extensions.check_function)."""
         self.cfg = cfg
+        self.custom_generate = generate
+        # Dynamic sampling is the built-in filter; it runs before the custom one.
+        self.filters: list[tuple[str, GroupFilter]] = []
+        if cfg.dynamic_sampling:
+            self.filters.append(("dynamicSampling", zero_std))
+        if group_filter:
+            self.filters.append(group_filter)
         self.store = store
         self.source = source
         self.reward = reward
@@ -161,44 +176,41 @@ class Driver:
     async def _group(self, index: int, gid: str) -> None:
         row = self.source.get(index)
         version_at_start = self.store.state.version
-        try:
-            outs = await asyncio.gather(
-                *(
-                    self._generate(
-                        list(row.prompt_ids), f"{gid}-{j}", sample_seed(self.cfg.seed, index, j)
-                    )
-                    for j in range(self.cfg.group_size)
-                )
+        routers = [
+            SampleRouter(
+                self._generate,
+                f"{gid}-{j}",
+                self._sampling(sample_seed(self.cfg.seed, index, j)),
+                self.tokenizer,
+                version_at_start,
             )
+            for j in range(self.cfg.group_size)
+        ]
+        try:
+            outs = await asyncio.gather(*(self._sample(row, r) for r in routers))
         except Aborted:
             self.metrics.samples.labels(outcome="aborted").inc(self.cfg.group_size)
             self.requeued.append(index)
             return
-        except PermanentGenerateError as exc:
+        except (PermanentGenerateError, GenerateError) as exc:  # engine 4xx, custom function
             self.fail_streak += 1
             self._record_error("generate", f"{row.where}: {exc}")
             self._drop(index, gid, "generate_error", [str(exc)])
             return
         samples, errors = [], []
-        for j, out in enumerate(outs):
-            meta = out["meta_info"]
-            response_ids = list(
-                out.get("output_ids") or [t for _, t, _ in meta["output_token_logprobs"]]
-            )
-            response = self.tokenizer.decode(response_ids)
+        for j, (out, router) in enumerate(zip(outs, routers, strict=True)):
+            response_ids = list(out["response_ids"])
             sample: dict[str, Any] = {
                 "sample_id": f"{gid}-{j}",
                 "prompt_ids": list(row.prompt_ids),
                 "response_ids": response_ids,
-                "response": response,
-                "response_logprobs": [lp for lp, _, _ in meta["output_token_logprobs"]],
-                "finish_reason": meta["finish_reason"]["type"],
+                "response": self.tokenizer.decode(response_ids),
+                "response_logprobs": list(out["response_logprobs"]),
+                "finish_reason": out["finish_reason"],
                 # The oldest weights that can have produced a token of it: a request in
                 # flight across an in-place update (async runs) finishes on the new weights
                 # and reports their version, but began on the old ones.
-                "weight_version": min(
-                    _version(meta.get("weight_version"), version_at_start), version_at_start
-                ),
+                "weight_version": router.oldest_version,
             }
             samples.append(sample)
         # The group's samples are scored at once (a reward pool runs them in parallel), each
@@ -244,12 +256,7 @@ class Driver:
             )
             self._drop(index, gid, "stale_on_arrival", [])
             return
-        self.fail_streak = 0
         self.errors.pop("staleness", None)
-        rewards = [x["reward"] for x in samples]
-        if self.cfg.dynamic_sampling and statistics.pstdev(rewards) == 0.0:
-            self._drop(index, gid, "zero_std", [])
-            return
         group = {
             "group_id": gid,
             "prompt_index": index,
@@ -259,6 +266,17 @@ class Driver:
             "samples": samples,
             "accepted_at": time.time(),
         }
+        try:
+            reason = await apply_filters(self.filters, group)
+        except FilterError as exc:
+            self.fail_streak += 1
+            self._record_error("filter", f"{row.where}: {exc}")
+            self._drop(index, gid, "filter_error", [str(exc)])
+            return
+        self.fail_streak = 0
+        if reason is not None:
+            self._drop(index, gid, reason, [])
+            return
         self.store.append({"t": "accept", "group": group})
         self.metrics.samples.labels(outcome="accepted").inc(len(samples))
         self.metrics.depth.set(len(self.store.state.ready))
@@ -278,15 +296,26 @@ class Driver:
     def _record_error(self, cause: str, message: str) -> None:
         self.errors[cause] = message
 
-    async def _generate(self, prompt_ids: list[int], rid: str, seed: int) -> dict[str, Any]:
-        body = generate_payload(
-            prompt_ids,
-            max_new_tokens=self.cfg.max_new_tokens,
-            temperature=self.cfg.temperature,
-            stop=self.cfg.stop or None,
-            rid=rid,
-            sampling_seed=seed,
-        )
+    def _sampling(self, seed: int) -> dict[str, Any]:
+        """One sample's sampling params (generate_payload's keywords)."""
+        return {
+            "max_new_tokens": self.cfg.max_new_tokens,
+            "temperature": self.cfg.temperature,
+            "stop": self.cfg.stop or None,
+            "sampling_seed": seed,
+        }
+
+    async def _sample(self, row, router: SampleRouter) -> dict[str, Any]:
+        if self.custom_generate is None:
+            return await router.generate(list(row.prompt_ids))  # the default: one call
+        where, fn = self.custom_generate
+        return await custom_generate(fn, where, row, router)
+
+    async def _generate(
+        self, prompt_ids: list[int], rid: str, sampling: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One /generate call through the router (retries and backoff; an abort raises)."""
+        body = generate_payload(prompt_ids, rid=rid, **sampling)
         url = f"{self.cfg.router_url}/generate"
         delay, attempt = self.cfg.backoff_initial_s, 0
         if self.http is None:
@@ -324,12 +353,3 @@ class Driver:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.cfg.backoff_max_s)
-
-
-def _version(reported: Any, fallback: int) -> int:
-    """The engine's weight_version (a string in SGLang); ours are ints. An engine that reports
-    none (SGLang's "default") gets the version the buffer knew when the group started."""
-    try:
-        return int(reported)
-    except (TypeError, ValueError):
-        return fallback

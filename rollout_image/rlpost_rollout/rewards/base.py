@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import math
 import uuid
@@ -13,7 +12,11 @@ from typing import Any
 import httpx
 
 from rlpost.api import RewardSpec, RewardType
+from rlpost_rollout.extensions import check_function, load_function
 from rlpost_rollout.rewards.builtin import exact_match, math_answer_async
+
+# The one loader of custom functions (every extension point); re-exported for the reward pool.
+__all__ = ["RewardError", "RewardFn", "check_function", "load_function", "make_reward"]
 
 # reward(prompt, response, label, key=sample_id) -> float; `key` lets a reward pool score each
 # sample once however often its task is retried (the in-process rewards ignore it).
@@ -22,34 +25,6 @@ RewardFn = Callable[..., Awaitable[float]]
 
 class RewardError(Exception):
     """A reward could not be computed for one sample (the sample is marked failed)."""
-
-
-def load_function(path: str) -> Callable[..., Any]:
-    """ "pkg.module:function" -> the function; a clear error at start if it does not exist."""
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"reward.function {path!r}: cannot import {module_name!r}: {exc}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"reward.function {path!r}: {module_name} has no function {attr!r}")
-    return fn
-
-
-def check_function(path: str) -> Callable[..., Any]:
-    """Load a custom reward function and check it can be called as fn(prompt, response,
-    label): run at the start of every role that uses it (a ValueError says what is wrong)."""
-    fn = load_function(path)
-    try:
-        inspect.signature(fn).bind("prompt", "response", "label")
-    except TypeError as exc:
-        raise ValueError(
-            f"reward.function {path!r} cannot be called as fn(prompt, response, label): {exc}"
-        ) from exc
-    except ValueError:
-        pass  # no signature to read (a builtin): called as is
-    return fn
 
 
 def code_exec_fn(spec: RewardSpec) -> Callable[[str, str, Any], float]:
