@@ -147,10 +147,18 @@ GANG_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"
             "NPROC_PER_NODE", "MASTER_ADDR", "MASTER_PORT", "KUBERNETES_SERVICE_HOST")  # fmt: skip
 
 
-def write_job(path: Path, replicas: int, gpus_per_pod: int, steps: int = STEPS) -> Path:
+def write_job(
+    path: Path, replicas: int, gpus_per_pod: int, steps: int = STEPS, **algorithm
+) -> Path:
     job = job_dict(
         trainer={"replicas": replicas, "gpusPerPod": gpus_per_pod},
-        algorithm={"groupSize": 4, "rolloutBatchSize": 3, "lr": 1e-4, "klCoef": 0.05},
+        algorithm={
+            "groupSize": 4,
+            "rolloutBatchSize": 3,
+            "lr": 1e-4,
+            "klCoef": 0.05,
+            **algorithm,
+        },  # fmt: skip
         checkpoint={"intervalSteps": 1},
         steps=steps,
     )
@@ -405,6 +413,41 @@ def test_every_rank_resumes_from_the_checkpoint(world_one, buffer, tmp_path):
     assert buffer.calls["POST", "/resume"] == 1 and buffer.calls["GET", "/batch"] == STEPS - 1
     assert_same_training(one_steps[1:], read_steps(progresses[0]))
     assert_same_weights(model_state(one_state, STEPS), model_state(shared, STEPS))
+
+
+@pytest.mark.slow
+def test_ppo_gang_trains_policy_and_critic_as_one_rank(tmp_path):
+    """ppo: each rank runs the critic on its rows; the advantages are whitened with the
+    whole batch's moments and the critic's gradients summed, so 4 ranks equal one."""
+    runs = {}
+    for world, (pods, per_pod) in {1: (1, 0), 4: (2, 2)}.items():
+        fake = FakeBuffer()
+        root = tmp_path / f"world{world}"
+        root.mkdir()
+        try:
+            config = write_job(root / "job.yaml", pods, per_pod, name="ppo", criticLr=1e-4)
+            states = [root / f"pod{i}-state" for i in range(pods)]
+            progresses = [root / f"pod{i}-progress" for i in range(pods)]
+            envs = (
+                [trainer_env(config, fake.url, states[0], progresses[0])]
+                if world == 1
+                else gang_envs(config, fake.url, states, progresses, pods, per_pod)
+            )
+            run_trainers(envs, root / "logs")
+        finally:
+            fake.close()
+        runs[world] = (read_steps(progresses[0]), states[0])
+    (one, one_state), (four, four_state) = runs[1], runs[4]
+    assert_same_training(one, four)
+    for a, b in zip(one, four, strict=True):
+        for key in ("value_loss", "value_mean", "returns_mean", "critic_grad_norm"):
+            assert b[key] == pytest.approx(a[key], abs=TOL, rel=TOL), (a["step"], key)
+    assert one[-1]["value_mean"] != 0.0  # the critic moved
+    for step in range(1, STEPS + 1):
+        assert_same_weights(model_state(one_state, step), model_state(four_state, step))
+        critics = [checkpoint.load(s / "checkpoints", step)["backend"]["critic"]["model"]
+                   for s in (one_state, four_state)]  # fmt: skip
+        assert_same_weights(*critics)
 
 
 # ---------------------------------------------------------------------- rlpost run
