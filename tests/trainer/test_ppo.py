@@ -221,3 +221,25 @@ def test_megatron_and_ppo_only_fields_are_refused():
     for bad in [{"gamma": 1.5}, {"gaeLambda": -0.1}, {"criticLr": 0.0}]:
         with pytest.raises(ValueError):
             AlgorithmSpec.model_validate({"name": "ppo", **bad})
+
+
+def test_the_trainer_refuses_ppo_on_megatron_with_exit_78(tmp_path):
+    """`python -m rlpost_trainer` (the pod's command) says why and exits EX_CONFIG, which the
+    operator turns into InvalidSpec, before any megatron import."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.trainer.conftest import job_dict
+
+    job = job_dict(algorithm={"name": "ppo"}, trainer={"backend": "megatron", "gpusPerPod": 0})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLPOST_")}
+    env.update(RLPOST_CONFIG=str(tmp_path / "job.yaml"), RLPOST_BUFFER_URL="http://127.0.0.1:9",
+               RLPOST_TERMINATION_LOG=str(tmp_path / "term"))  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "rlpost_trainer"], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 78, out.stderr[-2000:]
+    assert "megatron backend trains no value model" in (tmp_path / "term").read_text()
