@@ -1,6 +1,7 @@
 """GSPO, DAPO, REINFORCE++ and PPO (with its value model) learn the example through
-`rlpost run` (as GRPO does in test_learning.py), their sign-flipped controls do not; an async run (maxStaleness 2) with
-TIS learns and reports a non-zero, bounded train/rollout logprob mismatch.
+`rlpost run` (as GRPO does in test_learning.py), their sign-flipped controls do not; an
+async run (maxStaleness 2) with TIS learns and reports a non-zero, bounded train/rollout
+logprob mismatch.
 
 The controls and the TIS run are marked `breadth`: `make test` (CI, 90 minutes) leaves them
 out, `make test-breadth` runs them; their measured runs are in examples/README.md."""
