@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv system-deps cluster-bins images cluster cluster-down crds lint test test-unit test-e2e \
-        test-breadth test-gpu run-example bench clean chart-sync chart-lint
+        test-gpu run-example bench clean chart-sync chart-lint
 
 # Python environment with every role, the operator and the test tools.
 $(BIN)/.installed: pyproject.toml
@@ -52,11 +52,6 @@ test: venv system-deps cluster-bins images
 
 test-unit: venv
 	$(BIN)/python -m pytest tests -m 'not cluster and not slow'
-
-# Learning runs that do not fit CI's time budget (about 15 minutes on 2 cores): the
-# sign-flipped controls of gspo/dapo/reinforce_pp and the async run with TIS.
-test-breadth: venv
-	$(BIN)/python -m pytest tests -m breadth
 
 test-e2e: venv system-deps cluster-bins
 	$(BIN)/python -m pytest e2e

@@ -3,8 +3,7 @@
 async run (maxStaleness 2) with TIS learns and reports a non-zero, bounded train/rollout
 logprob mismatch.
 
-The controls and the TIS run are marked `breadth`: `make test` (CI, 90 minutes) leaves them
-out, `make test-breadth` runs them; their measured runs are in examples/README.md."""
+All of them run in `make test` (marked slow); their measured runs are in examples/README.md."""
 
 from __future__ import annotations
 
@@ -53,7 +52,6 @@ def test_algorithm_learns_to_copy_the_first_letter(tmp_path, name):
 
 
 @pytest.mark.slow
-@pytest.mark.breadth
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_flipped_advantage_sign_does_not_learn(tmp_path, name):
     job = job_file(tmp_path, {"name": name, "advantageSign": -1}, steps=FLIPPED_STEPS)
@@ -66,7 +64,6 @@ def test_flipped_advantage_sign_does_not_learn(tmp_path, name):
 
 
 @pytest.mark.slow
-@pytest.mark.breadth
 def test_async_with_tis_learns_and_reports_a_bounded_mismatch(tmp_path):
     job = job_file(tmp_path, {"name": "grpo", "tisCap": 2.0}, steps=LEARN_STEPS, maxStaleness=2)
     steps, _, wall = run_cli(job, tmp_path / "run")
