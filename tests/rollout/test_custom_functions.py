@@ -177,3 +177,40 @@ def test_a_function_that_does_not_import_or_fit_ends_the_buffer_with_78(
         buffer_main.main(["--config", str(cfg)])
     assert exc.value.code == 78
     assert says in log.read_text()
+
+
+def test_the_default_path_still_sends_generate_payload():
+    import inspect
+
+    from rlpost_rollout.buffer import driver
+
+    assert "generate_payload(" in inspect.getsource(driver.Driver._generate)
+
+
+@pytest.mark.asyncio
+async def test_filter_and_generate_answers_are_checked():
+    from rlpost_rollout import extensions as ext
+
+    group = {"label": "1", "samples": [{"reward": 1.0}, {"reward": 1.0}]}
+    assert await ext.apply_filters([("dynamicSampling", ext.zero_std)], group) == "zero_std"
+    assert await ext.apply_filters([("f", lambda g: (False, "Too Long!"))], group) == "too_long"
+    assert await ext.apply_filters([("f", lambda g: (False, "accepted"))], group) == (
+        "filter_accepted"
+    )
+    with pytest.raises(ext.FilterError, match="f returned 'yes'"):
+        await ext.apply_filters([("f", lambda g: "yes")], group)
+    with pytest.raises(ext.FilterError, match="f raised ZeroDivisionError"):
+        await ext.apply_filters([("f", lambda g: 1 / 0)], group)
+
+    class Row:
+        prompt, prompt_ids = "1+1=", (1, 5)
+
+    router = ext.SampleRouter(None, "r", {"sampling_seed": 3}, None, 0)
+
+    async def short(prompt, prompt_ids, sampling, router):
+        return {"response_ids": [4, 5], "response_logprobs": [-1.0], "finish_reason": "stop"}
+
+    with pytest.raises(ext.GenerateError, match="one logprob per response token"):
+        await ext.custom_generate(short, "rollout.generate 'm:short'", Row, router)
+    with pytest.raises(ext.GenerateError, match="unknown sampling params"):
+        await router.generate([1], temprature=0.5)
