@@ -45,7 +45,7 @@ import torch
 from rlpost.weightsync import payloads as P
 from rlpost.weightsync.packed import packed_span
 from rlpost.weightsync.pipeline import PipelineError
-from rlpost.weightsync.sender import ChannelPool, WeightSyncFailed
+from rlpost.weightsync.sender import ChannelPool, WeightSyncFailed, finish_all
 from rlpost.weightsync.tensor_ipc import serialize_named_tensors, share_memory
 
 log = logging.getLogger("rlpost.weightsync")
@@ -293,18 +293,7 @@ class ColocatedSender:
                     label = f"POST {P.PATH_UPDATE_TENSOR} (bucket {i})"
                     ch.send(P.PATH_UPDATE_TENSOR, head + version + tail, label)
                 ch.send(P.PATH_CONTINUE, P.continue_payload(), f"POST {P.PATH_CONTINUE}")
-            errors = []
-            for ch in channels:
-                try:
-                    answers = ch.finish()
-                except PipelineError as e:
-                    errors.append(str(e))
-                    continue
-                errors += [
-                    f"engine {ch.url}: {a.label}: {a.problem()}" for a in answers if a.problem()
-                ]
-            if errors:
-                raise WeightSyncFailed("; ".join(errors))
+            finish_all(channels)
             ok = True
         except PipelineError as e:
             raise WeightSyncFailed(str(e)) from e

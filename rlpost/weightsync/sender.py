@@ -88,6 +88,21 @@ class ChannelPool(dict[str, PipelinedChannel]):
         self.clear()
 
 
+def finish_all(channels: Iterable[PipelinedChannel]) -> None:
+    """Read every channel's answers to the end; raise one WeightSyncFailed naming every
+    engine and request that failed (a broken channel does not hide the others' errors)."""
+    errors = []
+    for ch in channels:
+        try:
+            answers = ch.finish()
+        except PipelineError as e:
+            errors.append(str(e))
+            continue
+        errors += [f"engine {ch.url}: {a.label}: {a.problem()}" for a in answers if a.problem()]
+    if errors:
+        raise WeightSyncFailed("; ".join(errors))
+
+
 class WeightSender:
     def __init__(
         self,
@@ -359,18 +374,7 @@ class WeightSender:
                 del keep
                 if device == "cuda":
                     torch.cuda.current_stream().synchronize()  # the bytes left this GPU
-            errors = []
-            for ch in channels:
-                try:
-                    answers = ch.finish()
-                except PipelineError as e:
-                    errors.append(str(e))
-                    continue
-                errors += [
-                    f"engine {ch.url}: {a.label}: {a.problem()}" for a in answers if a.problem()
-                ]
-            if errors:
-                raise WeightSyncFailed("; ".join(errors))
+            finish_all(channels)
             ok = True
         except PipelineError as e:
             raise WeightSyncFailed(str(e)) from e
