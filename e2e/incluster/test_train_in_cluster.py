@@ -244,7 +244,7 @@ def test_sign_flipped_job_does_not_learn_through_three_operator_kills(real_clust
     doc = yaml.safe_load(EXAMPLE.read_text())
     doc["metadata"] = {"name": name, "namespace": ns}
     doc["spec"]["algorithm"]["advantageSign"] = -1
-    doc["spec"]["steps"] = 60
+    doc["spec"]["steps"] = 150  # long enough that the third kill lands mid-training
     c.apply(doc)
 
     def status() -> dict:
@@ -263,6 +263,7 @@ def test_sign_flipped_job_does_not_learn_through_three_operator_kills(real_clust
     _restart_operator(c, ns)  # 2. admitted: children being created
     c.wait_for("mid-training", lambda: (status().get("step") or 0) >= 10, 900, interval=1)
     _restart_operator(c, ns)  # 3. mid-training
+    assert (status().get("step") or 0) < 150, "the job ended before the third kill"
 
     st = c.wait_for(
         "the flipped job Succeeded",
@@ -270,7 +271,7 @@ def test_sign_flipped_job_does_not_learn_through_three_operator_kills(real_clust
         timeout=1200,
         interval=5,
     )
-    assert st["step"] == 60, st
+    assert st["step"] == 150, st
     assert st["rewardMean"] <= 0.2, st
     assert (st.get("weightVersion") or 0) > 0, st  # it trained and synced: not a no-op
 
