@@ -2,8 +2,9 @@
 
 In a cluster the operator mounts `model.pvc` read-only at /models, `data.pvc` read-only at
 /data, and the durable state volume (`checkpoint.pvc` at /checkpoints, else the per-job PVC
-`<job>-state` at /state). A relative `model.path`, `model.tokenizer` or `data.prompts`
-whose PVC is set names a file inside that mount; an absolute path is used as given.
+`<job>-state` at /state). A relative `model.path`, `model.tokenizer`, `data.prompts` or
+`eval.prompts` (in data.pvc) whose PVC is set names a file inside that mount; an absolute
+path is used as given.
 `rlpost run` makes relative paths absolute (relative to the job file) before any role
 starts, so roles see absolute paths there and this rule leaves them alone.
 
@@ -45,6 +46,8 @@ def resolve_spec_paths(spec: RLPostTrainJobSpec) -> RLPostTrainJobSpec:
             spec.model.tokenizer = under_mount(tok, MODEL_MOUNT)
     if spec.data.pvc and spec.data.prompts:
         spec.data.prompts = under_mount(spec.data.prompts, DATA_MOUNT)
+    if spec.data.pvc and spec.eval is not None:  # held-out prompts: the same data volume
+        spec.eval.prompts = under_mount(spec.eval.prompts, DATA_MOUNT)
     return spec
 
 

@@ -18,6 +18,8 @@ from rlpost.api.job import (
 )
 from rlpost.api.spec import (
     DATA_NEEDS_INPUT,
+    EVAL_HELD_OUT,
+    EVAL_INTERVAL,
     PPO_MEGATRON,
     PPO_ONLY,
     RLPostTrainJobSpec,
@@ -84,6 +86,10 @@ def semantic_errors(spec: RLPostTrainJobSpec) -> list[str]:
         errors.append('reward.function ("pkg.module:function") is required for custom')
     if spec.data.prompts is None and spec.data.source is None:
         errors.append(DATA_NEEDS_INPUT)
+    if spec.eval is not None and spec.eval.interval_steps > spec.steps:
+        errors.append(EVAL_INTERVAL)
+    if spec.eval is not None and spec.data.prompts and spec.eval.prompts == spec.data.prompts:
+        errors.append(EVAL_HELD_OUT)
     if spec.model.path is None and spec.model.config is None:
         errors.append("model: set model.path (weights directory) or model.config (random init)")
     chat = spec.data.messages_key is not None or spec.data.apply_chat_template

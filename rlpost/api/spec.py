@@ -218,6 +218,28 @@ class DataSpec(Model):
     apply_chat_template: bool = False
 
 
+EVAL_INTERVAL = "eval.intervalSteps must be at most steps (the last step is always evaluated)"
+EVAL_HELD_OUT = (
+    "eval.prompts is data.prompts: evaluate on held-out prompts (a file the job does not train on)"
+)
+
+
+class EvalSpec(Model):
+    """Held-out evaluation (docs/DESIGN.md, "Evaluation"): after the weight push of every
+    `intervalSteps`-th step and of the last one the buffer runs every row of `prompts` once
+    greedily (temperature 0) and `samples` times sampled (seeded) through the router, scored
+    with the job's reward: greedy mean reward, pass@k and mean reward over the k samples
+    land in that step's steps.jsonl record and the rlpost_eval_reward gauge. Rows are read
+    like data.prompts (same keys, chat template, row rejection) and from the same place:
+    inside data.pvc in a cluster, relative to the job file in `rlpost run`."""
+
+    prompts: Annotated[str, Field(min_length=1)]
+    interval_steps: Annotated[int, Field(ge=1)] = 50
+    samples: Annotated[int, Field(ge=1, le=1024)] = 4  # k of pass@k
+    temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0  # of the k samples
+    max_new_tokens: Annotated[int, Field(ge=1, le=65536)] | None = None  # unset: rollout's
+
+
 class SandboxSpec(Model):
     """Limits of one code_exec sample (a subprocess: no network, a scratch directory)."""
 
@@ -325,6 +347,12 @@ class RLPostTrainJobSpec(Model):
                     "self.algorithm.name != 'ppo' || self.trainer.backend != 'megatron'",
                     PPO_MEGATRON,
                 ),
+                cel("!has(self.eval) || self.eval.intervalSteps <= self.steps", EVAL_INTERVAL),
+                cel(
+                    "!has(self.eval) || !has(self.data.prompts) || "
+                    "self.eval.prompts != self.data.prompts",
+                    EVAL_HELD_OUT,
+                ),
             ]
         }
     )
@@ -338,6 +366,7 @@ class RLPostTrainJobSpec(Model):
     rollout: RolloutSpec = RolloutSpec()
     algorithm: AlgorithmSpec = AlgorithmSpec()
     data: DataSpec
+    eval: EvalSpec | None = None  # absent: no evaluation
     reward: RewardSpec = RewardSpec()
     weight_sync: WeightSyncSpec = WeightSyncSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()

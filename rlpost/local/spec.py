@@ -65,6 +65,8 @@ def resolve_local_paths(job: RLPostTrainJob, base: Path) -> RLPostTrainJob:
         return str((base / p).resolve())
 
     spec.data.prompts = resolve(spec.data.prompts)
+    if spec.eval is not None:
+        spec.eval.prompts = resolve(spec.eval.prompts)
     spec.model.path = resolve(spec.model.path)
     if spec.model.tokenizer and not spec.model.tokenizer.startswith("char:"):
         spec.model.tokenizer = resolve(spec.model.tokenizer)
@@ -97,6 +99,8 @@ def local_problems(job: RLPostTrainJob) -> list[str]:
     problems = []
     if spec.data.source is None and not Path(spec.data.prompts or "").exists():
         problems.append(f"spec.data.prompts: {spec.data.prompts} does not exist on this machine")
+    if spec.eval is not None and not Path(spec.eval.prompts).exists():
+        problems.append(f"spec.eval.prompts: {spec.eval.prompts} does not exist on this machine")
     if spec.rollout.engine == EngineKind.SGLANG and shutil.which("nvidia-smi") is None:
         problems.append(
             "spec.rollout.engine: sglang needs NVIDIA GPUs; set rollout.engine: reference to "

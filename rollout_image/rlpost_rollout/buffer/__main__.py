@@ -18,6 +18,7 @@ from rlpost_rollout import config
 from rlpost_rollout.buffer.app import Buffer, batch_timeout_default, create_app
 from rlpost_rollout.buffer.dataset import DatasetError, load_function_rows, load_jsonl
 from rlpost_rollout.buffer.driver import Driver, DriverConfig
+from rlpost_rollout.buffer.evaluation import Evaluator, load_eval_prompts
 from rlpost_rollout.buffer.metrics import BufferMetrics
 from rlpost_rollout.buffer.store import Store
 from rlpost_rollout.extensions import check_spec_functions
@@ -125,6 +126,10 @@ def build(job, state_dir: str, router_url: str, functions=None) -> Buffer:
         source.rejected,
         batch_timeout_default(),
     )
+    if spec.eval is not None:
+        held_out = load_eval_prompts(spec, tokenizer, context_length(spec.model))
+        metrics.rejected_rows.inc(len(held_out.rejected))
+        buffer.evaluator = Evaluator(spec.eval, held_out, driver, cfg.max_new_tokens)
     metrics.weight_version.set(store.state.version)
     metrics.depth.set(len(store.state.ready))
     resume = os.environ.get("RLPOST_RESUME_STEP")

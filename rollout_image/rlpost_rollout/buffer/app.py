@@ -31,6 +31,10 @@ class ResumeBody(BaseModel):
     cursor: int | None = Field(default=None, ge=0)
 
 
+class EvalBody(BaseModel):
+    step: int = Field(ge=0)
+
+
 class Buffer:
     """Serving rules on top of the store; the driver fills it."""
 
@@ -52,6 +56,7 @@ class Buffer:
         self.rejected_rows = rejected_rows
         self.batch_timeout_s = batch_timeout_s
         self.serving = asyncio.Lock()
+        self.evaluator = None  # spec.eval's (buffer/evaluation.py), set by build()
 
     @property
     def state(self):
@@ -230,6 +235,12 @@ def create_app(buffer: Buffer, token: str | None) -> FastAPI:
             log.info("weight version live", extra={"version": body.version})
             driver.kick()
         return {"version": s.version}
+
+    @app.post("/eval", dependencies=auth)
+    async def evaluate(body: EvalBody):
+        if buffer.evaluator is None:
+            raise HTTPException(404, "this job has no spec.eval: nothing to evaluate")
+        return await buffer.evaluator.run(body.step)
 
     @app.get("/checkpoint", dependencies=auth)
     async def checkpoint(step: int):
