@@ -91,8 +91,8 @@ def _version(reported: Any, fallback: int) -> int:
         return fallback
 
 
-# driver._generate(input_ids, rid, sampling) -> SGLang's /generate answer
-RawGenerate = Callable[[list[int], str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# driver._generate(input_ids, rid, sampling, routing_key) -> SGLang's /generate answer
+RawGenerate = Callable[[list[int], str, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
 
 
 class SampleRouter:
@@ -102,7 +102,12 @@ class SampleRouter:
     params, any of them overridden (max_new_tokens, temperature, top_p, top_k, stop,
     sampling_seed); it answers {"response_ids", "response_logprobs", "finish_reason", "text",
     "weight_version"}. `encode(text)` / `decode(ids)`: the job's tokenizer (no BOS added).
-    The sample's weight_version is the oldest any of its calls reported."""
+    The sample's weight_version is the oldest any of its calls reported.
+
+    Every call carries the routing key `session` (default: the sample id, so one key per
+    sample) as the X-SMG-Routing-Key header: with rollout.router.policy `manual` all turns of
+    a multi-turn sample reach one engine (its prefix cache); other policies ignore it.
+    `router.generate(ids, session="k")` sends another key for that call."""
 
     def __init__(self, raw: RawGenerate, rid: str, sampling: dict[str, Any], tokenizer, version):
         self._raw, self._rid, self.sampling = raw, rid, dict(sampling)
@@ -110,14 +115,20 @@ class SampleRouter:
         self.version_at_start = version
         self.oldest_version = version
         self.calls = 0
+        self.session = rid
+        self.sessions: list[str] = []  # the routing key of each call, in order
 
-    async def generate(self, input_ids: list[int], **overrides: Any) -> dict[str, Any]:
+    async def generate(
+        self, input_ids: list[int], session: str | None = None, **overrides: Any
+    ) -> dict[str, Any]:
         unknown = set(overrides) - set(self.sampling) - {"top_p", "top_k"}
         if unknown:
             raise GenerateError(f"router.generate: unknown sampling params {sorted(unknown)}")
         self.calls += 1
         rid = self._rid if self.calls == 1 else f"{self._rid}-c{self.calls}"
-        out = await self._raw(list(input_ids), rid, {**self.sampling, **overrides})
+        key = session or self.session
+        self.sessions.append(key)
+        out = await self._raw(list(input_ids), rid, {**self.sampling, **overrides}, key)
         meta = out["meta_info"]
         version = _version(meta.get("weight_version"), self.version_at_start)
         self.oldest_version = min(self.oldest_version, version)
@@ -160,6 +171,16 @@ async def custom_generate(fn, where: str, row, router: SampleRouter) -> dict[str
         raise GenerateError(f"{where}: response_logprobs must be finite numbers")
     if not isinstance(out.get("finish_reason"), str):
         raise GenerateError(f"{where}: finish_reason must be a string (stop, length)")
+    mask = out.get("loss_mask")
+    if mask is not None and (
+        not isinstance(mask, list) or len(mask) != len(ids) or any(m not in (0, 1) for m in mask)
+    ):
+        raise GenerateError(
+            f"{where}: loss_mask must be a list of 0/1, one per response token ({len(ids)})"
+        )
+    info = out.get("info")
+    if info is not None and not isinstance(info, dict):
+        raise GenerateError(f"{where}: info must be a dict (kept in the sample as is)")
     text = out.get("text")
     return {**out, "text": text if isinstance(text, str) else router.decode(ids)}
 

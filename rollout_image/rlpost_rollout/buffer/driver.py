@@ -212,6 +212,10 @@ class Driver:
                 # and reports their version, but began on the old ones.
                 "weight_version": router.oldest_version,
             }
+            if out.get("loss_mask") is not None:  # 0: injected (tool output), not trained
+                sample["loss_mask"] = [int(m) for m in out["loss_mask"]]
+            if out.get("info") is not None:  # the custom generate's own record (tool calls)
+                sample["info"] = out["info"]
             samples.append(sample)
         # The group's samples are scored at once (a reward pool runs them in parallel), each
         # under its sample id (the pool scores an id once).
@@ -312,10 +316,16 @@ class Driver:
         return await custom_generate(fn, where, row, router)
 
     async def _generate(
-        self, prompt_ids: list[int], rid: str, sampling: dict[str, Any]
+        self,
+        prompt_ids: list[int],
+        rid: str,
+        sampling: dict[str, Any],
+        routing_key: str | None = None,
     ) -> dict[str, Any]:
-        """One /generate call through the router (retries and backoff; an abort raises)."""
+        """One /generate call through the router (retries and backoff; an abort raises),
+        with the sample's routing key (X-SMG-Routing-Key: sticky under policy `manual`)."""
         body = generate_payload(prompt_ids, rid=rid, **sampling)
+        headers = {"X-SMG-Routing-Key": routing_key} if routing_key else None
         url = f"{self.cfg.router_url}/generate"
         delay, attempt = self.cfg.backoff_initial_s, 0
         if self.http is None:
@@ -326,7 +336,7 @@ class Driver:
         while True:
             attempt += 1
             try:
-                async with self.http.post(url, json=body) as r:
+                async with self.http.post(url, json=body, headers=headers) as r:
                     status, text = r.status, await r.text()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = f"router {self.cfg.router_url} unreachable: {type(exc).__name__}: {exc}"
