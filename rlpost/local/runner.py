@@ -55,6 +55,15 @@ def step_line(r: dict, total: int) -> str:
     )
 
 
+def eval_line(r: dict) -> str:
+    """The eval results (spec.eval) of a step record that has them."""
+    return (
+        f"eval {r['step'] + 1:>4}: greedy {r['eval_greedy']:.3f}  "
+        f"pass@{r['eval_k']} {r['eval_pass_at_k']:.3f}  mean@{r['eval_k']} "
+        f"{r['eval_mean_at_k']:.3f}  ({r['eval_prompts']} prompts, {r['eval_s']:.1f}s)"
+    )
+
+
 class LocalRun:
     def __init__(
         self, job: RLPostTrainJob, run_dir: Path, quiet: bool = False, trainer_ranks: int = 1
@@ -236,6 +245,8 @@ class LocalRun:
                 for r in steps[seen:]:
                     if not self.quiet:
                         tqdm.write(step_line(r, total))
+                        if "eval_greedy" in r:
+                            tqdm.write(eval_line(r))
                     bar.update(1)
                 seen = len(steps)
                 code = self.trainer().proc.poll()

@@ -111,6 +111,14 @@ class BufferClient:
         r = self._send("POST", "/resume", "POST /resume", json={"step": step, "cursor": cursor})
         return self._check(r, "POST /resume")
 
+    def evaluate(self, step: int, timeout_s: float | None = None) -> dict:
+        """POST /eval: spec.eval's prompts at the engines' current weights (a retried step
+        gets the buffer's first answer)."""
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("RLPOST_EVAL_TIMEOUT_S", "1800"))
+        r = self._send("POST", "/eval", "POST /eval", json={"step": step}, timeout=timeout_s)
+        return self._check(r, "POST /eval")
+
     def records(self) -> dict:
         return self._check(self._send("GET", "/records", "GET /records"), "GET /records")
 

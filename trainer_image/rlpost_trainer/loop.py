@@ -1,6 +1,7 @@
 """The trainer's RL loop: batch s from the buffer -> GRPO step -> push weights s+1 -> tell the
-buffer -> report -> checkpoint. Restart-safe: resumes from RLPOST_RESUME_STEP or the latest
-checkpoint, and the buffer serves step s's batch idempotently.
+buffer -> eval (spec.eval, every intervalSteps) -> report -> checkpoint. Restart-safe: resumes
+from RLPOST_RESUME_STEP or the latest checkpoint, and the buffer serves step s's batch
+idempotently.
 
 With several ranks (ranks.py) every rank runs this loop; global rank 0 alone talks to the
 buffer (it pulls each batch once and hands it to the others), pushes weights, reports
@@ -274,6 +275,29 @@ class Trainer:
             self.metrics.mismatch.set(record["logprob_mismatch"])
         return record
 
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """spec.eval after step `step`'s weight push, when it is an intervalSteps-th step or
+        the last: the buffer's POST /eval answer as steps.jsonl fields (rank 0 only)."""
+        ev, nxt = self.spec.eval, step + 1
+        if ev is None or not (nxt % ev.interval_steps == 0 or nxt == self.spec.steps):
+            return {}
+        res = self.buffer.evaluate(step)
+        for kind, key in (
+            ("greedy", "greedy_reward_mean"),
+            ("pass_at_k", "pass_at_k"),
+            ("mean_at_k", "mean_reward_at_k"),
+        ):
+            self.metrics.eval_reward.labels(self.name, kind).set(res[key])
+        return {
+            "eval_greedy": res["greedy_reward_mean"],
+            "eval_pass_at_k": res["pass_at_k"],
+            "eval_mean_at_k": res["mean_reward_at_k"],
+            "eval_k": res["k"],
+            "eval_prompts": res["n_prompts"],
+            "eval_weight_version": res["weight_version"],
+            "eval_s": res["seconds"],
+        }
+
     # ------------------------------------------------------------------ the loop
 
     def save_checkpoint(self, step: int) -> None:
@@ -332,6 +356,8 @@ class Trainer:
         started = time.time()
         for step in range(start, self.spec.steps):
             record = self.train_one(step)
+            if self.ranks.is_main:
+                record.update(self.evaluate(step))
             record["elapsed_s"] = time.time() - started
             nxt = step + 1
             if nxt % interval == 0 or nxt == self.spec.steps:

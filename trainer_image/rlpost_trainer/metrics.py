@@ -29,6 +29,13 @@ class TrainerMetrics:
             labels,
             registry=self.registry,
         ).labels(job)
+        # spec.eval's last results, kind: greedy, pass_at_k, mean_at_k.
+        self.eval_reward = Gauge(
+            "rlpost_eval_reward",
+            "held-out eval reward at the last eval (greedy mean, pass@k, mean over k samples)",
+            ["job", "kind"],
+            registry=self.registry,
+        )
         self.sync = Histogram(
             "rlpost_weight_sync_seconds",
             "wall time of one full weight update to all engines",
