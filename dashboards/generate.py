@@ -178,6 +178,13 @@ def build() -> dict:
         description="Mean reward of the last scored batch.",
     )
     g.panel(
+        "Eval reward (held-out)",
+        [(f"max by (job, kind) (rlpost_eval_reward{{{JOB}}})", "{{job}} {{kind}}")],
+        description="spec.eval's last results on the held-out prompts (trainer rank 0, "
+        "every eval.intervalSteps): greedy mean reward, pass@k, mean reward over the k "
+        "samples. No series for a job without spec.eval.",
+    )
+    g.panel(
         "Tokens per second",
         [(f"sum by (job, role) (rlpost_tokens_per_second{{{JOB}}})", "{{job}} {{role}}")],
         unit="short",
