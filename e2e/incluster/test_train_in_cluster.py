@@ -86,14 +86,18 @@ def _engine_version(pod: dict) -> int:
 
 
 def ensure_data_pvc(c, platform, ns: str) -> None:
-    """The data PVC the example names, bound to a local PV that holds its prompts."""
+    """The data PVC the example names, bound to a local PV that holds its prompts (training
+    and eval)."""
     if c.kubectl("get", "pvc", DATA_PVC, "-n", ns, check=False).returncode == 0:
         return
     pv = storage.static_volume(
         c,
         f"data-{ns}",
         NODE,
-        {"copy-first-letter.jsonl": (REPO / "examples" / "copy-first-letter.jsonl").read_bytes()},
+        {
+            name: (REPO / "examples" / name).read_bytes()
+            for name in ("copy-first-letter.jsonl", "copy-first-letter-eval.jsonl")
+        },
     )
     c.apply(
         {

@@ -83,13 +83,15 @@ def rlpost_run(prom, tmp_path_factory):
         prom.set_targets("roles", targets)
         prom.wait_targets_up({a for a, _ in targets}, timeout=60)
         # Train a few steps while being scraped (rates and quantiles need observations
-        # between two scrapes).
+        # between two scrapes), up to the first eval (spec.eval: rlpost_eval_reward), then
+        # let Prometheus scrape once more.
         steps = run_dir / "steps.jsonl"
         deadline = time.monotonic() + 300
-        while not steps.exists() or len(steps.read_text().splitlines()) < 4:
+        while not steps.exists() or '"eval_greedy"' not in steps.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"rlpost run made no steps:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"rlpost run made no steps or no eval:\n{log.read_text()[-3000:]}")
             time.sleep(1)
+        time.sleep(3)  # 3 scrapes (SCRAPE_INTERVAL 1s)
         yield {"job": job, "targets": targets, "proc": proc, "run_dir": run_dir}
     finally:
         if proc.poll() is None:
