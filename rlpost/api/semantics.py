@@ -19,7 +19,6 @@ from rlpost.api.job import (
 from rlpost.api.spec import (
     DATA_NEEDS_INPUT,
     EVAL_HELD_OUT,
-    EVAL_INTERVAL,
     PPO_MEGATRON,
     PPO_ONLY,
     RLPostTrainJobSpec,
@@ -86,8 +85,6 @@ def semantic_errors(spec: RLPostTrainJobSpec) -> list[str]:
         errors.append('reward.function ("pkg.module:function") is required for custom')
     if spec.data.prompts is None and spec.data.source is None:
         errors.append(DATA_NEEDS_INPUT)
-    if spec.eval is not None and spec.eval.interval_steps > spec.steps:
-        errors.append(EVAL_INTERVAL)
     if spec.eval is not None and spec.data.prompts and spec.eval.prompts == spec.data.prompts:
         errors.append(EVAL_HELD_OUT)
     if spec.model.path is None and spec.model.config is None:

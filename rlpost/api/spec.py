@@ -218,7 +218,6 @@ class DataSpec(Model):
     apply_chat_template: bool = False
 
 
-EVAL_INTERVAL = "eval.intervalSteps must be at most steps (the last step is always evaluated)"
 EVAL_HELD_OUT = (
     "eval.prompts is data.prompts: evaluate on held-out prompts (a file the job does not train on)"
 )
@@ -226,7 +225,8 @@ EVAL_HELD_OUT = (
 
 class EvalSpec(Model):
     """Held-out evaluation (docs/DESIGN.md, "Evaluation"): after the weight push of every
-    `intervalSteps`-th step and of the last one the buffer runs every row of `prompts` once
+    `intervalSteps`-th step and of the last one (so a run shorter than the interval is still
+    evaluated once, at its end) the buffer runs every row of `prompts` once
     greedily (temperature 0) and `samples` times sampled (seeded) through the router, scored
     with the job's reward: greedy mean reward, pass@k and mean reward over the k samples
     land in that step's steps.jsonl record and the rlpost_eval_reward gauge. Rows are read
@@ -347,7 +347,6 @@ class RLPostTrainJobSpec(Model):
                     "self.algorithm.name != 'ppo' || self.trainer.backend != 'megatron'",
                     PPO_MEGATRON,
                 ),
-                cel("!has(self.eval) || self.eval.intervalSteps <= self.steps", EVAL_INTERVAL),
                 cel(
                     "!has(self.eval) || !has(self.data.prompts) || "
                     "self.eval.prompts != self.data.prompts",
