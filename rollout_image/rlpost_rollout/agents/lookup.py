@@ -1,11 +1,15 @@
 """The hidden-lookup task's agent (examples/hidden-lookup.yaml): `rollout.generate:
 "rlpost_rollout.agents.lookup:generate"`.
 
-The prompt is a key ("dbca="); the answer is the key's value in a table the model never
-sees (a keyed hash of the key: one of the letters a-h). The one way to know it is the tool:
+The prompt is a key ("dbcadb="); the answer is the key's value in a table the model never
+sees (a keyed hash of the key: one of the letters a-d). The one way to know it is the tool:
 the policy emits "?" (the call character), the lookup tool's output (the value, one letter)
-is injected, and the policy answers with one letter. Without the tool the best possible
-reward is 1/8; with it, 1.0 ("call, then copy the tool's output").
+is injected, and the policy answers with one letter.
+
+The task's protocol: an answer counts only after a lookup (like "cite your source"); one
+given without a tool call is returned as no answer (text ""). Without it a tiny policy
+settles for guessing (reward 1/4 with no tool, the best possible) before it ever learns to
+copy the tool's output; with it, the tool path is the only one that pays.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import hashlib
 
 from rlpost_rollout.agents import tool_loop
 
-LETTERS = "abcdefgh"
+LETTERS = "abcd"
+KEY_LENGTH = 6
 CALL = "?"
 SECRET = b"rlpost-hidden-lookup"
 BUDGET = tool_loop.Budget(max_calls=3, max_tokens=12, turn_tokens=1)
@@ -32,4 +37,7 @@ def lookup(prompt: str, so_far: str) -> str:
 
 
 async def generate(prompt, prompt_ids, sampling, router):
-    return await tool_loop.run(prompt, prompt_ids, sampling, router, lookup, CALL, BUDGET)
+    out = await tool_loop.run(prompt, prompt_ids, sampling, router, lookup, CALL, BUDGET)
+    if out["info"]["tool_calls"] == 0:
+        out["text"] = ""  # an answer without a lookup does not count
+    return out
