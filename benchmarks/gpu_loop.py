@@ -35,6 +35,7 @@ def spec_file(work: Path, colocated: bool = False) -> Path:
     if colocated:
         spec["mode"] = "colocated"
     spec["data"]["prompts"] = str(ROOT / "examples/copy-first-letter.jsonl")
+    spec["eval"]["prompts"] = str(ROOT / "examples" / spec["eval"]["prompts"])
     spec["trainer"].update(backend="megatron", gpusPerPod=1)
     spec["rollout"].update(engines=1, gpusPerEngine=1)
     spec["weightSync"]["transport"] = "auto"

@@ -7,12 +7,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from rlpost.local.runner import LocalRun
 from rlpost.local.spec import load_job_file, resolve_local_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "copy-first-letter.yaml"
+
+
+def example_raw() -> dict:
+    """The example job file as a dict, its data and eval prompt paths made absolute (for a
+    copy written elsewhere)."""
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    spec = raw["spec"]
+    spec["data"]["prompts"] = str(EXAMPLE.parent / spec["data"]["prompts"])
+    if "eval" in spec:
+        spec["eval"]["prompts"] = str(EXAMPLE.parent / spec["eval"]["prompts"])
+    return raw
 
 
 def example_job(**spec_updates):

@@ -8,17 +8,16 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.loop.conftest import EXAMPLE, first_step_reaching, learning_summary
+from tests.loop.conftest import example_raw, first_step_reaching, learning_summary
 from tests.loop.test_learning import run_cli
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_colocated_example_learns(tmp_path):
-    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw = example_raw()
     raw["spec"]["mode"] = "colocated"
     raw["spec"]["steps"] = 100  # >= 0.9 from about step 66 on 2 CPU cores
-    raw["spec"]["data"]["prompts"] = str(EXAMPLE.parent / raw["spec"]["data"]["prompts"])
     job = tmp_path / "colocated.yaml"
     job.write_text(yaml.safe_dump(raw))
     # ~4 s a step on 2 idle CPU cores (release/resume around every step), much more when the

@@ -10,7 +10,13 @@ import time
 import pytest
 import yaml
 
-from tests.loop.conftest import EXAMPLE, first_step_reaching, learning_summary, read_jsonl
+from tests.loop.conftest import (
+    EXAMPLE,
+    example_raw,
+    first_step_reaching,
+    learning_summary,
+    read_jsonl,
+)
 
 CHANCE = 1 / 12
 
@@ -45,10 +51,9 @@ def test_example_learns_to_copy_the_first_letter(tmp_path):
 
 @pytest.mark.slow
 def test_flipped_advantage_sign_does_not_learn(tmp_path):
-    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw = example_raw()
     raw["spec"]["algorithm"]["advantageSign"] = -1
     raw["spec"]["steps"] = 50
-    raw["spec"]["data"]["prompts"] = str(EXAMPLE.parent / raw["spec"]["data"]["prompts"])
     job = tmp_path / "flipped.yaml"
     job.write_text(yaml.safe_dump(raw))
     steps, _, _ = run_cli(job, tmp_path / "run")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.loop.conftest import EXAMPLE, first_step_reaching, learning_summary
+from tests.loop.conftest import example_raw, first_step_reaching, learning_summary
 from tests.loop.test_learning import CHANCE, run_cli
 
 ALGORITHMS = ["gspo", "dapo", "reinforce_pp", "ppo"]
@@ -21,12 +21,11 @@ FLIPPED_STEPS = 40
 
 
 def job_file(tmp_path, algorithm: dict, steps: int | None = None, **rollout):
-    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw = example_raw()
     raw["spec"]["algorithm"].update(algorithm)
     raw["spec"]["rollout"].update(rollout)
     if steps is not None:
         raw["spec"]["steps"] = steps
-    raw["spec"]["data"]["prompts"] = str(EXAMPLE.parent / raw["spec"]["data"]["prompts"])
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(raw))
     return job

@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from tests.loop.conftest import EXAMPLE, read_jsonl
+from tests.loop.conftest import example_raw, read_jsonl
 from tests.loop.test_learning import run_cli
 
 
@@ -27,9 +27,8 @@ def responses(run_dir) -> dict[int, list[list[int]]]:
 
 @pytest.mark.slow
 def test_two_runs_of_one_seeded_job_sample_and_train_alike(tmp_path):
-    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw = example_raw()
     raw["spec"]["steps"] = 8
-    raw["spec"]["data"]["prompts"] = str(EXAMPLE.parent / raw["spec"]["data"]["prompts"])
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(raw))
     runs = [tmp_path / "a", tmp_path / "b"]
