@@ -73,10 +73,12 @@ def load_jsonl(
     seed=0,
     messages_key: str | None = None,
     apply_chat_template: bool = False,
+    field: str = "data.prompts",
 ) -> PromptSource:
+    """`field` names the file in errors (data.prompts, eval.prompts)."""
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"data.prompts {str(path)!r} does not exist")
+        raise DatasetError(f"{field} {str(path)!r} does not exist")
 
     def items() -> Iterator[tuple[str, Any, str | None]]:
         with path.open(encoding="utf-8", errors="replace") as f:
@@ -94,7 +96,7 @@ def load_jsonl(
 
     return build_source(
         items(),
-        f"data.prompts {str(path)!r}",
+        f"{field} {str(path)!r}",
         prompt_key,
         label_key,
         tokenizer,

@@ -18,7 +18,7 @@ import statistics
 import time
 from typing import Any
 
-from rlpost_rollout.buffer.dataset import DatasetError, PromptSource, load_jsonl
+from rlpost_rollout.buffer.dataset import PromptSource, load_jsonl
 from rlpost_rollout.buffer.driver import Driver, sample_seed
 from rlpost_rollout.extensions import Aborted, SampleRouter
 from rlpost_rollout.rewards import RewardError
@@ -37,19 +37,17 @@ def eval_seed(run_seed: int, row: int, j: int) -> int:
 
 def load_eval_prompts(spec, tokenizer, max_ctx: int) -> PromptSource:
     """spec.eval.prompts, read like data.prompts (keys, chat template, row rejection)."""
-    try:
-        return load_jsonl(
-            spec.eval.prompts,
-            spec.data.prompt_key,
-            spec.data.label_key,
-            tokenizer,
-            max_ctx,
-            seed=spec.seed,
-            messages_key=spec.data.messages_key,
-            apply_chat_template=spec.data.apply_chat_template,
-        )
-    except DatasetError as exc:  # its messages name data.prompts
-        raise DatasetError(str(exc).replace("data.prompts", "eval.prompts", 1)) from exc
+    return load_jsonl(
+        spec.eval.prompts,
+        spec.data.prompt_key,
+        spec.data.label_key,
+        tokenizer,
+        max_ctx,
+        seed=spec.seed,
+        messages_key=spec.data.messages_key,
+        apply_chat_template=spec.data.apply_chat_template,
+        field="eval.prompts",
+    )
 
 
 def pass_at_k(rewards: list[list[float]], threshold: float = 1.0) -> float:
