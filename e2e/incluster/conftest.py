@@ -20,6 +20,7 @@ import pytest
 from e2e.cluster import node as real_node
 from e2e.cluster import storage
 from e2e.images.build import archive_digest, ensure_images, tags
+from e2e.incluster import token_canary
 from e2e.platform.conftest import RELEASE, helm_install
 from e2e.platform.prometheus import Prometheus
 from e2e.state_pvs import REAL_NS_PREFIX
@@ -208,6 +209,20 @@ def real_platform(real_cluster, images, tmp_path_factory):
                     "delete", d["kind"].lower(), d["metadata"]["name"], "--wait=false", check=False
                 )
         real_cluster.kubectl("delete", "namespace", *namespaces, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def token_canary_ns(real_cluster, images):
+    """The short-lived-token progress canary (token_canary.py), started with the session's
+    first in-cluster test and checked by the last one. Yields its namespace."""
+    ns = f"{REAL_NS_PREFIX}token-{uuid.uuid4().hex[:5]}"
+    real_cluster.apply(
+        token_canary.docs(ns, images["trainer"], {"kubernetes.io/hostname": NODE}, TOLERATION)
+    )
+    try:
+        yield ns
+    finally:
+        real_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def _json(d: dict) -> str:
