@@ -41,6 +41,14 @@ ENGINE_PORT = 30000
 MASTER_PORT = 29500
 TRAINER_METRICS_PORT = 9400
 ROUTER_METRICS_PORT = 29000  # sglang-router's --prometheus-port
+# The reward pool's Ray cluster (builders/raypool.py): the head's GCS, Ray Client server (what
+# the buffer connects to), dashboard; every Ray node's metrics (Prometheus format) and its
+# dashboard agent (the raylet health endpoint).
+RAY_GCS_PORT = 6379
+RAY_CLIENT_PORT = 10001
+RAY_DASHBOARD_PORT = 8265
+RAY_METRICS_PORT = 8080
+RAY_AGENT_PORT = 52365
 
 # Roles whose pods run the gang (stopped on eviction/suspension/restart/finish).
 ROLE_TRAINER = "trainer"
@@ -48,4 +56,6 @@ ROLE_WORKER = "worker"
 ROLE_ROLLOUT = "rollout"
 ROLE_ROUTER = "router"
 ROLE_BUFFER = "buffer"
+ROLE_POOL = "reward-pool"  # the Ray head and workers of spec.reward.pool (one podSet)
+RAY_NODE_LABEL = "rlpost.dev/ray-node"  # head | worker, on the pool's pods
 TRAINING_ROLES = (ROLE_TRAINER, ROLE_WORKER)

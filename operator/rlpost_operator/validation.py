@@ -278,12 +278,6 @@ def cluster_support_errors(spec: api.RLPostTrainJobSpec) -> list[str]:
             "mode: colocated runs with `rlpost run` only; in a cluster the worker pods do not "
             "run engines yet, so the job could never generate (use mode: disaggregated)"
         )
-    if spec.reward.pool.workers > 0:
-        errors.append(
-            "reward.pool.workers > 0: the Ray reward pool runs with `rlpost run "
-            "--reward-workers` only; the operator does not create a pool yet (set "
-            "reward.pool.workers to 0 to score rewards in the buffer pod)"
-        )
     return errors
 
 

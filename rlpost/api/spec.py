@@ -250,7 +250,9 @@ class SandboxSpec(Model):
 
 
 class RewardPoolSpec(Model):
-    """Ray workers that run custom and code_exec rewards. 0: in the buffer process."""
+    """Ray workers that run custom and code_exec rewards. 0: in the buffer process.
+    In a cluster: a Ray head and `workers` worker pods of `cpusPerWorker` CPUs and `memory`
+    each, one podSet of the job's Workload (docs/DESIGN.md, "Rewards")."""
 
     workers: Annotated[int, Field(ge=0, le=1024)] = 0
     cpus_per_worker: Annotated[float, Field(gt=0, le=256)] = 1.0
@@ -259,6 +261,8 @@ class RewardPoolSpec(Model):
     max_in_flight: Annotated[int, Field(ge=0, le=65536)] = 0
     # Ray re-runs a task whose worker died this many times.
     max_retries: Annotated[int, Field(ge=0, le=100)] = 3
+    # The pool pods' image (`ray start`, the reward code); unset: rollout.image.
+    image: str | None = None
 
 
 class RewardSpec(Model):

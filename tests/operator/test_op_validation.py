@@ -144,13 +144,12 @@ def test_custom_function_elsewhere_is_left_to_the_buffer():
     assert v.custom_function_errors(spec()) == []
 
 
-def test_reward_pool_is_refused_in_a_cluster_until_the_operator_creates_one():
+def test_reward_pool_is_accepted_in_a_cluster():
+    """The operator creates the pool (builders/raypool.py): nothing to refuse any more."""
     s = spec()
-    assert v.cluster_support_errors(s) == []
     s.reward.pool.workers = 2
-    (msg,) = v.cluster_support_errors(s)
-    assert "reward.pool.workers" in msg and "--reward-workers" in msg
-    assert msg in v.pre_admission_errors(REF, s, job()["spec"], None)
+    assert v.cluster_support_errors(s) == []
+    assert v.pre_admission_errors(REF, s, job()["spec"], None) == []
 
 
 def test_colocated_is_refused_in_a_cluster_until_worker_pods_run_engines():

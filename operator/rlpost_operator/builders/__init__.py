@@ -7,7 +7,8 @@ resources Kueue counted are the resources the pods request.
 Modules: common (identity, names, labels, hashes, pod groups), security (securityContext),
 storage (volumes, mounts, state directory), pods (pod spec/template per role), network
 (Services, NetworkPolicy), static (ConfigMaps, Secret, ServiceAccount/RBAC), compute
-(StatefulSet, Deployments, buffer Pod), kueue (the Workload and admission facts).
+(StatefulSet, Deployments, buffer Pod), raypool (the reward pool's Ray head and worker pods),
+kueue (the Workload and admission facts).
 """
 
 from .common import (
@@ -24,9 +25,14 @@ from .common import (
     spec_hash,
     with_hash,
 )
-from .compute import build_buffer_pod, build_compute_children, build_training_statefulset
+from .compute import (
+    build_buffer_pod,
+    build_compute_children,
+    build_pool_deployments,
+    build_training_statefulset,
+)
 from .kueue import build_workload, job_queue_label, missing_flavors, podset_updates
-from .network import build_network_policy, build_services
+from .network import build_network_policy, build_pool_service, build_services
 from .pods import apply_update, pod_spec, pod_template
 from .static import (
     build_config_map,
@@ -63,6 +69,8 @@ __all__ = [
     "build_compute_children",
     "build_config_map",
     "build_network_policy",
+    "build_pool_deployments",
+    "build_pool_service",
     "build_progress_config_map",
     "build_role",
     "build_role_binding",

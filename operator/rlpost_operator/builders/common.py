@@ -19,6 +19,7 @@ from ..constants import (
     NAME_LABEL,
     ROLE_BUFFER,
     ROLE_LABEL,
+    ROLE_POOL,
     ROLE_ROLLOUT,
     ROLE_ROUTER,
     ROLE_TRAINER,
@@ -81,6 +82,9 @@ def names(job: str) -> dict[str, str]:
         "router": f"{job}-router",
         "buffer": f"{job}-buffer",
         "state": f"{job}-state",
+        # The reward pool (builders/raypool.py): the head's Deployment and Service, the workers.
+        "ray-head": f"{job}-ray-head",
+        "ray-worker": f"{job}-ray-worker",
     }
 
 
@@ -129,7 +133,8 @@ class PodGroup:
 
 def pod_groups(spec: api.RLPostTrainJobSpec) -> list[PodGroup]:
     """disaggregated: trainer, rollout, router, buffer; colocated: worker, router, buffer
-    (the worker pods hold trainer ranks AND an engine: GPUs requested once)."""
+    (the worker pods hold trainer ranks AND an engine: GPUs requested once); then, with
+    reward.pool.workers > 0, the reward pool: its Ray head and workers (builders/raypool.py)."""
     if spec.mode == api.Mode.COLOCATED:
         groups = [PodGroup(ROLE_WORKER, spec.trainer.replicas, spec.trainer.gpus_per_pod)]
     else:
@@ -137,7 +142,10 @@ def pod_groups(spec: api.RLPostTrainJobSpec) -> list[PodGroup]:
             PodGroup(ROLE_TRAINER, spec.trainer.replicas, spec.trainer.gpus_per_pod),
             PodGroup(ROLE_ROLLOUT, spec.rollout.engines, spec.rollout.gpus_per_engine),
         ]
-    return [*groups, PodGroup(ROLE_ROUTER, 1, 0), PodGroup(ROLE_BUFFER, 1, 0)]
+    groups += [PodGroup(ROLE_ROUTER, 1, 0), PodGroup(ROLE_BUFFER, 1, 0)]
+    if spec.reward.pool.workers > 0:
+        groups.append(PodGroup(ROLE_POOL, spec.reward.pool.workers + 1, 0))
+    return groups
 
 
 def expected_pods(spec: api.RLPostTrainJobSpec) -> int:

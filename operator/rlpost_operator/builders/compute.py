@@ -9,13 +9,16 @@ from rlpost import api
 
 from ..constants import (
     ATTEMPT_LABEL,
+    RAY_NODE_LABEL,
     RESUME_ANNOTATION,
     ROLE_BUFFER,
+    ROLE_POOL,
     ROLE_ROLLOUT,
     ROLE_ROUTER,
     ROLE_TRAINER,
     ROLE_WORKER,
 )
+from . import raypool
 from .common import JobRef, StartInfo, names, object_meta, selector, with_hash
 from .pods import pod_template
 
@@ -47,10 +50,21 @@ def build_training_statefulset(
 
 
 def _deployment(
-    ref: JobRef, spec: api.RLPostTrainJobSpec, role: str, replicas: int, start: StartInfo
+    ref: JobRef,
+    spec: api.RLPostTrainJobSpec,
+    role: str,
+    replicas: int,
+    start: StartInfo,
+    ray_node: str | None = None,
 ) -> dict[str, Any]:
-    meta = object_meta(ref, names(ref.name)[role], role)
+    """`ray_node`: the pool's head or worker Deployment (role reward-pool)."""
+    name = names(ref.name)[f"ray-{ray_node}" if ray_node else role]
+    meta = object_meta(ref, name, role)
     meta["labels"][ATTEMPT_LABEL] = str(start.attempt)
+    match = selector(ref.name, role)
+    if ray_node:
+        meta["labels"][RAY_NODE_LABEL] = ray_node
+        match[RAY_NODE_LABEL] = ray_node
     return with_hash(
         {
             "apiVersion": "apps/v1",
@@ -58,12 +72,25 @@ def _deployment(
             "metadata": meta,
             "spec": {
                 "replicas": replicas,
-                "selector": {"matchLabels": selector(ref.name, role)},
+                "selector": {"matchLabels": match},
                 "strategy": {"type": "Recreate"},
-                "template": pod_template(ref, spec, role, start),
+                "template": pod_template(ref, spec, role, start, ray_node or raypool.WORKER),
             },
         }
     )
+
+
+def build_pool_deployments(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo
+) -> list[dict[str, Any]]:
+    """The reward pool: a head Deployment (1 pod) and a worker Deployment (`workers` pods),
+    or nothing (workers 0: rewards are scored in the buffer process)."""
+    if not raypool.enabled(spec):
+        return []
+    return [
+        _deployment(ref, spec, ROLE_POOL, 1, start, raypool.HEAD),
+        _deployment(ref, spec, ROLE_POOL, spec.reward.pool.workers, start, raypool.WORKER),
+    ]
 
 
 def build_buffer_pod(ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo) -> dict[str, Any]:
@@ -87,4 +114,4 @@ def build_compute_children(
         out.append(_deployment(ref, spec, ROLE_ROLLOUT, spec.rollout.engines, start))
     out.append(_deployment(ref, spec, ROLE_ROUTER, 1, start))
     out.append(build_buffer_pod(ref, spec, start))
-    return out
+    return [*out, *build_pool_deployments(ref, spec, start)]

@@ -13,13 +13,16 @@ from ..constants import (
     INSTANCE_LABEL,
     MASTER_PORT,
     NAME_LABEL,
+    RAY_NODE_LABEL,
     ROLE_BUFFER,
+    ROLE_POOL,
     ROLE_ROLLOUT,
     ROLE_ROUTER,
     ROLE_TRAINER,
     ROLE_WORKER,
     ROUTER_PORT,
 )
+from . import raypool
 from .common import JobRef, names, object_meta, selector, with_hash
 
 
@@ -55,12 +58,25 @@ def build_services(ref: JobRef, spec: api.RLPostTrainJobSpec) -> list[dict[str, 
     ]
     if spec.mode == api.Mode.DISAGGREGATED:
         out.append(_service(ref, n["rollout"], ROLE_ROLLOUT, ENGINE_PORT, headless=True))
+    if raypool.enabled(spec):
+        out.append(build_pool_service(ref))
     return out
+
+
+def build_pool_service(ref: JobRef) -> dict[str, Any]:
+    """`<job>-ray-head`: the pool head's GCS (workers join), Ray Client (the buffer), dashboard
+    (`kubectl port-forward svc/<job>-ray-head 8265`) and metrics ports."""
+    svc = _service(ref, names(ref.name)["ray-head"], ROLE_POOL, 0)
+    svc["spec"]["selector"] = {**selector(ref.name, ROLE_POOL), RAY_NODE_LABEL: raypool.HEAD}
+    svc["spec"]["ports"] = raypool.service_ports()
+    return with_hash(svc)
 
 
 def build_network_policy(ref: JobRef) -> dict[str, Any]:
     """Ingress to the job's pods only from the job's own pods (buffer, router, engines,
-    trainer ranks): another job's pods cannot reach its buffer or engine control ports.
+    trainer ranks, the reward pool's Ray head and workers: buffer -> head, head <-> workers
+    on Ray's ports): another job's pods cannot reach its buffer, engine control ports or
+    Ray cluster (which runs any code it is sent).
     The chart's namespace policy adds the operator and Prometheus (policies are a union)."""
     sel = {NAME_LABEL: APP, INSTANCE_LABEL: ref.name}
     return with_hash(

@@ -13,8 +13,11 @@ from ..constants import (
     GPU,
     MASTER_PORT,
     PODSET_LABEL,
+    RAY_METRICS_PORT,
+    RAY_NODE_LABEL,
     RESUME_ANNOTATION,
     ROLE_BUFFER,
+    ROLE_POOL,
     ROLE_ROLLOUT,
     ROLE_ROUTER,
     ROLE_TRAINER,
@@ -23,6 +26,7 @@ from ..constants import (
     ROUTER_PORT,
     TRAINER_METRICS_PORT,
 )
+from . import raypool
 from .common import JobRef, PodSetUpdate, StartInfo, labels, names, pod_groups
 from .security import container_security, pod_security
 from .storage import CONFIG_MOUNT, checkpoint_dir, pod_volumes, state_dir
@@ -76,7 +80,10 @@ def _probe(port: int, path: str) -> dict[str, Any]:
 def pod_spec(
     ref: JobRef, spec: api.RLPostTrainJobSpec, role: str, resume_step: int | None = None
 ) -> dict[str, Any]:
-    """The pod spec of one role (no admission facts: those are merged by `apply_update`)."""
+    """The pod spec of one role (no admission facts: those are merged by `apply_update`).
+    The pool's role is a worker's spec (`pod_template` builds the head's)."""
+    if role == ROLE_POOL:
+        return raypool.pool_pod_spec(ref, spec, raypool.WORKER)
     n = names(ref.name)
     groups = {g.name: g for g in pod_groups(spec)}
     gpus = groups[role].gpus
@@ -167,6 +174,8 @@ def pod_spec(
             {"name": "RLPOST_ROUTER_URL", "value": f"http://{n['router']}:{ROUTER_PORT}"},
             {"name": "RLPOST_STATE_DIR", "value": state_dir(ref, spec, role)},
         ]
+        if raypool.enabled(spec):  # custom/code_exec rewards on the job's Ray pool
+            env.append({"name": "RLPOST_RAY_ADDRESS", "value": raypool.client_address(ref)})
         ports = [{"name": "http", "containerPort": BUFFER_PORT}]
         readiness = _probe(BUFFER_PORT, "/health")
     container: dict[str, Any] = {
@@ -220,9 +229,14 @@ def pod_template(
     spec: api.RLPostTrainJobSpec,
     role: str,
     start: StartInfo | None = None,
+    ray_node: str = raypool.WORKER,
 ) -> dict[str, Any]:
+    """`ray_node` (head | worker) picks the pool pod of the `reward-pool` role; the podSet's
+    template is a worker's (head and workers request the same)."""
     pod_labels = labels(ref.name, role)
     pod_labels[PODSET_LABEL] = role
+    if role == ROLE_POOL:
+        pod_labels[RAY_NODE_LABEL] = ray_node
     annotations: dict[str, str] = {}
     resume = None
     if start is not None:
@@ -232,13 +246,18 @@ def pod_template(
             annotations[RESUME_ANNOTATION] = str(resume)
     tmpl: dict[str, Any] = {
         "metadata": {"labels": pod_labels},
-        "spec": pod_spec(ref, spec, role, resume),
+        "spec": (
+            raypool.pool_pod_spec(ref, spec, ray_node)
+            if role == ROLE_POOL
+            else pod_spec(ref, spec, role, resume)
+        ),
     }
-    if role == ROLE_ROUTER:  # for Prometheus setups that scrape by annotation
+    metrics_port = {ROLE_ROUTER: ROUTER_METRICS_PORT, ROLE_POOL: RAY_METRICS_PORT}.get(role)
+    if metrics_port:  # for Prometheus setups that scrape by annotation
         annotations.update(
             {
                 "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(ROUTER_METRICS_PORT),
+                "prometheus.io/port": str(metrics_port),
                 "prometheus.io/path": "/metrics",
             }
         )

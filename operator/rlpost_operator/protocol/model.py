@@ -13,15 +13,17 @@ from rlpost import api
 from .. import validation
 from ..constants import (
     ROLE_BUFFER,
+    ROLE_POOL,
     ROLE_ROLLOUT,
     ROLE_ROUTER,
     TRAINING_ROLES,
 )
 
 COMPUTE_KINDS = ("StatefulSet", "Deployment", "Pod")
-COMPUTE_ROLES = (*TRAINING_ROLES, ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER)
+COMPUTE_ROLES = (*TRAINING_ROLES, ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER, ROLE_POOL)
 # Roles whose pod failures do not restart the gang (replaced one by one; the loop goes on).
-SERVING_ROLES = (ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER)
+# A reward-pool pod is replaced by its Deployment; Ray re-runs the tasks it held.
+SERVING_ROLES = (ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER, ROLE_POOL)
 CONDITION_TYPES = ("Queued", "Admitted", "Running", "Suspended", "Succeeded", "Failed")
 FINISHED_PHASES = (api.Phase.SUCCEEDED.value, api.Phase.FAILED.value)
 PODS_READY_TIMEOUT = "PodsReadyTimeout"

@@ -1,0 +1,189 @@
+"""The reward pool in the cluster (spec.reward.pool.workers > 0): one more podSet of the job's
+Workload, a Ray head and worker Deployments, the head's Service, the buffer's address, and
+the protocol: admitted with the gang, stopped with it, its pod failures counted, not fatal."""
+
+from __future__ import annotations
+
+import copy
+
+from operator_helpers import admit, job, pod
+from rlpost_operator import builders as b
+from rlpost_operator.builders import raypool
+from test_op_protocol import settle, wl_for
+
+from rlpost import api
+
+REF = b.JobRef("j", "ns", "uid-1")
+POOL = {"workers": 2, "cpusPerWorker": 1.5, "memory": "3Gi"}
+REWARD = {"type": "custom", "function": "mypkg.rewards:score", "pool": POOL}
+
+
+def spec(**kw) -> api.RLPostTrainJobSpec:
+    return api.RLPostTrainJobSpec.model_validate(job(**kw)["spec"])
+
+
+def container(obj) -> dict:
+    tmpl = obj["spec"].get("template", obj)
+    return tmpl["spec"]["containers"][0]
+
+
+def env(c) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def test_pool_is_one_podset_of_head_plus_workers_charged_to_cpu():
+    wl = b.build_workload(REF, spec(reward=REWARD), "q")
+    sets = {ps["name"]: ps for ps in wl["spec"]["podSets"]}
+    assert list(sets) == ["trainer", "rollout", "router", "buffer", "reward-pool"]
+    pool = sets["reward-pool"]
+    assert pool["count"] == 3  # the head and 2 workers
+    res = container(pool["template"])["resources"]
+    assert res == {"requests": {"cpu": "1500m", "memory": "3Gi"}, "limits": {"memory": "3Gi"}}
+    assert "nvidia.com/gpu" not in res["requests"]
+    assert pool["template"]["metadata"]["labels"]["kueue.x-k8s.io/podset"] == "reward-pool"
+    assert b.expected_pods(spec(reward=REWARD)) == b.expected_pods(spec()) + 3
+    # workers 0 (the default): no pool, no podSet, rewards in the buffer as before
+    plain = b.build_workload(REF, spec(), "q")
+    assert "reward-pool" not in [ps["name"] for ps in plain["spec"]["podSets"]]
+    assert b.build_pool_deployments(REF, spec(), b.StartInfo()) == []
+    buffer = container(b.build_buffer_pod(REF, spec(), b.StartInfo()))
+    assert "RLPOST_RAY_ADDRESS" not in env(buffer)
+
+
+def test_head_and_worker_deployments_request_what_the_podset_counted():
+    s = spec(reward=REWARD)
+    start = b.StartInfo(attempt=2)
+    deps = {d["metadata"]["name"]: d for d in b.build_pool_deployments(REF, s, start)}
+    assert list(deps) == ["j-ray-head", "j-ray-worker"]
+    head, worker = deps["j-ray-head"], deps["j-ray-worker"]
+    assert head["spec"]["replicas"] == 1 and worker["spec"]["replicas"] == 2
+    podset = next(
+        ps for ps in b.build_workload(REF, s, "q")["spec"]["podSets"] if ps["name"] == "reward-pool"
+    )
+    for d, node in ((head, "head"), (worker, "worker")):
+        assert d["kind"] == "Deployment" and d["spec"]["strategy"] == {"type": "Recreate"}
+        assert container(d)["resources"] == container(podset["template"])["resources"]
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert labels["rlpost.dev/role"] == "reward-pool"
+        assert labels["rlpost.dev/ray-node"] == node and labels["rlpost.dev/attempt"] == "2"
+        assert labels["kueue.x-k8s.io/podset"] == "reward-pool"
+        # the selectors of the two Deployments do not overlap
+        assert d["spec"]["selector"]["matchLabels"]["rlpost.dev/ray-node"] == node
+        owner = d["metadata"]["ownerReferences"][0]
+        assert owner["kind"] == "RLPostTrainJob" and owner["controller"] is True
+        pod_spec = d["spec"]["template"]["spec"]
+        assert pod_spec["securityContext"]["runAsUser"] == 10001
+        assert pod_spec["securityContext"]["runAsNonRoot"] is True
+        assert pod_spec["automountServiceAccountToken"] is False
+        c = container(d)
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["image"] == "ghcr.io/rlpost/rollout:0.1.0"  # rollout.image unless pool.image
+        assert env(c)["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert {"name": "metrics", "containerPort": 8080} in c["ports"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    hc, wc = container(head), container(worker)
+    assert hc["command"][:3] == ["ray", "start", "--head"]
+    assert "--num-cpus=0" in hc["command"]  # tasks run on the workers only
+    assert "--ray-client-server-port=10001" in hc["command"]
+    assert "--dashboard-host=0.0.0.0" in hc["command"]
+    assert "--node-ip-address=$(POD_IP)" in hc["command"]
+    assert hc["readinessProbe"]["httpGet"] == {"path": "/api/gcs_healthz", "port": 8265}
+    script = wc["command"][2]
+    assert wc["command"][:2] == ["sh", "-c"]
+    # waits for the head's GCS, then joins it with ceil(1.5) = 2 task CPUs
+    assert script.index("j-ray-head 6379") < script.index("exec ray start")
+    assert "--address=j-ray-head:6379 --num-cpus=2" in script
+    assert wc["readinessProbe"]["httpGet"] == {"path": "/api/local_raylet_healthz", "port": 52365}
+
+
+def test_pool_image_and_cpu_quantities():
+    s = spec(reward={**REWARD, "pool": {**POOL, "image": "registry.local/rewards:7"}})
+    deps = b.build_pool_deployments(REF, s, b.StartInfo())
+    assert {container(d)["image"] for d in deps} == {"registry.local/rewards:7"}
+    assert raypool.cpu_quantity(1.0) == "1" and raypool.cpu_quantity(0.25) == "250m"
+    s.reward.pool.cpus_per_worker = 0.5
+    assert raypool.ray_cpus(s) == 1  # a fraction of a CPU still runs one task
+
+
+def test_buffer_finds_the_pool_through_the_head_service():
+    s = spec(reward=REWARD)
+    buf = container(b.build_buffer_pod(REF, s, b.StartInfo()))
+    assert env(buf)["RLPOST_RAY_ADDRESS"] == "ray://j-ray-head:10001"
+    svc = b.build_pool_service(REF)
+    assert svc["metadata"]["name"] == "j-ray-head"
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/name": "rlpost",
+        "app.kubernetes.io/instance": "j",
+        "rlpost.dev/role": "reward-pool",
+        "rlpost.dev/ray-node": "head",
+    }
+    ports = {x["name"]: x["port"] for x in svc["spec"]["ports"]}
+    assert ports == {"gcs": 6379, "client": 10001, "dashboard": 8265, "metrics": 8080}
+    assert svc["metadata"]["ownerReferences"][0]["kind"] == "RLPostTrainJob"
+    names = [o["metadata"]["name"] for o in b.build_services(REF, s)]
+    assert "j-ray-head" in names
+    assert "j-ray-head" not in [o["metadata"]["name"] for o in b.build_services(REF, spec())]
+
+
+def test_intra_job_policy_admits_buffer_to_head_and_head_to_workers():
+    """The per-job policy selects every pod of the job (the pool's too) and takes traffic
+    from every pod of the job: buffer -> head, head <-> workers, on any of Ray's ports."""
+    pol = b.build_network_policy(REF)
+    sel = pol["spec"]["podSelector"]["matchLabels"]
+    (rule,) = pol["spec"]["ingress"]
+    peer = rule["from"][0]["podSelector"]["matchLabels"]
+    assert "ports" not in rule  # Ray's raylets and workers use ports it picks itself
+    for d in b.build_pool_deployments(REF, spec(reward=REWARD), b.StartInfo()):
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert sel.items() <= labels.items() and peer.items() <= labels.items()
+
+
+# ---------------------------------------------------------------------------- protocol
+
+
+def pool_world():
+    """Admitted and running with a pool: every pod Ready."""
+    j = job(status={"phase": "Queued"}, reward=REWARD)
+    wl = admit(wl_for(j))
+    plan, j, children = settle(j, wl)
+    created = {(a.kind, a.name) for a in plan.actions if a.verb in ("apply", "create")}
+    assert {("Deployment", "j-ray-head"), ("Deployment", "j-ray-worker")} <= created
+    assert ("Service", "j-ray-head") in created
+    pods = [pod(f"t{i}", "trainer") for i in range(2)]
+    pods += [pod(f"r{i}", "rollout") for i in range(3)]
+    pods += [pod("router", "router"), pod("buffer", "buffer")]
+    pods += [pod("ray-head-x", "reward-pool"), pod("ray-w0", "reward-pool")]
+    plan, j, children = settle(j, wl, children, pods)
+    assert plan.status["readyPods"] == "9/10"  # the pool's pods count in the gang
+    assert plan.status["phase"] == "Admitted"
+    pods.append(pod("ray-w1", "reward-pool"))
+    plan, j, children = settle(j, wl, children, pods)
+    assert plan.status["phase"] == "Running" and plan.status["readyPods"] == "10/10"
+    return j, wl, children, pods
+
+
+def test_pool_pods_are_admitted_with_the_gang_and_their_loss_does_not_stop_it():
+    j, wl, children, pods = pool_world()
+    # a worker pod fails: its Deployment replaces it; counted, the gang goes on
+    failed = pods.pop()
+    failed = copy.deepcopy(failed)
+    failed["status"]["phase"] = "Failed"
+    pods.append(pod("ray-w2", "reward-pool"))
+    plan, j, children = settle(j, wl, children, pods, failed_pods=[failed])
+    assert not any(a.verb == "delete" for a in plan.actions)
+    assert plan.status["phase"] == "Running" and not plan.status.get("restarts")
+    assert plan.status["roleRestarts"] == {"reward-pool": 1}
+    assert [e[1] for e in plan.events] == ["RoleRestarted"]
+
+
+def test_pool_is_stopped_with_the_gang_on_eviction():
+    j, wl, children, pods = pool_world()
+    wl = copy.deepcopy(wl)
+    wl["status"]["conditions"].append(
+        {"type": "Evicted", "status": "True", "reason": "Preempted", "message": "preempted"}
+    )
+    plan, _, _ = settle(j, wl, children, pods)
+    deleted = {(a.kind, a.name) for a in plan.actions if a.verb == "delete"}
+    assert {("Deployment", "j-ray-head"), ("Deployment", "j-ray-worker")} <= deleted
+    assert ("Deployment", "j-rollout") in deleted
