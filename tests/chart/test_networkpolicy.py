@@ -186,3 +186,38 @@ def test_policies_in_every_watched_namespace():
     assert not by_kind(
         render(values={"networkPolicy": {"enabled": False, "mode": "namespace"}}), "NetworkPolicy"
     )
+
+
+RAY_GCS, RAY_CLIENT, RAY_METRICS = 6379, 10001, 8080  # operator/rlpost_operator/constants.py
+
+
+def pool_pod(ns: str, job: str, node: str) -> Pod:
+    """A reward-pool pod as the operator labels it (builders/raypool.py)."""
+    pod = job_pod(ns, job, "reward-pool")
+    return Pod(ns, {**pod.labels, "rlpost.dev/ray-node": node})
+
+
+def test_reward_pool_takes_its_job_only_and_prometheus_scrapes_it(job_mode):
+    """buffer -> head (Ray Client), worker -> head (GCS), head -> worker (raylet ports Ray
+    picks itself): the per-job policy opens them to the job's own pods; another job's pods
+    cannot reach a Ray cluster that runs any code it is sent; Prometheus scrapes Ray's
+    metrics port and nothing else of it."""
+    pols = job_mode + [per_job_policy("team-a", "j1"), per_job_policy("team-a", "j2")]
+    head, worker = pool_pod("team-a", "j1", "head"), pool_pod("team-a", "j1", "worker")
+    assert allowed(pols, job_pod("team-a", "j1", "buffer"), head, RAY_CLIENT)
+    assert allowed(pols, worker, head, RAY_GCS)
+    assert allowed(pols, head, worker, 40123)
+    assert not allowed(pols, job_pod("team-a", "j2", "buffer"), head, RAY_CLIENT)
+    assert not allowed(pols, pool_pod("team-a", "j2", "worker"), head, RAY_GCS)
+    assert not allowed(pols, job_pod("team-b", "j1", "buffer"), head, RAY_CLIENT)
+    prom = Pod("monitoring", {"app": "prometheus"})
+    for pod in (head, worker):
+        assert allowed(pols, prom, pod, RAY_METRICS)
+        assert not allowed(pols, prom, pod, RAY_GCS)
+
+
+def test_pod_monitor_scrapes_the_reward_pool():
+    pm = by_kind(render(values={"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")[0]
+    (expr,) = pm["spec"]["selector"]["matchExpressions"]
+    assert "reward-pool" in expr["values"]
+    assert "metrics" in [e["port"] for e in pm["spec"]["podMetricsEndpoints"]]
