@@ -86,6 +86,20 @@ class RouterSpec(Model):
     image: str = "ghcr.io/rlpost/rollout:0.1.0"
 
 
+class AgentBudget(Model):
+    """Per-sample budget of a multi-turn `rollout.generate` (docs/CONTRACTS.md, "Custom
+    functions"): the buffer's router helper refuses calls beyond it and cuts each call's
+    max_new_tokens to what is left; the built-in tool loop (rlpost_rollout.agents) ends a
+    sample that spends it."""
+
+    # /generate calls (policy turns) per sample; a resume after a weight update's abort
+    # (partialRollouts) is not a turn.
+    max_turns: Annotated[int, Field(ge=1, le=1024)] = 16
+    # Response tokens per sample, the policy's and injected ones (tool output) together.
+    # Unset: maxTurns x rollout.maxNewTokens.
+    max_tokens: Annotated[int, Field(ge=1, le=1_048_576)] | None = None
+
+
 class RolloutSpec(Model):
     engines: Annotated[int, Field(ge=1, le=1024)] = 1
     gpus_per_engine: Annotated[int, Field(ge=0, le=16)] = 1
@@ -104,7 +118,21 @@ class RolloutSpec(Model):
     # A custom generate function for one sample (docs/CONTRACTS.md, "Custom functions"):
     # async fn(prompt, prompt_ids, sampling, router); unset: one /generate call per sample.
     generate: FunctionPath | None = None
+    agent: AgentBudget = AgentBudget()
+    # Groups kept in flight beyond what the next step still needs (slime's over-sampling):
+    # with dynamic sampling or a filter dropping groups the batch fills sooner; a step takes
+    # the earliest-drawn groups that passed the filters, the rest stay for the next step.
+    over_sampling: Annotated[int, Field(ge=0, le=65536)] = 0
+    # A request a weight update aborts (pause mode abort: maxStaleness 0) keeps its tokens and
+    # is resumed on the new weights (its samples record every version they span) instead of
+    # being generated again from the start (docs/DESIGN.md, "Partial rollouts").
+    partial_rollouts: bool = False
     resources: Resources = Resources(cpu="8", memory="64Gi")
+
+    def sample_budget(self) -> tuple[int, int]:
+        """(max turns, max response tokens) of one sample, defaults filled."""
+        tokens = self.agent.max_tokens
+        return self.agent.max_turns, tokens or self.agent.max_turns * self.max_new_tokens
 
 
 DAPO_CLIP_HIGH = 0.28  # the DAPO paper's clip-higher

@@ -49,7 +49,7 @@ from rlpost_rollout.protocol import (
     UpdateWeightsFromTensorReqInput,
     UpdateWeightVersionReqInput,
 )
-from rlpost_rollout.scheduler import Scheduler
+from rlpost_rollout.scheduler import BEFORE_PREFILL, Scheduler
 
 log = logging.getLogger("rlpost_rollout.engine")
 
@@ -79,7 +79,9 @@ class Engine:
         self._shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
         self.max_positions = int(self.model.config.max_position_embeddings)
         self.generator = Generator(self.model, self.tokenizer, self.max_positions)
-        self.scheduler = Scheduler(self.generator, max_batch=max_batch)
+        self.scheduler = Scheduler(
+            self.generator, max_batch=max_batch, version=lambda: self.weight_version
+        )
         self.weight_version = os.environ.get("RLPOST_WEIGHT_VERSION", "0")
         self.released: set[str] = set()
         # Released weights on a GPU: a pinned host copy, allocated once, restored on resume.
@@ -160,6 +162,11 @@ class Engine:
     def render(
         self, rid: str, req: GenRequest, res: GenResult, sp: SamplingParams, logprob: bool
     ) -> dict[str, Any]:
+        version = res.weight_version or self.weight_version
+        if res.finish_reason.get("message") == BEFORE_PREFILL:  # as SGLang: no tokens, no logprobs
+            meta = {"id": rid, "finish_reason": res.finish_reason, "prompt_tokens": 0}
+            meta |= {"completion_tokens": 0, "cached_tokens": 0, "weight_version": version}
+            return {"text": "", "output_ids": [], "meta_info": meta}
         text = self.tokenizer.decode(res.output_ids, skip_special_tokens=sp.skip_special_tokens)
         matched = res.finish_reason.get("matched")
         if isinstance(matched, str) and not sp.no_stop_trim and text.endswith(matched):
@@ -170,7 +177,7 @@ class Engine:
             "completion_tokens": len(res.output_ids),
             "cached_tokens": 0,
             "finish_reason": res.finish_reason,
-            "weight_version": self.weight_version,
+            "weight_version": version,  # the weights that made these tokens
         }
         if logprob:
             meta["output_token_logprobs"] = [

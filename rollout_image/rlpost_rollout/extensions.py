@@ -13,9 +13,11 @@ import math
 import re
 import statistics
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rlpost.extension_points import REWARD, ExtensionPoint, spec_functions
+from rlpost_rollout import partial
 
 # ---------------------------------------------------------------------------- loading
 
@@ -82,6 +84,19 @@ class Aborted(Exception):
     """The engine aborted the request (weights being updated): draw the prompt again."""
 
 
+class BudgetSpent(GenerateError):
+    """A call beyond the sample's budget (rollout.agent: maxTurns, maxTokens)."""
+
+
+@dataclass(frozen=True)
+class SampleBudget:
+    """One sample's budget (rollout.agent): /generate calls (turns) and response tokens
+    (policy + injected). None: no limit."""
+
+    max_turns: int | None = None
+    max_tokens: int | None = None
+
+
 def _version(reported: Any, fallback: int) -> int:
     """The engine's weight_version (a string in SGLang); ours are ints. An engine that reports
     none (SGLang's "default") gets the version the buffer knew when the group started."""
@@ -101,22 +116,75 @@ class SampleRouter:
     buffer's retries, backoff and abort handling included) with the sample's sampling
     params, any of them overridden (max_new_tokens, temperature, top_p, top_k, stop,
     sampling_seed); it answers {"response_ids", "response_logprobs", "finish_reason", "text",
-    "weight_version"}. `encode(text)` / `decode(ids)`: the job's tokenizer (no BOS added).
-    The sample's weight_version is the oldest any of its calls reported.
+    "weight_version", "weight_versions"}. `encode(text)` / `decode(ids)`: the job's tokenizer
+    (no BOS added). The sample's weight_version is the oldest any of its calls reported.
+
+    Budget (`budget`, rollout.agent; `max_turns` / `max_tokens` / `turns_left` /
+    `tokens_left(input_ids)` read it): a call beyond maxTurns, or with no response token left,
+    raises BudgetSpent (the group is dropped as generate_error); each call's max_new_tokens is
+    cut to the tokens left. The sample's response so far is what its calls generated or, when
+    `input_ids` continue the prompt, everything after the prompt (injected tokens count).
+
+    Partial rollouts (`partial`): an answer aborted by a weight update is resumed on the new
+    weights within the same call (rlpost_rollout.partial) instead of raising Aborted; the
+    answer's tokens then span versions (`weight_versions`); `resumes` lists, per resume, the
+    tokens the aborted request had made.
 
     Every call carries the routing key `session` (default: the sample id, so one key per
     sample) as the X-SMG-Routing-Key header: with rollout.router.policy `manual` all turns of
     a multi-turn sample reach one engine (its prefix cache); other policies ignore it.
     `router.generate(ids, session="k")` sends another key for that call."""
 
-    def __init__(self, raw: RawGenerate, rid: str, sampling: dict[str, Any], tokenizer, version):
+    def __init__(
+        self,
+        raw: RawGenerate,
+        rid: str,
+        sampling: dict[str, Any],
+        tokenizer,
+        version,
+        *,
+        budget: SampleBudget | None = None,
+        prompt_ids: list[int] | None = None,
+        partial: bool = False,
+        on_resume: Callable[[int], None] | None = None,
+    ):
         self._raw, self._rid, self.sampling = raw, rid, dict(sampling)
         self._tokenizer = tokenizer
         self.version_at_start = version
         self.oldest_version = version
+        self.budget = budget or SampleBudget()
+        self.prompt_ids = list(prompt_ids) if prompt_ids is not None else None
+        self.partial = partial
+        self._on_resume = on_resume
         self.calls = 0
+        self.generated = 0  # tokens the engines generated for this sample (kept ones)
+        self.versions: set[int] = set()  # every version a kept token came from
+        # Partial rollouts: per resume, the tokens the aborted request had made (kept).
+        self.resumes: list[int] = []
         self.session = rid
         self.sessions: list[str] = []  # the routing key of each call, in order
+
+    @property
+    def max_turns(self) -> int | None:
+        return self.budget.max_turns
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.budget.max_tokens
+
+    @property
+    def turns_left(self) -> int | None:
+        return None if self.max_turns is None else max(0, self.max_turns - self.calls)
+
+    def tokens_left(self, input_ids: list[int] | None = None) -> int | None:
+        """Response tokens left to the sample if the next call sends `input_ids`."""
+        if self.max_tokens is None:
+            return None
+        used = self.generated
+        p = self.prompt_ids
+        if input_ids is not None and p is not None and list(input_ids[: len(p)]) == p:
+            used = max(used, len(input_ids) - len(p))
+        return max(0, self.max_tokens - used)
 
     async def generate(
         self, input_ids: list[int], session: str | None = None, **overrides: Any
@@ -124,22 +192,62 @@ class SampleRouter:
         unknown = set(overrides) - set(self.sampling) - {"top_p", "top_k"}
         if unknown:
             raise GenerateError(f"router.generate: unknown sampling params {sorted(unknown)}")
+        if self.turns_left == 0:
+            raise BudgetSpent(
+                f"router.generate: the sample's budget is {self.max_turns} turns "
+                "(rollout.agent.maxTurns); no call is left"
+            )
+        sampling = {**self.sampling, **overrides}
+        left = self.tokens_left(input_ids)
+        if left is not None:
+            if left == 0:
+                raise BudgetSpent(
+                    f"router.generate: the sample's budget of {self.max_tokens} response "
+                    "tokens (rollout.agent.maxTokens) is spent"
+                )
+            sampling["max_new_tokens"] = min(int(sampling.get("max_new_tokens") or left), left)
         self.calls += 1
         rid = self._rid if self.calls == 1 else f"{self._rid}-c{self.calls}"
         key = session or self.session
         self.sessions.append(key)
-        out = await self._raw(list(input_ids), rid, {**self.sampling, **overrides}, key)
-        meta = out["meta_info"]
-        version = _version(meta.get("weight_version"), self.version_at_start)
-        self.oldest_version = min(self.oldest_version, version)
+        got = partial.Segments()
+        want, seed = int(sampling.get("max_new_tokens") or 0), sampling.get("sampling_seed")
+        while True:
+            call_rid = rid if got.resumes == 0 else f"{rid}-r{got.resumes}"
+            out = await self._raw(list(input_ids) + got.ids, call_rid, sampling, key)
+            meta = out["meta_info"]
+            reported = _version(meta.get("weight_version"), self.version_at_start)
+            got.add(out, reported)
+            finish = meta["finish_reason"]["type"]
+            if finish != "abort":
+                break
+            if not self.partial:
+                raise Aborted(rid)
+            if len(got.ids) >= want:
+                finish = "length"  # it had made every token it was allowed
+                break
+            got.resumes += 1
+            self.resumes.append(len(got.ids))
+            if self._on_resume is not None:
+                self._on_resume(len(got.ids))
+            sampling = {
+                **sampling,
+                "max_new_tokens": want - len(got.ids),
+                "sampling_seed": partial.resume_seed(seed, got.resumes),
+            }
+        versions = got.versions or [reported]
+        # The oldest weights that can have made a token of it: also the buffer's live
+        # version at the start (a request across an in-place update reports the new one).
+        self.oldest_version = min(self.oldest_version, *versions)
+        self.versions.update(versions)
+        self.generated += len(got.ids)
         return {
-            "response_ids": list(
-                out.get("output_ids") or [t for _, t, _ in meta["output_token_logprobs"]]
-            ),
-            "response_logprobs": [lp for lp, _, _ in meta["output_token_logprobs"]],
-            "finish_reason": meta["finish_reason"]["type"],
-            "text": out.get("text", ""),
-            "weight_version": version,
+            "response_ids": got.ids,
+            "response_logprobs": got.logprobs,
+            "finish_reason": finish,
+            "text": got.text,
+            "weight_version": reported,  # the engine's, for the last segment
+            "weight_versions": sorted(set(versions)),  # one per segment with tokens
         }
 
     def encode(self, text: str) -> list[int]:
@@ -169,6 +277,11 @@ async def custom_generate(fn, where: str, row, router: SampleRouter) -> dict[str
         )
     if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in lps):
         raise GenerateError(f"{where}: response_logprobs must be finite numbers")
+    if router.max_tokens is not None and len(ids) > router.max_tokens:
+        raise GenerateError(
+            f"{where}: {len(ids)} response tokens, over the sample's budget of "
+            f"{router.max_tokens} (rollout.agent.maxTokens)"
+        )
     if not isinstance(out.get("finish_reason"), str):
         raise GenerateError(f"{where}: finish_reason must be a string (stop, length)")
     mask = out.get("loss_mask")
@@ -191,6 +304,7 @@ async def custom_generate(fn, where: str, row, router: SampleRouter) -> dict[str
 RESERVED_OUTCOMES = {
     "accepted",
     "aborted",
+    "overtaken",
     "generate_error",
     "reward_error",
     "stale_on_arrival",

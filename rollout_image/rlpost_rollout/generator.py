@@ -42,6 +42,9 @@ class GenResult:
     output_logprobs: list[float]
     input_logprobs: list[float | None]  # for input_ids[logprob_start_len:]; None at position 0
     finish_reason: dict[str, Any]
+    # The engine's weight version while the batch ran (set by the scheduler): an aborted
+    # request's tokens are the old weights' even when the update lands before the answer.
+    weight_version: str | None = None
 
 
 class Generator:

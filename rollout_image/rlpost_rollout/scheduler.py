@@ -4,7 +4,9 @@ HTTP handlers submit requests and await a future; one worker thread (torch is no
 async) takes everything waiting, up to `max_batch`, and runs it as one batch. While a batch
 runs, new arrivals queue for the next one. `model_lock` is held for a whole batch, so a
 weight update (which takes the same lock) lands between batches, never inside one; pausing
-stops new batches from starting, and `mode="abort"` ends the running one early.
+stops new batches from starting, and `mode="abort"` ends the running one early: its requests
+answer with the tokens made so far (finish_reason abort), as SGLang's do. A request aborted
+before its batch started answers with none ("Abort before prefill", as SGLang).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from rlpost_rollout.generator import Generator, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
+BEFORE_PREFILL = "Abort before prefill"  # SGLang's message for a request never started
 
 
 @dataclass
@@ -30,8 +33,10 @@ class Pending:
 
 
 class Scheduler:
-    def __init__(self, generator: Generator, max_batch: int = 32):
+    def __init__(self, generator: Generator, max_batch: int = 32, version=None):
+        """`version()`: the engine's weight version, stamped on each batch's results."""
         self.generator = generator
+        self.version = version or (lambda: None)
         self.max_batch = max_batch
         self.model_lock = threading.Lock()
         self.waiting: queue.Queue[Pending] = queue.Queue()
@@ -101,12 +106,19 @@ class Scheduler:
             batch = self._take_batch()
             if not batch:
                 continue
+            for p in [p for p in batch if p.req.aborted.is_set()]:
+                batch.remove(p)  # aborted while waiting: answered without running
+                res = GenResult([], [], [], {"type": "abort", "message": BEFORE_PREFILL})
+                p.loop.call_soon_threadsafe(_settle, p.future, res, None)
+            if not batch:
+                continue
             with self.model_lock:
-                if not self.unpaused.is_set() and not all(p.req.aborted.is_set() for p in batch):
+                if not self.unpaused.is_set():
                     # paused while we were collecting: put them back for after the pause
                     for p in batch:
                         self.waiting.put(p)
                     continue
+                version = self.version()
                 self.running = {p.rid: p for p in batch}
                 started = time.monotonic()
                 try:
@@ -121,6 +133,7 @@ class Scheduler:
                 self.batches += 1
             for p, res, err in zip(batch, results, errors, strict=True):
                 if res is not None:
+                    res.weight_version = version
                     self.generated_tokens += len(res.output_ids)
                 p.loop.call_soon_threadsafe(_settle, p.future, res, err)
 

@@ -5,6 +5,7 @@ trained on exclude exactly the tool's output from the loss (docs/CONTRACTS.md, "
 from __future__ import annotations
 
 import pytest
+import yaml
 from rlpost_rollout.agents import lookup
 
 from rlpost.models import CharTokenizer
@@ -16,6 +17,8 @@ EXAMPLE = ROOT / "examples" / "hidden-lookup.yaml"
 # calls (examples/hidden-lookup.yaml). Without the tool no policy beats 1/4 (one of a-d).
 CHANCE = (1 / 9) ** 2 * (1 + 1 / 9 + 1 / 81)  # ~0.014
 NO_TOOL_BEST = 0.25
+# The example's per-sample budget (rollout.agent): every turn but the last may be a lookup.
+MAX_CALLS = yaml.safe_load(EXAMPLE.read_text())["spec"]["rollout"]["agent"]["maxTurns"] - 1
 
 
 def expected_mask(ids: list[int], key: str, tok: CharTokenizer) -> list[int]:
@@ -26,7 +29,7 @@ def expected_mask(ids: list[int], key: str, tok: CharTokenizer) -> list[int]:
     mask, i, calls = [], 0, 0
     while i < len(ids):
         mask.append(1)
-        if ids[i] == call and calls < lookup.BUDGET.max_calls:
+        if ids[i] == call and calls < MAX_CALLS:
             calls += 1
             n = min(len(out), len(ids) - i - 1)
             assert ids[i + 1 : i + 1 + n] == out[:n], "the injected tokens are not the tool's"

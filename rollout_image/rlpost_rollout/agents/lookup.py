@@ -10,6 +10,9 @@ The task's protocol: an answer counts only after a lookup (like "cite your sourc
 given without a tool call is returned as no answer (text ""). Without it a tiny policy
 settles for guessing (reward 1/4 with no tool, the best possible) before it ever learns to
 copy the tool's output; with it, the tool path is the only one that pays.
+
+The budget is the job's (rollout.agent: examples/hidden-lookup.yaml gives 4 turns, so at
+most 3 lookups, and 12 response tokens); a turn is rollout.maxNewTokens = 1 token.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ LETTERS = "abcd"
 KEY_LENGTH = 6
 CALL = "?"
 SECRET = b"rlpost-hidden-lookup"
-BUDGET = tool_loop.Budget(max_calls=3, max_tokens=12, turn_tokens=1)
 
 
 def value(key: str) -> str:
@@ -37,7 +39,7 @@ def lookup(prompt: str, so_far: str) -> str:
 
 
 async def generate(prompt, prompt_ids, sampling, router):
-    out = await tool_loop.run(prompt, prompt_ids, sampling, router, lookup, CALL, BUDGET)
+    out = await tool_loop.run(prompt, prompt_ids, sampling, router, lookup, CALL)
     if out["info"]["tool_calls"] == 0:
         out["text"] = ""  # an answer without a lookup does not count
     return out

@@ -21,7 +21,7 @@ from rlpost_rollout.buffer.driver import Driver, DriverConfig
 from rlpost_rollout.buffer.evaluation import Evaluator, load_eval_prompts
 from rlpost_rollout.buffer.metrics import BufferMetrics
 from rlpost_rollout.buffer.store import Store
-from rlpost_rollout.extensions import check_spec_functions
+from rlpost_rollout.extensions import SampleBudget, check_spec_functions
 from rlpost_rollout.rewards import make_reward
 from rlpost_rollout.rewards.pool import POOLED, PoolMetrics, RewardPool, connect
 
@@ -103,6 +103,9 @@ def build(job, state_dir: str, router_url: str, functions=None) -> Buffer:
         stop=list(spec.rollout.stop),
         dynamic_sampling=spec.algorithm.dynamic_sampling,
         seed=spec.seed,
+        over_sampling=spec.rollout.over_sampling,
+        partial_rollouts=spec.rollout.partial_rollouts,
+        budget=SampleBudget(*spec.rollout.sample_budget()),
         max_inflight_groups=int(
             os.environ.get("RLPOST_MAX_INFLIGHT_GROUPS", spec.algorithm.rollout_batch_size)
         ),

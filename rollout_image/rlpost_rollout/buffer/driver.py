@@ -7,8 +7,12 @@ ask for, and only generates while the live weight version can still serve that s
 A sample is one /generate call, or what `rollout.generate` (a custom generate function)
 makes of its calls. A group is accepted only when every sample generated and scored and the
 group filters keep it: zero-std groups when dynamic sampling is on, then `algorithm.filter`;
-a dropped group is counted under its reason and more prompts are drawn to refill. Aborted
-groups (weights being swapped) go back to the queue and are drawn again.
+a dropped group is counted under its reason and more prompts are drawn to refill.
+`rollout.overSampling` keeps that many groups more in flight than the next step needs.
+Aborted requests (weights being swapped): with `rollout.partialRollouts` each is resumed on
+the new weights (rlpost_rollout.partial, in SampleRouter), else the group goes back to the
+queue and is drawn again. A group overtaken by a served step while in flight (too stale on
+arrival for the step now to come, though valid when drawn) is drawn again too.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from rlpost_rollout.extensions import (
     GenerateError,
     GroupFilter,
     PermanentGenerateError,
+    SampleBudget,
     SampleRouter,
     apply_filters,
     custom_generate,
     zero_std,
 )
+from rlpost_rollout.partial import judged_version
 from rlpost_rollout.protocol import generate_payload
 from rlpost_rollout.rewards import RewardError, RewardFn
 
@@ -62,6 +68,9 @@ class DriverConfig:
     max_inflight_groups: int
     stop: list[str] = field(default_factory=list)  # stop strings (rollout.stop)
     seed: int = 0  # spec.seed: sample j of prompt i is drawn with sample_seed(seed, i, j)
+    over_sampling: int = 0  # groups in flight beyond what the next step needs
+    partial_rollouts: bool = False  # resume aborted requests on the new weights
+    budget: SampleBudget = field(default_factory=SampleBudget)  # rollout.agent, per sample
     request_timeout_s: float = 300.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
@@ -128,8 +137,10 @@ class Driver:
         step = s.next_step
         if s.version < step - self.cfg.max_staleness:
             return 0  # anything made now would be too stale for the next step
-        missing = self.cfg.batch_size - self.valid_ready(step) - len(self.inflight)
-        return max(0, min(missing, self.cfg.max_inflight_groups - len(self.inflight)))
+        target = self.cfg.batch_size + self.cfg.over_sampling
+        missing = target - self.valid_ready(step) - len(self.inflight)
+        cap = self.cfg.max_inflight_groups + self.cfg.over_sampling
+        return max(0, min(missing, cap - len(self.inflight)))
 
     def kick(self) -> None:
         self.wake.set()
@@ -176,6 +187,7 @@ class Driver:
     async def _group(self, index: int, gid: str) -> None:
         row = self.source.get(index)
         version_at_start = self.store.state.version
+        floor_at_start = self.store.state.next_step - self.cfg.max_staleness
         routers = [
             SampleRouter(
                 self._generate,
@@ -183,6 +195,10 @@ class Driver:
                 self._sampling(sample_seed(self.cfg.seed, index, j)),
                 self.tokenizer,
                 version_at_start,
+                budget=self.cfg.budget,
+                prompt_ids=list(row.prompt_ids),
+                partial=self.cfg.partial_rollouts,
+                on_resume=self._resumed,
             )
             for j in range(self.cfg.group_size)
         ]
@@ -211,7 +227,12 @@ class Driver:
                 # flight across an in-place update (async runs) finishes on the new weights
                 # and reports their version, but began on the old ones.
                 "weight_version": router.oldest_version,
+                # Every version its tokens came from: more than one when a weight update
+                # aborted it and it was resumed (partial rollouts).
+                "weight_versions": sorted(router.versions | {router.oldest_version}),
             }
+            if router.resumes:  # per resume, the tokens it kept from the aborted request
+                sample["resumes"] = list(router.resumes)
             if out.get("loss_mask") is not None:  # 0: injected (tool output), not trained
                 sample["loss_mask"] = [int(m) for m in out["loss_mask"]]
             if out.get("info") is not None:  # the custom generate's own record (tool calls)
@@ -245,8 +266,14 @@ class Driver:
             self._record_error("reward", errors[-1])
             self._drop(index, gid, "reward_error", errors)
             return
-        version = min(x["weight_version"] for x in samples)
+        version = judged_version(samples)  # the oldest, or what finished a resumed group
         floor = self.store.state.next_step - self.cfg.max_staleness
+        if floor_at_start <= version < floor:
+            # Valid when drawn, overtaken by a step served while it was in flight (e.g. an
+            # over-sampled group finishing during training): its prompt is drawn again.
+            self.metrics.samples.labels(outcome="overtaken").inc(len(samples))
+            self.requeued.append(index)
+            return
         if version < floor:
             # Made with weights too old for any step still to come (in flight across a weight
             # update, or engines that never received the update): useless, dropped and counted.
@@ -267,6 +294,7 @@ class Driver:
             "prompt": row.prompt,
             "label": row.label,
             "weight_version": version,
+            "oldest_weight_version": min(x["weight_version"] for x in samples),
             "samples": samples,
             "accepted_at": time.time(),
         }
@@ -297,6 +325,11 @@ class Driver:
         )
         self.metrics.samples.labels(outcome=reason).inc(self.cfg.group_size)
 
+    def _resumed(self, kept_tokens: int) -> None:
+        """A request aborted by a weight update is resumed (partial rollouts)."""
+        self.metrics.resumed_requests.inc()
+        self.metrics.resumed_tokens.inc(kept_tokens)
+
     def _record_error(self, cause: str, message: str) -> None:
         self.errors[cause] = message
 
@@ -322,8 +355,9 @@ class Driver:
         sampling: dict[str, Any],
         routing_key: str | None = None,
     ) -> dict[str, Any]:
-        """One /generate call through the router (retries and backoff; an abort raises),
-        with the sample's routing key (X-SMG-Routing-Key: sticky under policy `manual`)."""
+        """One /generate call through the router (retries and backoff), with the sample's
+        routing key (X-SMG-Routing-Key: sticky under policy `manual`). An aborted answer is
+        returned as is: SampleRouter resumes it or raises Aborted."""
         body = generate_payload(prompt_ids, rid=rid, **sampling)
         headers = {"X-SMG-Routing-Key": routing_key} if routing_key else None
         url = f"{self.cfg.router_url}/generate"
@@ -347,8 +381,6 @@ class Driver:
                         log.info("router reachable again", extra={"router": self.cfg.router_url})
                     self.router_ok = True
                     self.errors.pop("router", None)
-                    if out["meta_info"]["finish_reason"]["type"] == "abort":
-                        raise Aborted(rid)
                     return out
                 if 400 <= status < 500 and status not in (408, 429):
                     raise PermanentGenerateError(f"HTTP {status}: {text[:300]}")

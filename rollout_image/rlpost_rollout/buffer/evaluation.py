@@ -120,6 +120,8 @@ class Evaluator:
                     sampling,
                     self.driver.tokenizer,
                     self.driver.store.state.version,
+                    budget=self.driver.cfg.budget,
+                    prompt_ids=list(row.prompt_ids),
                 )
                 try:
                     out = await self.driver._sample(row, router)

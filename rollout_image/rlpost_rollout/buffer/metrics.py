@@ -37,6 +37,20 @@ class BufferMetrics:
         self.generate_errors = Counter(
             "rlpost_generate_errors", "failed /generate attempts (retried)", ["job"], registry=r
         ).labels(job)
+        # Partial rollouts: requests a weight update aborted that were resumed on the new
+        # weights, and the tokens they kept (not generated again).
+        self.resumed_requests = Counter(
+            "rlpost_resumed_requests",
+            "aborted /generate requests resumed on new weights (partial rollouts)",
+            ["job"],
+            registry=r,
+        ).labels(job)
+        self.resumed_tokens = Counter(
+            "rlpost_resumed_tokens",
+            "tokens aborted requests kept and resumed from (partial rollouts)",
+            ["job"],
+            registry=r,
+        ).labels(job)
         self.weight_version = Gauge(
             "rlpost_buffer_weight_version",
             "live weight version announced by the trainer",
