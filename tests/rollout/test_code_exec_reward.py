@@ -4,6 +4,7 @@ limits while the scoring process goes on to score the next sample."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -16,6 +17,7 @@ from rlpost_rollout.rewards.code_exec import (
     SandboxError,
     extract_code,
     parse_label,
+    program,
     run_sandboxed,
 )
 
@@ -95,6 +97,27 @@ def test_labels_and_extraction():
     for bad in ("not json", {"tests": []}, {"tests": [{"args": [1], "expected": 1}]}, {"x": 1}):
         with pytest.raises(SandboxError):
             parse_label(bad)
+
+
+@pytest.mark.asyncio
+async def test_prefix_label_runs_the_prompt_and_its_completion():
+    """HumanEval-style: "prefix": true runs prompt + response (no fence search); a string
+    prefix runs that code + response; without a prefix the response alone runs."""
+    tests = [{"args": [x], "expected": x + 3} for x in range(4)]
+    label = {"entry_point": "f", "prefix": True, "tests": tests}
+    prompt = "#+3\nf=lambda x:x"
+    assert program(prompt, "+3", label) == "#+3\nf=lambda x:x+3"
+    assert program(prompt, "+3", {**label, "prefix": "g=1\n"}) == "g=1\n+3"
+    assert program(prompt, "```\nx\n```", {"tests": ["assert 1"]}) == "x\n"
+    reward = make_reward(RewardSpec(type="code_exec", sandbox={"wallSeconds": 3}))
+    assert await reward(prompt, "+3", label) == 1.0
+    assert await reward(prompt, "|3", json.dumps(label)) == 0.25  # only 0|3 == 0+3
+    assert await reward(prompt, "+", label) == 0.0  # a syntax error
+    assert await reward(prompt, "", label) == 0.0  # the starter alone: f(x) = x
+    string = {**label, "prefix": "f=lambda x:x"}
+    assert await reward("+3=", "+3", string) == 1.0
+    with pytest.raises(SandboxError):
+        program(prompt, "+3", {**label, "prefix": 1})
 
 
 @pytest.mark.skipif(not USERNS, reason="user namespaces disabled on this kernel")

@@ -40,7 +40,7 @@ def code_exec_fn(spec: RewardSpec) -> Callable[[str, str, Any], float]:
     )
 
     def reward(prompt: str, response: str, label: Any) -> float:
-        return code_exec.score(response, label, limits)
+        return code_exec.score(response, label, limits, prompt)
 
     return reward
 

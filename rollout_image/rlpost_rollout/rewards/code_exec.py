@@ -8,7 +8,12 @@ The label (the dataset row's `label` field, or a JSON string of it):
                "assert add(-1, 1) == 0"]}        # a statement: passes if it raises nothing
 
 A bare list is `{"tests": [...]}`. The code is the last ```python (or ```) block of the
-response, else the whole response. Limits per sample: CPU seconds (RLIMIT_CPU), address
+response, else the whole response. HumanEval-style completion: with `"prefix": true` the code
+is the prompt followed by the response (the prompt is the starter code, `f=lambda x:x*`, and
+the response completes it, `3`; with a chat template the prompt is the rendered text, so use
+a string there); with `"prefix": "<code>"` it is that code followed by the response. Either
+way the response is a continuation, not searched for a fenced block.
+Limits per sample: CPU seconds (RLIMIT_CPU), address
 space (RLIMIT_AS), processes (RLIMIT_NPROC), file size, 64 open files, a wall-clock timeout
 (the process group is killed, and with it the PID namespace), no network, a fresh scratch
 directory as cwd (deleted after), an environment of PATH/HOME/TMPDIR/LANG only.
@@ -217,12 +222,32 @@ def _tally(lines: list[str], nonce: str, total: int, timed_out: bool, err: str) 
     return SandboxResult(sum(verdicts.values()), total, isolation, timed_out, err)
 
 
-def score(response: str, label: Any, limits: Limits = Limits()) -> float:  # noqa: B008
+def program(prompt: str, response: str, label: Any) -> str:
+    """The code that runs: prefix + response when the label has a `prefix`, else the
+    response's last fenced block (or the whole response)."""
+    if isinstance(label, str):
+        label = json.loads(label)
+    prefix = label.get("prefix") if isinstance(label, dict) else None
+    if prefix is None or prefix is False:
+        return extract_code(response)
+    if prefix is True:
+        return prompt + response
+    if isinstance(prefix, str):
+        return prefix + response
+    raise SandboxError(f"code_exec label prefix {prefix!r}: true or a string")
+
+
+def score(
+    response: str,
+    label: Any,
+    limits: Limits = Limits(),  # noqa: B008 - frozen
+    prompt: str = "",
+) -> float:
     entry, tests = parse_label(label)
-    return run_sandboxed(extract_code(response), tests, entry, limits).pass_rate
+    return run_sandboxed(program(prompt, response, label), tests, entry, limits).pass_rate
 
 
 def code_exec_reward(prompt: str, response: str, label: Any) -> float:
     """The built-in reward with the default limits (a blocking call: run it in a thread, a
     process or a Ray task)."""
-    return score(response, label)
+    return score(response, label, prompt=prompt)
