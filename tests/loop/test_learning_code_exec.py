@@ -24,7 +24,8 @@ STEPS = 20
 def test_code_exec_example_rises_above_chance(tmp_path):
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["spec"]["steps"] = STEPS
-    raw["spec"]["data"]["prompts"] = str(EXAMPLE.parent / raw["spec"]["data"]["prompts"])
+    for part in ("data", "eval"):  # the copy is elsewhere: its prompt files by absolute path
+        raw["spec"][part]["prompts"] = str(EXAMPLE.parent / raw["spec"][part]["prompts"])
     job = tmp_path / "code-exec.yaml"
     job.write_text(yaml.safe_dump(raw))
     steps, _, wall = run_cli(job, tmp_path / "run")
