@@ -93,7 +93,7 @@ def flavor(name: str, spec: dict) -> dict:
     }
 
 
-def queue_docs(suite: Suite, ns: str, gpus: int, gpu_flavor: str) -> list[dict]:
+def queue_docs(suite: Suite, ns: str, gpus: int, gpu_flavor: str, cpus: int = 64) -> list[dict]:
     return [
         {
             "apiVersion": "kueue.x-k8s.io/v1beta2",
@@ -109,7 +109,7 @@ def queue_docs(suite: Suite, ns: str, gpus: int, gpu_flavor: str) -> list[dict]:
                             {
                                 "name": suite.flavor_cpu,
                                 "resources": [
-                                    {"name": "cpu", "nominalQuota": 64},
+                                    {"name": "cpu", "nominalQuota": cpus},
                                     {"name": "memory", "nominalQuota": "256Gi"},
                                 ],
                             }
@@ -210,11 +210,14 @@ def state_pvs(cluster):
 @pytest.fixture
 def op(cluster, op_suite, namespace, tmp_path, request, state_pvs):
     """A test namespace with its ClusterQueue (8 GPUs of flavor a, unless the test is
-    marked `gpus(n, "b")`) and a running operator watching it."""
+    marked `gpus(n, "b")`; 64 CPUs unless marked `cpus(n)`) and a running operator
+    watching it."""
     marker = request.node.get_closest_marker("gpus")
     gpus, kind = marker.args if marker else (8, "a")
     gpu_flavor = op_suite.flavor_a if kind == "a" else op_suite.flavor_b
-    docs = queue_docs(op_suite, namespace, gpus, gpu_flavor)
+    cpu_marker = request.node.get_closest_marker("cpus")
+    cpus = cpu_marker.args[0] if cpu_marker else 64
+    docs = queue_docs(op_suite, namespace, gpus, gpu_flavor, cpus)
     cluster.apply(docs)
     o = Operator(cluster, namespace, tmp_path / "operator.log").start()
     yield o
@@ -227,6 +230,7 @@ def op(cluster, op_suite, namespace, tmp_path, request, state_pvs):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpus(n, kind): GPU quota of the test's ClusterQueue")
+    config.addinivalue_line("markers", "cpus(n): CPU quota of the test's ClusterQueue (64)")
 
 
 def job_doc(name: str, ns: str, **spec) -> dict:
