@@ -22,7 +22,7 @@ import os
 import time
 from collections import deque
 
-import rlpost_rollout.engine as engine_module
+import rlpost_rollout.engine.core as engine_module
 import torch
 import uvicorn
 from rlpost_rollout import config

@@ -341,7 +341,7 @@ def measure_full(
                     pushed = sender.push(named, version)
                     sync()
                     # The continue answer comes after the engine's torch.cuda.synchronize
-                    # (engine.py): the update is applied on GPU1 when push() returns.
+                    # (rlpost_rollout/engine): the update is applied on GPU1 when push() returns.
                     wall = time.perf_counter() - t0
                     engine.post("/bench/sync")  # (not timed; a no-op by now)
                     if rep >= warmup:
