@@ -15,18 +15,29 @@ mid-training) in the second tenant's namespace, one fault after another:
 4. a deleted buffer pod is recreated on the same volume, and its durable log shows no group
    that was ready at the deletion lost and none trained twice;
 and the job ends Succeeded with the last-5-step mean reward >= 0.9.
+
+Issue 16 (must show 1, cluster part, and 2): the job scores its rewards on its Ray reward pool
+(`reward.pool`: a head and one worker pod, `ray start` from the rollout image, admitted with
+the job's Workload); Prometheus scrapes Ray's metrics from the pool's pods; between faults 3
+and 4 the pool's worker pod is deleted while reward tasks are in flight: the Deployment
+replaces it, Ray re-runs the tasks it held, every sample is scored exactly once (one score
+per sample id in the buffer's log, no reward_error, no lost or timed-out task) and the job
+goes on.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from e2e.cluster.localcluster import GiveUp
-from e2e.incluster.conftest import kill_container
+from e2e.incluster.conftest import NODE, kill_container
 from e2e.incluster.test_train_in_cluster import (
     EXAMPLE,
     JOB,
@@ -43,6 +54,18 @@ SPEC = yaml.safe_load(EXAMPLE.read_text())
 # replaced, weights pushed), and a step takes well under a second, so the run must be long.
 SPEC["spec"]["steps"] = 400
 INTERVAL = SPEC["spec"]["checkpoint"]["intervalSteps"]
+# The example's reward (exact_match) as a custom function, so that it runs on the job's Ray
+# pool: one worker (one task CPU) of 100m CPU requested, the head the same, so the job
+# (1.25 CPUs) and its pool fit the 2-core node next to the operators; 2Gi each (a Ray head
+# with its dashboard: about 1.9 GB of RSS measured here, shared pages counted twice), 12Gi
+# for the job in the tenant's 16Gi. A task that loses its worker waits for the replacement
+# pod: the timeout leaves it room.
+SPEC["spec"]["reward"] = {
+    "type": "custom",
+    "function": "rlpost_rollout.rewards.builtin:exact_match",
+    "timeoutSeconds": 300,
+    "pool": {"workers": 1, "cpusPerWorker": 0.1, "memory": "2Gi", "maxInFlight": 16},
+}
 
 
 def _role(pod: dict) -> str:
@@ -55,6 +78,25 @@ def _buffer_log(c, ns: str) -> Path:
     root = Path(c.get_json("pv", pv)["spec"]["hostPath"]["path"])
     (log,) = root.rglob("buffer.jsonl")
     return log
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in a /metrics text (0 when absent)."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        head = line[len(name) : len(name) + 1]
+        if line.startswith(name) and head in ("{", " ") and all(w in line for w in want):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _events(data: bytes) -> list[dict]:
+    return [json.loads(x) for x in data.decode().splitlines() if x.strip()]
 
 
 def _replay(data: bytes, tmp: Path):
@@ -97,10 +139,12 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
         timeout=900,
         interval=1,
     )
+    _pool_runs_as_pods_and_prometheus_scrapes_ray(c, real_platform, ns)
     urgent = json.loads(json.dumps(SPEC))
     urgent["metadata"] = {"name": "urgent", "namespace": ns}
     urgent["spec"]["priorityClassName"] = f"high-{sfx}"
     urgent["spec"]["steps"] = 5
+    urgent["spec"]["reward"] = {"type": "exact_match"}  # no pool: preempts with less
     c.apply(urgent)
     st = c.wait_for(
         "the running job Suspended by preemption",
@@ -183,6 +227,9 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
 
     c.wait_for("a replacement engine at a current weight version", new_engine_synced, 600, 2)
 
+    # 3b. The reward pool's worker pod deleted while tasks are in flight.
+    _pool_worker_lost_mid_batch(c, ns, status, not_failed)
+
     # 4. A deleted buffer pod is recreated on the same volume; nothing ready is lost.
     buf = f"{JOB}-buffer"
     uid = c.get_json("pod", buf, "-n", ns)["metadata"]["uid"]
@@ -225,6 +272,104 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
     stale_after = {x["group_id"] for x in after.stale}
     lost = [g for g in before.ready if g not in served_after and g not in stale_after]
     assert not lost, f"{len(lost)} accepted groups ready at the deletion never served"
+    # Every accepted sample has one score, and no sample id was accepted twice.
+    samples = [
+        x for e in _events(log.read_bytes()) if e["t"] == "accept" for x in e["group"]["samples"]
+    ]
+    ids = [x["sample_id"] for x in samples]
+    assert len(ids) == len(set(ids)), "a sample accepted twice"
+    assert all(isinstance(x.get("reward"), float) for x in samples)
     trained = [g for b in after.batches.values() for g in b.group_ids]
     assert len(trained) == len(set(trained)), "a group served to two steps"
     assert sorted(after.batches) == list(range(SPEC["spec"]["steps"])), sorted(after.batches)[:5]
+
+
+def _pool_pods(c, ns: str, node: str) -> list[dict]:
+    sel = f"app.kubernetes.io/instance={JOB},rlpost.dev/ray-node={node}"
+    return [
+        p
+        for p in c.get_json("pods", "-n", ns, "-l", sel)["items"]
+        if "deletionTimestamp" not in p["metadata"]
+    ]
+
+
+def _pool_runs_as_pods_and_prometheus_scrapes_ray(c, platform, ns: str) -> None:
+    """The pool is real pods on the node (a head and one worker, Ready, running `ray
+    start` as uid 10001), the buffer scores through it, and the real Prometheus scrapes Ray's
+    own metrics from the pods' `metrics` ports."""
+    (head,) = _pool_pods(c, ns, "head")
+    (worker,) = _pool_pods(c, ns, "worker")
+    for p in (head, worker):
+        assert _ready(p) and p["spec"]["nodeName"] == NODE, p["metadata"]["name"]
+        assert p["spec"]["securityContext"]["runAsUser"] == 10001
+    (buffer,) = [p for p in _pods(c, ns) if _role(p) == "buffer"]
+    text = _get(f"http://{buffer['status']['podIP']}:8000/metrics")
+    assert _metric(text, "rlpost_reward_pool_tasks_total", outcome="ok") > 0, text[-2000:]
+    # The Ray cluster has both nodes alive (the dashboard's state API, through the head).
+    nodes = json.loads(_get(f"http://{head['status']['podIP']}:8265/api/v0/nodes"))
+    alive = [n for n in nodes["data"]["result"]["result"] if n["state"] == "ALIVE"]
+    assert len(alive) == 2, nodes
+    prom = platform.prometheus
+    targets = [
+        (f"{p['status']['podIP']}:8080", {"namespace": ns, "role": "reward-pool"})
+        for p in (head, worker)
+    ]
+    prom.set_targets("roles", targets)
+    prom.wait_targets_up({t for t, _ in targets}, timeout=120)
+    c.wait_for(
+        "Ray's node metrics of both pool pods in Prometheus",
+        lambda: len(prom.query('ray_node_cpu_count{role="reward-pool"}')) >= 2,
+        timeout=120,
+        interval=2,
+    )
+
+
+def _pool_worker_lost_mid_batch(c, ns: str, status, not_failed) -> None:
+    (buffer,) = [p for p in _pods(c, ns) if _role(p) == "buffer"]
+    metrics = f"http://{buffer['status']['podIP']}:8000/metrics"
+    before = _get(metrics)
+    (worker,) = _pool_pods(c, ns, "worker")
+    gone = worker["metadata"]["name"]
+    deadline = time.monotonic() + 300
+    inflight = 0.0
+    while time.monotonic() < deadline:  # the moment reward tasks are in flight
+        inflight = _metric(_get(metrics), "rlpost_reward_pool_inflight")
+        if inflight > 0:
+            break
+        time.sleep(0.02)
+    assert inflight > 0, "no reward task in flight in 300 s"
+    c.kubectl("delete", "pod", "-n", ns, gone, "--wait=false")
+    step_at_kill = status()["step"]
+    c.wait_for(
+        "a replacement pool worker Ready",
+        lambda: (
+            [p for p in _pool_pods(c, ns, "worker") if p["metadata"]["name"] != gone]
+            and all(_ready(p) for p in _pool_pods(c, ns, "worker"))
+        ),
+        timeout=600,
+        interval=2,
+    )
+    c.wait_for(
+        "training goes on past the pool worker's loss",
+        lambda: not_failed(status())["step"] >= step_at_kill + 5,
+        timeout=900,
+        interval=2,
+    )
+    after = _get(metrics)
+    # Nothing lost, timed out or failed: every task of the lost worker was re-run by Ray.
+    for outcome in ("lost", "timeout", "error"):
+        assert _metric(after, "rlpost_reward_pool_tasks_total", outcome=outcome) == 0, outcome
+    assert _metric(after, "rlpost_samples_total", outcome="reward_error") == _metric(
+        before, "rlpost_samples_total", outcome="reward_error"
+    )
+    ok = _metric(after, "rlpost_reward_pool_tasks_total", outcome="ok")
+    assert ok > _metric(before, "rlpost_reward_pool_tasks_total", outcome="ok")
+    (head,) = _pool_pods(c, ns, "head")
+    query = urllib.parse.urlencode(
+        {"filter_keys": "attempt_number", "filter_predicates": "!=", "filter_values": "0",
+         "limit": "10000"}
+    )  # fmt: skip
+    retried = json.loads(_get(f"http://{head['status']['podIP']}:8265/api/v0/tasks?{query}"))
+    n = len(retried["data"]["result"]["result"])
+    print(f"pool worker {gone} deleted with {inflight:.0f} reward tasks in flight at step "
+          f"{step_at_kill}; tasks Ray re-ran: {n}; ok tasks: {ok:.0f}")  # fmt: skip
