@@ -18,14 +18,15 @@ def norm(name: str) -> str:
 
 
 def pins(requirements: Path) -> dict[str, str]:
-    """name -> version of every line; each one must be an exact `name==version` pin."""
+    """name -> version of every line; each one must be an exact `name[extras]==version` pin
+    (extras are dropped from the name)."""
     out = {}
     for line in requirements.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][\w.\-]*", line), f"not pinned: {line}"
-            name, version = line.split("==")
-            out[norm(name)] = version
+            m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[\w,\-]+\])?==([0-9][\w.\-]*)", line)
+            assert m, f"not pinned: {line}"
+            out[norm(m.group(1))] = m.group(3)
     return out
 
 
