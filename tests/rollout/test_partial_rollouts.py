@@ -99,9 +99,11 @@ def _job(tmp_path, **rollout):
         model={  # big enough that a generation outlasts the test's reaction time
             "config": {
                 "max_position_embeddings": 96,
-                "hidden_size": 128,
-                "intermediate_size": 256,
-                "num_hidden_layers": 4,
+                # big enough that 64 tokens take a while on a CPU (the pushes must land
+                # mid-generation)
+                "hidden_size": 512,
+                "intermediate_size": 1024,
+                "num_hidden_layers": 8,
             },
             "tokenizer": f"char:{ALPHABET}",
             "dtype": "float32",
@@ -138,15 +140,32 @@ def _push(engines: list[str], buffer: str, version: int) -> None:
     _post(buffer, "/weight_version", {"version": version})
 
 
-def _push_while_generating(engines: list[str], buffer: str, pushes: int) -> int:
-    """Push `pushes` updates, each shortly after the engines (re)started generating (a
-    64-token generation of this model takes longer than that); returns how many found
-    requests running."""
+def _push_while_generating(engines: list[str], buffer: str, landed, pushes: int = 12) -> int:
+    """Push updates mid-generation until `landed()` says one hit running requests (at most
+    `pushes`). A generation here takes ~0.1 s, so each attempt first freezes the engines
+    (pause in_place keeps the running requests where they are) a little later into the
+    generation than the one before, then pushes: the push's pause mode abort ends the frozen
+    requests with the tokens they have. Returns how many pushes found requests running."""
     hits = 0
     for version in range(1, pushes + 1):
-        time.sleep(0.05)
-        hits += _running(engines) > 0
+        deadline = time.monotonic() + 10
+        while not _running(engines) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.02 * version)
+        for u in engines:
+            _post(u, "/pause_generation", {"mode": "in_place"})
+        running = _running(engines) > 0
+        hits += running
         _push(engines, buffer, version)
+        if not running:
+            break  # every request finished: nothing left to interrupt
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            if landed():
+                return hits
+            if _running(engines):
+                break  # running again, not landed: the next attempt freezes later
+            time.sleep(0.01)
     return hits
 
 
@@ -232,7 +251,9 @@ def test_partial_rollouts_resume_aborted_samples_on_new_weights_and_lose_none(pr
     job = _job(tmp_path, partialRollouts=True)
     engines, buffer = _start(procs, tmp_path, job)
     _release(engines, buffer, 4)
-    hits = _push_while_generating(engines, buffer, pushes=3)
+    hits = _push_while_generating(
+        engines, buffer, lambda: _metric(buffer, "rlpost_resumed_tokens_total") > 0
+    )
     assert hits >= 1
     batch = _batch(buffer, 0)
     samples = _check_samples(batch, engines)
@@ -257,7 +278,7 @@ def test_partial_rollouts_resume_aborted_samples_on_new_weights_and_lose_none(pr
     kept = sum(sum(s["resumes"]) for s in resumed)
     assert _metric(buffer, "rlpost_resumed_tokens_total") == kept > 0
     print(
-        f"{hits} of 3 pushes hit running requests; {len(resumed)}/{len(samples)} samples "
+        f"{hits} pushes hit running requests; {len(resumed)}/{len(samples)} samples "
         f"resumed, {kept} tokens kept; versions {[s['weight_versions'] for s in resumed]}"
     )
 
@@ -266,7 +287,9 @@ def test_without_partial_rollouts_aborted_groups_are_drawn_again(procs, tmp_path
     job = _job(tmp_path)
     engines, buffer = _start(procs, tmp_path, job)
     _release(engines, buffer, 4)
-    hits = _push_while_generating(engines, buffer, pushes=2)
+    hits = _push_while_generating(
+        engines, buffer, lambda: _metric(buffer, "rlpost_samples_total", outcome="aborted") > 0
+    )
     assert hits >= 1
     batch = _batch(buffer, 0)
     samples = _check_samples(batch, engines)
