@@ -188,8 +188,10 @@ def capacity_errors(spec: api.RLPostTrainJobSpec, cap: QueueCapacity | None) -> 
 def _module_file(module: str) -> Path | None:
     parts = module.split(".")
     found = importlib.util.find_spec(parts[0])  # a top-level name: nothing is imported
-    if found is None or not found.submodule_search_locations:
-        return Path(found.origin) if found and found.origin and len(parts) == 1 else None
+    if found is None:  # e.g. rlpost_rollout in the operator's image: the buffer checks it
+        raise ImportError(f"{parts[0]} is not installed here")
+    if not found.submodule_search_locations:
+        return Path(found.origin) if found.origin and len(parts) == 1 else None
     base = Path(list(found.submodule_search_locations)[0])
     for part in parts[1:-1]:
         base = base / part

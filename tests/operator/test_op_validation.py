@@ -139,6 +139,19 @@ def test_custom_function_in_the_rollout_image_is_checked_from_source():
     assert "takes 1 positional arguments" in err and "(prompt, response, label)" in err
 
 
+def test_shipped_function_where_the_package_is_absent_is_left_to_the_buffer(monkeypatch):
+    """The operator's image has rlpost, not rlpost_rollout: a shipped reward there is not
+    refused (the buffer checks it at start; a bad path is InvalidSpec from its exit code)."""
+    real = v.importlib.util.find_spec
+    monkeypatch.setattr(
+        v.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "rlpost_rollout" else real(name, *a),
+    )
+    assert v.custom_function_errors(reward("rlpost_rollout.rewards.builtin:exact_match")) == []
+    assert v.custom_function_errors(reward("rlpost_rollout.rewardz:f")) == []
+
+
 def test_custom_function_elsewhere_is_left_to_the_buffer():
     assert v.custom_function_errors(reward("mycompany.rewards:score")) == []
     assert v.custom_function_errors(spec()) == []
