@@ -1,6 +1,7 @@
 """`python -m rlpost_rollout.router --port P`: the real sglang-router in front of the engines.
 
-In a cluster (KUBERNETES_SERVICE_HOST set) it discovers the job's rollout pods by label;
+In a cluster (KUBERNETES_SERVICE_HOST set) it discovers the job's engine pods by label: the
+rollout pods, or in mode colocated the worker pods (an engine container next to the trainer);
 locally it routes to the comma-separated RLPOST_ENGINE_URLS. Policy from
 spec.rollout.router.policy (`manual` = sticky sessions by the X-SMG-Routing-Key header).
 The router keeps the process: this launcher execs it, so signals reach it directly.
@@ -18,7 +19,13 @@ from rlpost_rollout import config
 
 log = logging.getLogger("rlpost_rollout.router")
 
-ENGINE_PORT = 30000  # the rollout pods' SGLang port (service discovery needs it)
+ENGINE_PORT = 30000  # the engines' SGLang port (service discovery needs it)
+
+
+def engine_role(job) -> str:
+    """The rlpost.dev/role of the pods that serve the engine port: `worker` in mode
+    colocated (the operator puts an engine container in each worker pod), else `rollout`."""
+    return "worker" if str(job.spec.mode) == "colocated" else "rollout"
 
 
 def router_argv(
@@ -44,7 +51,8 @@ def router_argv(
         name = job.metadata.name
         argv += [
             "--service-discovery",
-            "--selector", f"app.kubernetes.io/instance={name}", "rlpost.dev/role=rollout",
+            "--selector", f"app.kubernetes.io/instance={name}",
+            f"rlpost.dev/role={engine_role(job)}",
             "--service-discovery-port", str(engine_port),
         ]  # fmt: skip
         if namespace:

@@ -137,6 +137,10 @@ def test_router_argv_local_and_in_cluster():
     assert f["--service-discovery-namespace"] == "team-a"
     assert f["--service-discovery-port"] == "30000"
     assert "--worker-urls" not in cluster
+    # mode colocated: the engines are containers of the worker pods
+    coloc = router_argv(job(mode="colocated"), 30000, in_cluster=True, engine_urls=[])
+    i = coloc.index("--selector")
+    assert coloc[i + 1 : i + 3] == ["app.kubernetes.io/instance=math-rl", "rlpost.dev/role=worker"]
 
 
 def test_the_installed_sglang_router_accepts_our_flags():
