@@ -139,12 +139,14 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     assert f'rlpost_jobs{{namespace="{ns}",phase="Running"}} 1.0' in op.metrics_text()
 
 
-def test_2_colocated_is_refused_before_admission_until_workers_run_engines(cluster, op, namespace):
+def test_2_colocated_on_several_gpu_pods_is_refused_before_admission(cluster, op, namespace):
     ns = namespace
     submit(cluster, job_doc("col", ns, mode="colocated", trainer={"replicas": 2, "gpusPerPod": 4}))
     job = wait_phase(cluster, "col", ns, "Invalid", timeout=60)
     c = cond(job, "InvalidSpec")
-    assert c["status"] == "True" and "mode: colocated runs with `rlpost run` only" in c["message"]
+    # One CPU worker pod runs colocated in a cluster (e2e/incluster/test_colocated_in_cluster.py).
+    assert c["status"] == "True" and "set trainer.replicas to 1 (it is 2)" in c["message"]
+    assert "runs on the CPU only for now" in c["message"]
     # Nothing half-created: no Workload (no quota taken), no pods.
     assert workloads(cluster, ns) == []
     assert pods_of(cluster, "col", ns) == []

@@ -273,12 +273,34 @@ def _function_errors(point: ExtensionPoint, path: str) -> list[str]:
 
 def cluster_support_errors(spec: api.RLPostTrainJobSpec) -> list[str]:
     """What `rlpost run` does and the operator does not do yet: refused before admission, so
-    nothing is created for a job whose pods could not start."""
+    nothing is created for a job whose pods could not start or could never generate.
+
+    mode colocated runs as ONE worker pod: the trainer container and one engine container
+    (builders/pods.py). Only global rank 0 syncs weights, over shared memory, which reaches
+    its own pod's engine only; and a container cannot be handed the trainer container's GPUs
+    through the device plugin. So: one pod, one engine, on the CPU (docs/DESIGN.md)."""
+    if spec.mode != api.Mode.COLOCATED:
+        return []
     errors = []
-    if spec.mode == api.Mode.COLOCATED:
+    if spec.trainer.replicas != 1:
         errors.append(
-            "mode: colocated runs with `rlpost run` only; in a cluster the worker pods do not "
-            "run engines yet, so the job could never generate (use mode: disaggregated)"
+            f"mode: colocated in a cluster runs one worker pod (the trainer and its engine): "
+            f"set trainer.replicas to 1 (it is {spec.trainer.replicas}); several worker pods, "
+            "each rank syncing its own pod's engine, are not built yet (use mode: "
+            "disaggregated for more trainer pods)"
+        )
+    if spec.rollout.engines != 1:
+        errors.append(
+            f"mode: colocated in a cluster runs one engine, in the worker pod: set "
+            f"rollout.engines to 1 (it is {spec.rollout.engines}; use mode: disaggregated "
+            "for more engines)"
+        )
+    if spec.trainer.gpus_per_pod or spec.rollout.gpus_per_engine:
+        errors.append(
+            "mode: colocated in a cluster runs on the CPU only for now: set trainer.gpusPerPod "
+            "and rollout.gpusPerEngine to 0 (the worker pod's engine container cannot be given "
+            "the trainer container's GPUs through the device plugin; use mode: disaggregated "
+            "on GPUs)"
         )
     return errors
 

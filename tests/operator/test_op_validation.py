@@ -165,12 +165,13 @@ def test_reward_pool_is_accepted_in_a_cluster():
     assert v.pre_admission_errors(REF, s, job()["spec"], None) == []
 
 
-def test_colocated_is_refused_in_a_cluster_until_worker_pods_run_engines():
+def test_colocated_with_several_pods_or_gpus_is_refused_in_a_cluster():
+    """One CPU worker pod runs (tests/operator/test_op_colocated.py); more is refused."""
     s = spec()
     s.mode = api.Mode.COLOCATED
-    (msg,) = v.cluster_support_errors(s)
-    assert msg.startswith("mode: colocated runs with `rlpost run` only")
-    assert msg in v.pre_admission_errors(REF, s, job()["spec"], None)
+    msgs = v.cluster_support_errors(s)
+    assert len(msgs) == 3 and all(m.startswith("mode: colocated in a cluster") for m in msgs)
+    assert set(msgs) <= set(v.pre_admission_errors(REF, s, job()["spec"], None))
 
 
 # ---------------------------------------------------------------- other extension points

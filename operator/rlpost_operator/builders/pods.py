@@ -44,6 +44,15 @@ def _resources(res: api.Resources, gpus: int) -> dict[str, Any]:
 # Router and buffer: light processes (requests only; no CPU limit is set on any role).
 SMALL = api.Resources(cpu="250m", memory="1Gi")
 
+# Colocated worker pods: the engine container's name; the directory both containers use as
+# TMPDIR (torch's shared-memory manager socket); the ServiceAccount token's directory,
+# masked in the engine container.
+ENGINE_CONTAINER = "engine"
+IPC_DIR = "/var/run/rlpost-ipc"
+IPC_MOUNT = {"name": "ipc", "mountPath": IPC_DIR}
+IPC_TMPDIR = {"name": "TMPDIR", "value": IPC_DIR}
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
 
 def _common_env(ref: JobRef, resume_step: int | None) -> list[dict[str, Any]]:
     n = names(ref.name)
@@ -62,19 +71,86 @@ def _common_env(ref: JobRef, resume_step: int | None) -> list[dict[str, Any]]:
     return env
 
 
-def _urls(ref: JobRef) -> list[dict[str, Any]]:
+def _urls(ref: JobRef, role: str) -> list[dict[str, Any]]:
     n = names(ref.name)
+    # Engines: every pod behind this headless Service, Ready or not (it publishes not-ready
+    # addresses; an engine is Ready once the trainer pushed it weights). A worker pod's
+    # trainer has one engine, its own pod's (a container next to it): 127.0.0.1 resolves to
+    # that one address, and it too gets a push before it reports Ready.
+    engines = f"127.0.0.1:{ENGINE_PORT}" if role == ROLE_WORKER else f"{n['rollout']}:{ENGINE_PORT}"
     return [
         {"name": "RLPOST_BUFFER_URL", "value": f"http://{n['buffer']}:{BUFFER_PORT}"},
         {"name": "RLPOST_ROUTER_URL", "value": f"http://{n['router']}:{ROUTER_PORT}"},
-        # Engines: every pod behind this headless Service, Ready or not (it publishes
-        # not-ready addresses; an engine is Ready once the trainer pushed it weights).
-        {"name": "RLPOST_ENGINE_SERVICE", "value": f"{n['rollout']}:{ENGINE_PORT}"},
+        {"name": "RLPOST_ENGINE_SERVICE", "value": engines},
     ]
 
 
 def _probe(port: int, path: str) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": 10, "failureThreshold": 3}
+
+
+def _engine_command(spec: api.RLPostTrainJobSpec) -> list[str]:
+    module = (
+        "rlpost_rollout.launch_sglang"
+        if spec.rollout.engine == api.EngineKind.SGLANG
+        else "rlpost_rollout.engine"
+    )
+    return ["python", "-m", module, "--port", str(ENGINE_PORT)]
+
+
+def _engine_env() -> list[dict[str, Any]]:
+    return [
+        {"name": "NCCL_DEBUG", "value": "WARN"},
+        {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+        # Not Ready (so not routed to) until the trainer has pushed it weights.
+        {"name": "RLPOST_WAIT_FOR_WEIGHTS", "value": "1"},
+    ]
+
+
+def _engine_readiness(spec: api.RLPostTrainJobSpec) -> dict[str, Any]:
+    if spec.rollout.engine == api.EngineKind.SGLANG:
+        # SGLang's own /health cannot wait for weights: ready once /model_info reports
+        # a weight version the trainer pushed (rlpost_rollout.ready).
+        return {
+            "exec": {
+                "command": ["python", "-m", "rlpost_rollout.ready", "--port", str(ENGINE_PORT)]
+            },
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        }
+    return _probe(ENGINE_PORT, "/health")
+
+
+def _colocated_engine(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, resume_step: int | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A worker pod's engine container (the rollout Deployment's engine, same command and
+    env) and the pod volumes it adds. The trainer container next to it pauses it, releases
+    and resumes its memory and syncs weights over shared memory (transport ipc): torch's
+    `file_system` tensors live in /dev/shm (the `dshm` memory emptyDir, mounted in both), and
+    the trainer's torch_shm_manager socket, which the engine connects to by path, in
+    TMPDIR: the `ipc` emptyDir, at the same path in both containers.
+    Resources: spec.rollout.resources' cpu and memory, no GPU (a container cannot be given
+    the trainer container's GPUs through the device plugin; docs/DESIGN.md), so the podSet
+    counts the pod's GPUs once. The ServiceAccount token is masked: only the trainer uses it."""
+    _, mounts = pod_volumes(ref, spec, shm=True, state=False)
+    no_token = {"name": "no-sa-token", "mountPath": SA_TOKEN_DIR, "readOnly": True}
+    mounts = [*mounts, dict(IPC_MOUNT), no_token]
+    container = {
+        "name": ENGINE_CONTAINER,
+        "image": spec.rollout.image,
+        "command": _engine_command(spec),
+        "env": [*_common_env(ref, resume_step), *_engine_env(), dict(IPC_TMPDIR)],
+        "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
+        "resources": _resources(spec.rollout.resources, 0),
+        "volumeMounts": mounts,
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "readinessProbe": _engine_readiness(spec),
+    }
+    volumes = [{"name": "ipc", "emptyDir": {}}, {"name": "no-sa-token", "emptyDir": {}}]
+    return container, volumes
 
 
 def pod_spec(
@@ -98,7 +174,7 @@ def pod_spec(
         image = spec.trainer.image
         command = ["python", "-m", "rlpost_trainer"]
         res = spec.trainer.resources
-        env += _urls(ref)
+        env += _urls(ref, role)
         env += [
             {"name": "RLPOST_STATE_DIR", "value": state_dir(ref, spec, role)},
             {"name": "RLPOST_CHECKPOINT_DIR", "value": checkpoint_dir(ref, spec, role)},
@@ -125,34 +201,10 @@ def pod_spec(
             {"name": "metrics", "containerPort": TRAINER_METRICS_PORT},
         ]
     elif role == ROLE_ROLLOUT:
-        image = spec.rollout.image
-        module = (
-            "rlpost_rollout.launch_sglang"
-            if spec.rollout.engine == api.EngineKind.SGLANG
-            else "rlpost_rollout.engine"
-        )
-        command = ["python", "-m", module, "--port", str(ENGINE_PORT)]
-        res = spec.rollout.resources
-        env += [
-            {"name": "NCCL_DEBUG", "value": "WARN"},
-            {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
-            # Not Ready (so not routed to) until the trainer has pushed it weights.
-            {"name": "RLPOST_WAIT_FOR_WEIGHTS", "value": "1"},
-        ]
+        image, command, res = spec.rollout.image, _engine_command(spec), spec.rollout.resources
+        env += _engine_env()
         ports = [{"name": "http", "containerPort": ENGINE_PORT}]
-        if spec.rollout.engine == api.EngineKind.SGLANG:
-            # SGLang's own /health cannot wait for weights: ready once /model_info reports
-            # a weight version the trainer pushed (rlpost_rollout.ready).
-            readiness = {
-                "exec": {
-                    "command": ["python", "-m", "rlpost_rollout.ready", "--port", str(ENGINE_PORT)]
-                },
-                "periodSeconds": 10,
-                "timeoutSeconds": 5,
-                "failureThreshold": 3,
-            }
-        else:
-            readiness = _probe(ENGINE_PORT, "/health")
+        readiness = _engine_readiness(spec)
     elif role == ROLE_ROUTER:
         image = spec.rollout.router.image
         command = [
@@ -193,12 +245,19 @@ def pod_spec(
     }
     if readiness:
         container["readinessProbe"] = readiness
+    containers = [container]
+    if role == ROLE_WORKER:  # colocated: the trainer ranks and their engine share the pod
+        engine, extra = _colocated_engine(ref, spec, resume_step)
+        container["env"].append(dict(IPC_TMPDIR))
+        container["volumeMounts"].append(dict(IPC_MOUNT))
+        containers.append(engine)
+        volumes = [*volumes, *extra]
     return {
         "serviceAccountName": n["sa"],
         "automountServiceAccountToken": role in (ROLE_TRAINER, ROLE_WORKER, ROLE_ROUTER),
         "securityContext": pod_security(),
         "terminationGracePeriodSeconds": 30,
-        "containers": [container],
+        "containers": containers,
         "volumes": volumes,
     }
 
