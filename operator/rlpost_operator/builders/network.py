@@ -73,8 +73,9 @@ def build_pool_service(ref: JobRef) -> dict[str, Any]:
 
 
 def build_network_policy(ref: JobRef) -> dict[str, Any]:
-    """Ingress to the job's pods only from the job's own pods (buffer, router, engines,
-    trainer ranks, the reward pool's Ray head and workers: buffer -> head, head <-> workers
+    """Ingress to the job's pods only from the job's own pods (buffer, router, engines —
+    in mode colocated the worker pods' engine containers, which the router reaches on port
+    30000 —, trainer ranks, the reward pool's Ray head and workers: buffer -> head, head <-> workers
     on Ray's ports): another job's pods cannot reach its buffer, engine control ports or
     Ray cluster (which runs any code it is sent).
     The chart's namespace policy adds the operator and Prometheus (policies are a union)."""
