@@ -233,7 +233,7 @@ def test_unschedulable_gang_says_why_and_gives_its_quota_back(cluster, op, names
         ns,
         trainer={"replicas": 3, "gpusPerPod": 5},
         rollout={"engines": 1, "gpusPerEngine": 1},
-        failurePolicy={"podsReadyTimeoutSeconds": 25},
+        failurePolicy={"podsReadyTimeoutSeconds": 40},
     )
     submit(cluster, doc)
 
@@ -247,13 +247,14 @@ def test_unschedulable_gang_says_why_and_gives_its_quota_back(cluster, op, names
     msg = cond(job, "Running")["message"]
     # (0/N: N counts the kwok nodes and, when it is up, the tainted real node)
     assert re.search(NONE_FITS, msg) and "Insufficient" in msg, msg
-    assert gpu_reserved(cluster, ns) == 16
+    # held while it waits (Kueue writes the ClusterQueue's usage a moment after admission)
+    wait(cluster, "the gang's 16 GPUs reserved", lambda: gpu_reserved(cluster, ns) == 16, 15)
     evs = [e for e in events_for(cluster, ns, "frag") if e["reason"] == "Unschedulable"]
     assert evs and re.search(NONE_FITS, evs[0]["message"])
     # bounded writes while it waits (no loop on the pending pod)
     assert writes_over(op, 10) <= 2
     # past podsReadyTimeoutSeconds: Suspended with the reason, the quota released
-    job = wait_phase(cluster, "frag", ns, "Suspended", timeout=40)
+    job = wait_phase(cluster, "frag", ns, "Suspended", timeout=60)
     sus = cond(job, "Suspended")
     assert sus["reason"] == "PodsReadyTimeout" and re.search(NONE_FITS, sus["message"])
     assert "quota given back" in sus["message"]
