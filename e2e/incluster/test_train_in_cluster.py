@@ -267,8 +267,11 @@ def test_sign_flipped_job_does_not_learn_through_three_operator_kills(real_clust
     )
     _restart_operator(c, ns)  # 2. admitted: children being created
     c.wait_for("mid-training", lambda: (status().get("step") or 0) >= 10, 900, interval=1)
+    # (the job may finish while the operator restarts: on a quiet machine 150 steps take
+    # about as long as the restart; what must hold is that the kill lands mid-training)
+    at_kill = status()
+    assert at_kill.get("phase") == "Running" and at_kill["step"] < 150, at_kill
     _restart_operator(c, ns)  # 3. mid-training
-    assert (status().get("step") or 0) < 150, "the job ended before the third kill"
 
     st = c.wait_for(
         "the flipped job Succeeded",
