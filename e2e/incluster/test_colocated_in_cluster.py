@@ -25,9 +25,11 @@ from e2e.incluster.test_train_in_cluster import (
     EXAMPLE,
     _condition,
     _engine_version,
+    _gang_report,
     _ready,
     ensure_data_pvc,
 )
+from e2e.incluster.test_train_in_cluster import _pods as train_pods
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(5400)]
 
@@ -47,24 +49,11 @@ def colocated_doc(ns: str) -> dict:
 
 
 def _pods(c, ns: str) -> list[dict]:
-    return c.get_json("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={JOB}")["items"]
+    return train_pods(c, ns, JOB)
 
 
 def _report(c, ns: str) -> str:
-    lines = []
-    for p in _pods(c, ns):
-        name = p["metadata"]["name"]
-        st = p["status"]
-        states = [
-            (s["name"], s.get("restartCount"), s.get("state"))
-            for s in st.get("containerStatuses", [])
-        ]
-        lines.append(f"pod {name}: {st.get('phase')} {states}")
-        logs = c.kubectl("logs", "-n", ns, name, "--all-containers", "--tail=20", check=False)
-        lines.append(logs.stdout + logs.stderr)
-    ev = c.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False)
-    lines.append(ev.stdout[-4000:])
-    return "\n".join(lines)
+    return _gang_report(c, ns, JOB)
 
 
 def test_colocated_job_trains_in_one_worker_pod(real_cluster, real_platform, images):

@@ -64,8 +64,8 @@ def test_operator_pods_run_from_the_image_and_are_scraped(real_cluster, real_pla
     )
 
 
-def _pods(cluster, ns: str) -> list[dict]:
-    return cluster.get_json("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={JOB}")["items"]
+def _pods(cluster, ns: str, job: str = JOB) -> list[dict]:
+    return cluster.get_json("pods", "-n", ns, "-l", f"app.kubernetes.io/instance={job}")["items"]
 
 
 def _condition(obj: dict, kind: str) -> bool:
@@ -115,10 +115,10 @@ def ensure_data_pvc(c, platform, ns: str) -> None:
     )
 
 
-def _gang_report(cluster, ns: str) -> str:
+def _gang_report(cluster, ns: str, job: str = JOB) -> str:
     """What each pod of the job is doing, its last log lines and the namespace's events."""
     lines = []
-    for p in _pods(cluster, ns):
+    for p in _pods(cluster, ns, job):
         name = p["metadata"]["name"]
         st = p["status"]
         conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
