@@ -11,7 +11,8 @@ mid-training) in the second tenant's namespace, one fault after another:
 2. SIGKILL of the trainer's process (from the host: a container's init ignores a SIGKILL
    sent from inside its own pid namespace) restarts the gang from the checkpoint, counted
    in status.restarts;
-3. a deleted engine pod is replaced and the replacement serves the current weights;
+3. a deleted engine pod is created again by the operator (same name, a new pod) and the
+   new pod serves the current weights;
 4. a deleted buffer pod is recreated on the same volume, and its durable log shows no group
    that was ready at the deletion lost and none trained twice;
 and the job ends Succeeded with the last-5-step mean reward >= 0.9.
@@ -19,10 +20,10 @@ and the job ends Succeeded with the last-5-step mean reward >= 0.9.
 Issue 16 (must show 1, cluster part, and 2): the job scores its rewards on its Ray reward pool
 (`reward.pool`: a head and one worker pod, `ray start` from the rollout image, admitted with
 the job's Workload); Prometheus scrapes Ray's metrics from the pool's pods; between faults 3
-and 4 the pool's worker pod is deleted while reward tasks are in flight: the Deployment
-replaces it, Ray re-runs the tasks it held, every sample is scored exactly once (one score
-per sample id in the buffer's log, no reward_error, no lost or timed-out task) and the job
-goes on.
+and 4 the pool's worker pod is deleted while reward tasks are in flight: the operator
+creates it again (same name, a new pod), Ray re-runs the tasks it held, every sample is
+scored exactly once (one score per sample id in the buffer's log, no reward_error, no lost
+or timed-out task) and the job goes on.
 """
 
 from __future__ import annotations
@@ -210,9 +211,11 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
     assert ckpt < st["resumeStep"] <= step_at_kill, (step_at_kill, st)
     assert step_at_kill - st["resumeStep"] <= INTERVAL, (step_at_kill, st)
 
-    # 3. A deleted engine pod is replaced and serves the current weights.
+    # 3. A deleted engine pod is created again (the operator's own pod: same name, a new
+    # uid) and serves the current weights.
     engines = [p for p in _pods(c, ns) if _role(p) == "rollout"]
     gone = engines[0]["metadata"]["name"]
+    gone_uid = engines[0]["metadata"]["uid"]
     c.kubectl("delete", "pod", "-n", ns, gone, "--wait=false")
 
     def new_engine_synced():
@@ -220,11 +223,15 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
             p
             for p in _pods(c, ns)
             if _role(p) == "rollout"
-            and p["metadata"]["name"] != gone
+            and p["metadata"]["uid"] != gone_uid
             and p["status"].get("podIP")
             and "deletionTimestamp" not in p["metadata"]
         ]
-        return len(fresh) == 2 and all(_engine_version(p) > 0 for p in fresh)
+        names = sorted(p["metadata"]["name"] for p in fresh)
+        return (
+            names == sorted(p["metadata"]["name"] for p in engines)  # gone is back, same name
+            and all(_engine_version(p) > 0 for p in fresh)
+        )
 
     c.wait_for("a replacement engine at a current weight version", new_engine_synced, 600, 2)
 
@@ -331,6 +338,7 @@ def _pool_worker_lost_mid_batch(c, ns: str, status, not_failed) -> None:
     before = _get(metrics)
     (worker,) = _pool_pods(c, ns, "worker")
     gone = worker["metadata"]["name"]
+    gone_uid = worker["metadata"]["uid"]
     deadline = time.monotonic() + 300
     inflight = 0.0
     while time.monotonic() < deadline:  # the moment reward tasks are in flight
@@ -342,9 +350,13 @@ def _pool_worker_lost_mid_batch(c, ns: str, status, not_failed) -> None:
     c.kubectl("delete", "pod", "-n", ns, gone, "--wait=false")
     step_at_kill = status()["step"]
     c.wait_for(
-        "a replacement pool worker Ready",
+        "the pool worker created again and Ready",
         lambda: (
-            [p for p in _pool_pods(c, ns, "worker") if p["metadata"]["name"] != gone]
+            [
+                p
+                for p in _pool_pods(c, ns, "worker")
+                if p["metadata"]["uid"] != gone_uid and p["metadata"]["name"] == gone
+            ]
             and all(_ready(p) for p in _pool_pods(c, ns, "worker"))
         ),
         timeout=600,

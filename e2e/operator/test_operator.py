@@ -97,17 +97,46 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     assert job["status"]["admission"]["flavors"]["trainer"] == op_suite.flavor_b
     assert cond(job, "Admitted")["status"] == "True"
     assert cond(job, "Running")["status"] == "True"
-    sts = get(cluster, "statefulset", "dis-trainer", ns)
-    tmpl = sts["spec"]["template"]["spec"]
-    assert tmpl["nodeSelector"] == {"rlpost.dev/gpu-kind": "b"}
-    assert {
-        "key": "rlpost.dev/gpu-kind",
-        "operator": "Equal",
-        "value": "b",
-        "effect": "NoSchedule",
-    } in tmpl["tolerations"]
+    # the gang is the operator's own pods (no StatefulSet or Deployment in between), each
+    # with a stable name; a trainer pod's hostname and subdomain (the headless Service) make
+    # dis-trainer-<i>.dis-trainer resolvable, the rendezvous address
+    for i in range(2):
+        trainer = get(cluster, "pod", f"dis-trainer-{i}", ns)
+        tmpl = trainer["spec"]
+        assert tmpl["nodeSelector"] == {"rlpost.dev/gpu-kind": "b"}
+        assert {
+            "key": "rlpost.dev/gpu-kind",
+            "operator": "Equal",
+            "value": "b",
+            "effect": "NoSchedule",
+        } in tmpl["tolerations"]
+        assert (tmpl["hostname"], tmpl["subdomain"]) == (f"dis-trainer-{i}", "dis-trainer")
+        assert trainer["metadata"]["labels"]["rlpost.dev/pod-index"] == str(i)
+        owner = trainer["metadata"]["ownerReferences"][0]
+        assert owner["kind"] == "RLPostTrainJob" and owner["controller"] is True
+    assert get(cluster, "service", "dis-trainer", ns)["spec"]["clusterIP"] == "None"
+
+    def trainer_dns_names():  # what the cluster DNS serves for the headless Service
+        slices = items(cluster, "endpointslices", ns, "kubernetes.io/service-name=dis-trainer")
+        return sorted(e.get("hostname", "") for s in slices for e in s.get("endpoints") or [])
+
+    wait(
+        cluster,
+        "dis-trainer-<i>.dis-trainer published",
+        lambda: trainer_dns_names() == ["dis-trainer-0", "dis-trainer-1"],
+        30,
+    )
+    assert not items(cluster, "statefulsets,deployments,replicasets", ns)
     pods = pods_of(cluster, "dis", ns)
-    assert len(pods) == 6
+    names = sorted(p["metadata"]["name"] for p in pods)
+    assert names == [
+        "dis-buffer",
+        "dis-rollout-0",
+        "dis-rollout-1",
+        "dis-router",
+        "dis-trainer-0",
+        "dis-trainer-1",
+    ]
     for p in pods:
         assert p["status"]["phase"] == "Running"
         assert p["metadata"]["labels"]["kueue.x-k8s.io/podset"] in sets
@@ -220,11 +249,10 @@ def test_4_preemption_suspends_victim_and_resumes_from_checkpoint(cluster, op, n
     cluster.kubectl("delete", "rljob", "high", "-n", ns, "--wait=true", timeout=60)
     low = wait_phase(cluster, "low", ns, "Running", timeout=120)
     assert low["status"]["resumeStep"] == 20
-    sts = get(cluster, "statefulset", "low-trainer", ns)
-    env = {
-        e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
+    trainer = get(cluster, "pod", "low-trainer-0", ns)
+    env = {e["name"]: e.get("value") for e in trainer["spec"]["containers"][0]["env"]}
     assert env["RLPOST_RESUME_STEP"] == "20"
+    assert trainer["metadata"]["annotations"]["rlpost.dev/resume-step"] == "20"
     assert get(cluster, "configmap", "low-config", ns)["data"]["resume-step"] == "20"
     assert "rlpost_job_evictions_total 1.0" in op.metrics_text()
 
@@ -333,6 +361,44 @@ def test_6_trainer_failure_restarts_then_fails_past_max_restarts(cluster, op, na
     assert cond(wl, "Finished")["reason"] == "Failed"
     wait(cluster, "gang stopped", lambda: not pods_of(cluster, "fl", ns), 60)
     assert "rlpost_job_restarts_total 1.0" in op.metrics_text()
+
+
+def test_6a_ended_engine_pod_is_recreated_and_the_gang_goes_on(cluster, op, namespace):
+    """No controller replaces the operator's own pods: an engine pod that ended (here Failed,
+    as an eviction leaves it) is deleted by the operator with a PodRecreated Event and created
+    again under the same name; the gang is not restarted."""
+    ns = namespace
+    submit(cluster, job_doc("eng", ns))
+    wait_phase(cluster, "eng", ns, "Running", timeout=120)
+    old = get(cluster, "pod", "eng-rollout-1", ns)["metadata"]["uid"]
+    others = {
+        p["metadata"]["name"]: p["metadata"]["uid"]
+        for p in pods_of(cluster, "eng", ns)
+        if p["metadata"]["name"] != "eng-rollout-1"
+    }
+    fail_pod(cluster, ns, "eng-rollout-1")
+
+    def recreated():
+        p = maybe(cluster, "pod", "eng-rollout-1", ns)
+        return p and p["metadata"]["uid"] != old and "deletionTimestamp" not in p["metadata"] and p
+
+    pod = wait(cluster, "eng-rollout-1 created again", recreated, 60)
+    assert pod["metadata"]["labels"]["rlpost.dev/pod-index"] == "1"
+    assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("eng-rollout-1", "eng-rollout")
+    assert pod["metadata"]["labels"]["rlpost.dev/attempt"] == "0"  # the same gang
+    job = wait_phase(cluster, "eng", ns, "Running", timeout=60)
+    assert not job["status"].get("restarts")
+    assert job["status"]["roleRestarts"] == {"rollout": 1}
+    # the rest of the gang was left running: the same pods
+    now = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(cluster, "eng", ns)}
+    assert {n: u for n, u in now.items() if n != "eng-rollout-1"} == others
+    evs = json.loads(
+        cluster.kubectl(
+            "get", "events", "-n", ns, "--field-selector", "involvedObject.name=eng", "-o", "json"
+        ).stdout
+    )["items"]
+    (ev,) = [e for e in evs if e["reason"] == "PodRecreated"]
+    assert ev["type"] == "Warning" and "eng-rollout-1" in ev["message"], ev
 
 
 def test_6b_done_succeeds_finishes_workload_and_ttl_removes_children(cluster, op, namespace):

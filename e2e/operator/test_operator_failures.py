@@ -57,7 +57,7 @@ def events_for(cluster, ns, name) -> list[dict]:
 
 
 def children(cluster, ns, name) -> list[str]:
-    kinds = "statefulsets,deployments,pods,services,configmaps,secrets,roles,networkpolicies"
+    kinds = "pods,services,configmaps,secrets,roles,networkpolicies"
     objs = items(cluster, kinds, ns, f"app.kubernetes.io/instance={name}")
     return [f"{o['kind']}/{o['metadata']['name']}" for o in objs]
 
@@ -68,10 +68,16 @@ def writes_over(op, seconds: float) -> float:
     return op.writes() - before
 
 
-def deny_statefulsets(cluster, ns) -> str:
-    """A ValidatingAdmissionPolicy that refuses StatefulSets in `ns` (a platform policy the
+TRAINER_POD = (
+    "has(object.metadata.labels) && 'rlpost.dev/role' in object.metadata.labels && "
+    "object.metadata.labels['rlpost.dev/role'] == 'trainer'"
+)
+
+
+def deny_trainer_pods(cluster, ns) -> str:
+    """A ValidatingAdmissionPolicy that refuses trainer pods in `ns` (a platform policy the
     job's children run into: the API server answers 422 with the policy's message)."""
-    name = f"deny-sts-{ns}"
+    name = f"deny-trainer-{ns}"
     cluster.apply(
         [
             {
@@ -83,17 +89,18 @@ def deny_statefulsets(cluster, ns) -> str:
                     "matchConstraints": {
                         "resourceRules": [
                             {
-                                "apiGroups": ["apps"],
+                                "apiGroups": [""],
                                 "apiVersions": ["v1"],
                                 "operations": ["CREATE", "UPDATE"],
-                                "resources": ["statefulsets"],
+                                "resources": ["pods"],
                             }
                         ]
                     },
+                    "matchConditions": [{"name": "trainer-pods", "expression": TRAINER_POD}],
                     "validations": [
                         {
                             "expression": "false",
-                            "message": "StatefulSets are not allowed in this namespace",
+                            "message": "trainer pods are not allowed in this namespace",
                             "reason": "Invalid",
                         }
                     ],
@@ -114,17 +121,10 @@ def deny_statefulsets(cluster, ns) -> str:
         ]
     )
     probe = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": "probe", "namespace": ns},
-        "spec": {
-            "serviceName": "probe",
-            "selector": {"matchLabels": {"a": "b"}},
-            "template": {
-                "metadata": {"labels": {"a": "b"}},
-                "spec": {"containers": [{"name": "c", "image": "x"}]},
-            },
-        },
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe", "namespace": ns, "labels": {"rlpost.dev/role": "trainer"}},
+        "spec": {"containers": [{"name": "c", "image": "x"}]},
     }
 
     def denied():
@@ -142,7 +142,7 @@ def deny_statefulsets(cluster, ns) -> str:
 
 def test_child_refused_by_the_api_server_fails_the_job_and_returns_quota(cluster, op, namespace):
     ns = namespace
-    policy = deny_statefulsets(cluster, ns)
+    policy = deny_trainer_pods(cluster, ns)
     try:
         assert gpu_reserved(cluster, ns) == 0
         submit(cluster, job_doc("refused", ns))
@@ -155,8 +155,9 @@ def test_child_refused_by_the_api_server_fails_the_job_and_returns_quota(cluster
         job = wait_phase(cluster, "refused", ns, "Failed", timeout=30)
         failed = cond(job, "Failed")
         assert failed["reason"] == "ChildRejected", failed
-        assert "StatefulSet refused-trainer" in failed["message"]
-        assert "StatefulSets are not allowed in this namespace" in failed["message"]
+        # the gang is the operator's own pods: the refusal names the trainer pod itself
+        assert re.search(r"refused Pod refused-trainer-[01] \(HTTP 422\)", failed["message"])
+        assert "trainer pods are not allowed in this namespace" in failed["message"]
         assert "waits for Kueue" not in json.dumps(job["status"])
         evs = [e for e in events_for(cluster, ns, "refused") if e["reason"] == "ChildRejected"]
         assert evs and evs[0]["type"] == "Warning" and "not allowed" in evs[0]["message"]
@@ -172,7 +173,7 @@ def test_child_refused_by_the_api_server_fails_the_job_and_returns_quota(cluster
         wait(cluster, "children removed", lambda: not children(cluster, ns, "refused"), 30)
         # no hot loop: a failed job is quiet
         assert writes_over(op, 60) == 0, op.metrics_text()
-        assert 'rlpost_child_writes_refused_total{kind="StatefulSet",retryable="False"}' in (
+        assert 'rlpost_child_writes_refused_total{kind="Pod",retryable="False"}' in (
             op.metrics_text()
         )
     finally:
@@ -216,7 +217,10 @@ def test_what_can_be_known_is_refused_before_admission(cluster, op, namespace):
     )
     # the longest allowed name runs
     wait_phase(cluster, ok, ns, "Running", timeout=120)
-    assert get(cluster, "statefulset", f"{ok}-trainer", ns)
+    # its longest child name, a pod's name and hostname, is a DNS label (at most 63)
+    trainer = get(cluster, "pod", f"{ok}-trainer-0", ns)
+    assert trainer["spec"]["hostname"] == f"{ok}-trainer-0"
+    assert trainer["spec"]["subdomain"] == f"{ok}-trainer"
     for name in says:
         assert not children(cluster, ns, name), name
     assert [w["metadata"]["name"] for w in workloads(cluster, ns)] == [f"rlposttrainjob-{ok}"]

@@ -39,9 +39,10 @@ def test_pool_without_cpu_quota_keeps_the_whole_job_queued_then_all_is_admitted(
     sets = {ps["name"]: ps["count"] for ps in wl["spec"]["podSets"]}
     assert sets == {"trainer": 2, "rollout": 2, "router": 1, "buffer": 1, "reward-pool": 3}
     assert "admission" not in (wl.get("status") or {})
-    # No partial start: not a pod, not a Deployment of any group, the pool's included.
+    # No partial start: not a pod of any podSet, the pool's included (the gang is pods the
+    # operator creates itself, nothing else).
     assert pods_of(cluster, "pool", ns) == []
-    assert items(cluster, "deployments", ns, "app.kubernetes.io/instance=pool") == []
+    assert items(cluster, "statefulsets,deployments", ns, "app.kubernetes.io/instance=pool") == []
 
     # The tenant's quota grows: the same Workload is admitted, every podSet at once.
     cluster.kubectl(
@@ -62,6 +63,8 @@ def test_pool_without_cpu_quota_keeps_the_whole_job_queued_then_all_is_admitted(
     ]
     nodes = sorted(p["metadata"]["labels"]["rlpost.dev/ray-node"] for p in pool)
     assert nodes == ["head", "worker", "worker"]
+    names = sorted(p["metadata"]["name"] for p in pool)
+    assert names == ["pool-ray-head", "pool-ray-worker-0", "pool-ray-worker-1"]
     for p in pool:
         assert p["status"]["phase"] == "Running"
         assert p["metadata"]["labels"]["kueue.x-k8s.io/podset"] == "reward-pool"

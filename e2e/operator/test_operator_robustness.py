@@ -102,6 +102,7 @@ def _counts(cluster, ns):
     out = {}
     for kind in (
         "workloads",
+        "pods",
         "statefulsets",
         "deployments",
         "services",
@@ -126,10 +127,21 @@ def test_8_kill_9_at_several_points_no_duplicates_no_orphans(cluster, op, namesp
     op.kill9()
     op.start()
     wait_phase(cluster, "k9", ns, "Running", timeout=120)
+    # the gang is the operator's own pods, each created once under its stable name (no
+    # StatefulSet or Deployment in between)
+    assert sorted(p["metadata"]["name"] for p in pods_of(cluster, "k9", ns)) == [
+        "k9-buffer",
+        "k9-rollout-0",
+        "k9-rollout-1",
+        "k9-router",
+        "k9-trainer-0",
+        "k9-trainer-1",
+    ]
     assert _counts(cluster, ns) == {
         "workloads": 1,
-        "statefulsets": 1,
-        "deployments": 2,
+        "pods": 6,
+        "statefulsets": 0,
+        "deployments": 0,
         "services": 4,
         "configmaps": 2,
         "secrets": 1,
@@ -223,7 +235,8 @@ def test_8_kill_9_at_several_points_no_duplicates_no_orphans(cluster, op, namesp
     assert wl["metadata"]["labels"]["app.kubernetes.io/instance"] == "k9"
     assert cond(wl, "Finished")["status"] == "True"
     assert not pods_of(cluster, "k9", ns)  # the finished gang stays stopped
-    assert _counts(cluster, ns)["workloads"] == 1 and _counts(cluster, ns)["statefulsets"] == 0
+    counts = _counts(cluster, ns)
+    assert counts["workloads"] == 1 and counts["pods"] == 0, counts
 
 
 def _versions(cluster, ns):

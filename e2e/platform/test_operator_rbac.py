@@ -62,8 +62,9 @@ def test_operator_on_the_sa_token_runs_a_job_through_kueue(cluster, platform, op
     cluster.wait_for(
         "the job Admitted/Running", lambda: phase(cluster, name, ns) in ("Admitted", "Running"), 90
     )
-    # The children the operator created with nothing but the chart's RBAC.
-    for kind in ("statefulset", "deployment", "service", "configmap", "secret",
+    # The children the operator created with nothing but the chart's RBAC (the gang is the
+    # operator's own pods: no StatefulSet or Deployment, no apps/* verbs in the chart).
+    for kind in ("pod", "service", "configmap", "secret",
                  "serviceaccount", "role", "rolebinding"):  # fmt: skip
         got = cluster.wait_for(
             f"the job's {kind}s",
@@ -74,8 +75,9 @@ def test_operator_on_the_sa_token_runs_a_job_through_kueue(cluster, platform, op
     # Kueue's flavor reached the pods: GPU pods land on the admitted GPU kind's nodes.
     job = cluster.get_json("rljob", name, "-n", ns)
     assert job["status"]["admission"]["clusterQueue"] == platform.a
-    sts = owned_by(cluster.get_json("statefulset", "-n", ns)["items"], name)[0]
-    node_sel = sts["spec"]["template"]["spec"].get("nodeSelector", {})
+    pods = owned_by(cluster.get_json("pod", "-n", ns)["items"], name)
+    (trainer,) = [p for p in pods if p["metadata"]["name"] == f"{name}-trainer-0"]
+    node_sel = trainer["spec"].get("nodeSelector", {})
     assert node_sel.get("rlpost.dev/gpu-kind") in ("a", "b"), node_sel
 
     # Nothing the operator asked for was refused (its own API counter, and its log).
@@ -132,4 +134,4 @@ def test_job_over_the_tenant_quota_stays_queued_with_kueues_reason(
         c["type"] == "Admitted" and c["status"] == "True"
         for c in wl.get("status", {}).get("conditions", [])
     )
-    assert not owned_by(cluster.get_json("statefulset", "-n", ns)["items"], name)
+    assert not owned_by(cluster.get_json("pod", "-n", ns)["items"], name)

@@ -91,26 +91,33 @@ def stored(obj: dict[str, Any], rv="1") -> dict[str, Any]:
     return obj
 
 
-def pod(name, role, attempt="0", ready=True, failed=False, exit_code=None, owner=True):
+def pod(name, role, attempt="0", ready=True, failed=False, exit_code=None):
+    """A live pod of job j's gang: the operator creates each one itself (owner: the job; an
+    indexed pod `<job>-<role>-<i>` carries its ordinal as rlpost.dev/pod-index)."""
     status = {"phase": "Failed" if failed else "Running"}
     status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
     if exit_code is not None:
         status["containerStatuses"] = [
             {"name": role, "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}
         ]
+    labels = {
+        "app.kubernetes.io/name": "rlpost",
+        "app.kubernetes.io/instance": "j",
+        "rlpost.dev/role": role,
+        "rlpost.dev/attempt": attempt,
+    }
+    index = name.rsplit("-", 1)[-1]
+    if index.isdigit():
+        labels["rlpost.dev/pod-index"] = index
+    owner = {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": "j", "uid": "uid-1"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
             "uid": f"u-{name}",
-            "labels": {
-                "app.kubernetes.io/name": "rlpost",
-                "app.kubernetes.io/instance": "j",
-                "rlpost.dev/role": role,
-                "rlpost.dev/attempt": attempt,
-            },
-            "ownerReferences": [{"kind": "StatefulSet"}] if owner else [],
+            "labels": labels,
+            "ownerReferences": [{**owner, "controller": True, "blockOwnerDeletion": True}],
         },
         "status": status,
     }

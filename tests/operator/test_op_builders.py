@@ -40,8 +40,15 @@ def test_colocated_requests_gpus_once():
     assert gpus(sets["worker"]) == "8" and sets["worker"]["count"] == 2
     total = sum(int(gpus(ps) or 0) * ps["count"] for ps in sets.values())
     assert total == 16
-    kinds = [o["kind"] for o in b.build_compute_children(REF, s, b.StartInfo())]
-    assert kinds == ["StatefulSet", "Deployment", "Pod"]  # no rollout Deployment
+    gang = b.build_compute_children(REF, s, b.StartInfo())
+    assert {o["kind"] for o in gang} == {"Pod"}
+    names = [o["metadata"]["name"] for o in gang]
+    assert names == ["j-worker-0", "j-worker-1", "j-router", "j-buffer"]  # no engine pods
+    # the pods the gang is made of are the pods Kueue counted, GPUs requested once
+    requested = sum(
+        int(o["spec"]["containers"][0]["resources"]["requests"].get(GPU, 0)) for o in gang
+    )
+    assert requested == total
 
 
 def test_priority_class_ref():
@@ -80,18 +87,30 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     )
     wl = admit(b.build_workload(REF, s, "q"))
     start = b.StartInfo(updates=b.podset_updates(wl, FLAVORS), resume_step=40, attempt=2)
-    objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s, start)}
-    sts = objs["j-trainer"]
-    assert sts["spec"]["podManagementPolicy"] == "Parallel"
-    assert sts["spec"]["serviceName"] == "j-trainer"
-    tmpl = sts["spec"]["template"]
-    assert tmpl["metadata"]["labels"]["kueue.x-k8s.io/podset"] == "trainer"
-    assert tmpl["metadata"]["labels"]["rlpost.dev/attempt"] == "2"
-    assert tmpl["spec"]["nodeSelector"] == {"rlpost.dev/gpu-kind": "a"}
-    c = tmpl["spec"]["containers"][0]
+    gang = b.build_compute_children(REF, s, start)
+    objs = {o["metadata"]["name"]: o for o in gang}
+    # one pod per trainer replica, made by the operator: each is its own stable identity
+    # (a StatefulSet pod's): hostname = name, subdomain = the headless Service, so
+    # j-trainer-0.j-trainer (MASTER_ADDR) resolves; its ordinal is the pod-index label
+    trainers = [o for o in gang if o["metadata"]["labels"]["rlpost.dev/role"] == "trainer"]
+    assert [o["metadata"]["name"] for o in trainers] == ["j-trainer-0", "j-trainer-1"]
+    svc = {x["metadata"]["name"]: x for x in b.build_services(REF, s)}["j-trainer"]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    for i, t in enumerate(trainers):
+        assert t["kind"] == "Pod" and t["spec"]["restartPolicy"] == "Always"
+        assert (t["spec"]["hostname"], t["spec"]["subdomain"]) == (f"j-trainer-{i}", "j-trainer")
+        assert t["metadata"]["labels"]["rlpost.dev/pod-index"] == str(i)
+        assert svc["spec"]["selector"].items() <= t["metadata"]["labels"].items()
+        assert t["metadata"]["ownerReferences"][0]["kind"] == "RLPostTrainJob"
+    t0 = objs["j-trainer-0"]
+    assert t0["metadata"]["labels"]["kueue.x-k8s.io/podset"] == "trainer"
+    assert t0["metadata"]["labels"]["rlpost.dev/attempt"] == "2"
+    assert t0["spec"]["nodeSelector"] == {"rlpost.dev/gpu-kind": "a"}
+    c = t0["spec"]["containers"][0]
     env = {e["name"]: e for e in c["env"]}
     assert env["MASTER_ADDR"]["value"] == "j-trainer-0.j-trainer"
-    assert "pod-index" in env["RLPOST_POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    index_ref = env["RLPOST_POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index_ref == "metadata.labels['rlpost.dev/pod-index']"
     # The gang (rlpost_trainer.ranks): pods x ranks per pod; the trainer's launcher gives each
     # rank its RANK/WORLD_SIZE/LOCAL_RANK, the pod sets none of them.
     assert (env["NNODES"]["value"], env["NPROC_PER_NODE"]["value"]) == ("2", "4")
@@ -104,9 +123,9 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["seccompProfile"]["type"] == "RuntimeDefault" and sc["runAsNonRoot"] is True
     # The uid the images create and own /var/lib/rlpost with (USER 10001 in each Dockerfile).
-    psc = tmpl["spec"]["securityContext"]
+    psc = t0["spec"]["securityContext"]
     assert (psc["runAsUser"], psc["runAsGroup"], psc["fsGroup"]) == (10001, 10001, 10001)
-    vols = {v["name"]: v for v in tmpl["spec"]["volumes"]}
+    vols = {v["name"]: v for v in t0["spec"]["volumes"]}
     assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
     assert vols["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     assert vols["data"]["persistentVolumeClaim"]["claimName"] == "datasets"
@@ -115,8 +134,10 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     assert env["RLPOST_STATE_DIR"]["value"] == "/checkpoints/runs/j/trainer"
     assert env["RLPOST_CHECKPOINT_DIR"]["value"] == "/checkpoints/runs/j/trainer/checkpoints"
     assert b.build_state_pvc(REF, s) is None  # the user's own PVC: none is created
-    rollout = objs["j-rollout"]["spec"]["template"]
-    assert rollout["spec"]["containers"][0]["resources"]["requests"][GPU] == "2"
+    engines = [objs[f"j-rollout-{i}"] for i in range(3)]
+    assert "j-rollout-3" not in objs  # spec.rollout.engines pods
+    for rollout in engines:
+        assert rollout["spec"]["containers"][0]["resources"]["requests"][GPU] == "2"
     buf = objs["j-buffer"]
     assert buf["kind"] == "Pod" and buf["metadata"]["labels"]["kueue.x-k8s.io/podset"] == "buffer"
     assert "nodeSelector" not in buf["spec"]
@@ -124,7 +145,10 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     other = b.build_compute_children(
         REF, s, b.StartInfo(updates=start.updates, resume_step=50, attempt=2)
     )
-    assert other[0]["metadata"]["annotations"] != sts["metadata"]["annotations"]
+    assert other[0]["metadata"]["name"] == "j-trainer-0"
+    assert other[0]["metadata"]["annotations"] != t0["metadata"]["annotations"]
+    assert other[0]["metadata"]["annotations"]["rlpost.dev/resume-step"] == "50"
+    assert b.resume_step_of(other[0]) == 50 and b.resume_step_of(t0) == 40
 
 
 def test_role_is_least_privilege_and_config_renders_job():
@@ -161,8 +185,7 @@ def test_default_state_is_a_pvc_owned_by_the_job_mounted_where_state_is_kept():
     objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s2, b.StartInfo())}
 
     def pod(name):
-        o = objs[name]
-        return o["spec"]["template"]["spec"] if "template" in o["spec"] else o["spec"]
+        return objs[name]["spec"]
 
     def env(name):
         return {e["name"]: e.get("value") for e in pod(name)["containers"][0]["env"]}
@@ -175,12 +198,14 @@ def test_default_state_is_a_pvc_owned_by_the_job_mounted_where_state_is_kept():
         }
 
     # trainer and buffer keep state in the PVC (checkpoint.path is inside it, '/' ignored)
-    assert claims("j-trainer") == claims("j-buffer") == {"j-state"}
-    assert env("j-trainer")["RLPOST_STATE_DIR"] == "/state/runs/trainer"
-    assert env("j-trainer")["RLPOST_CHECKPOINT_DIR"] == "/state/runs/trainer/checkpoints"
+    for t in ("j-trainer-0", "j-trainer-1"):
+        assert claims(t) == claims("j-buffer") == {"j-state"}
+        assert env(t)["RLPOST_STATE_DIR"] == "/state/runs/trainer"
+        assert env(t)["RLPOST_CHECKPOINT_DIR"] == "/state/runs/trainer/checkpoints"
     assert env("j-buffer")["RLPOST_STATE_DIR"] == "/state/runs/buffer"
     # engines and router keep none (a ReadWriteOnce volume binds its users to one node)
-    assert claims("j-rollout") == claims("j-router") == set()
+    for e in ("j-rollout-0", "j-rollout-1", "j-rollout-2"):
+        assert claims(e) == claims("j-router") == set()
 
 
 def test_engines_wait_for_weights_behind_a_service_that_publishes_not_ready_pods():
@@ -190,11 +215,15 @@ def test_engines_wait_for_weights_behind_a_service_that_publishes_not_ready_pods
     assert svc["j-rollout"]["spec"]["publishNotReadyAddresses"] is True
     assert svc["j-router"]["spec"].get("publishNotReadyAddresses") is None
     objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s, b.StartInfo())}
-    eng = objs["j-rollout"]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e.get("value") for e in eng["env"]}
-    assert env["RLPOST_WAIT_FOR_WEIGHTS"] == "1"
-    assert eng["readinessProbe"]["httpGet"]["path"] == "/health"
-    trainer = objs["j-trainer"]["spec"]["template"]["spec"]["containers"][0]
+    for i in range(3):
+        # each engine pod is reachable as j-rollout-<i>.j-rollout (the headless Service)
+        pod_spec = objs[f"j-rollout-{i}"]["spec"]
+        assert (pod_spec["hostname"], pod_spec["subdomain"]) == (f"j-rollout-{i}", "j-rollout")
+        eng = pod_spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in eng["env"]}
+        assert env["RLPOST_WAIT_FOR_WEIGHTS"] == "1"
+        assert eng["readinessProbe"]["httpGet"]["path"] == "/health"
+    trainer = objs["j-trainer-0"]["spec"]["containers"][0]
     tenv = {e["name"]: e.get("value") for e in trainer["env"]}
     assert tenv["RLPOST_ENGINE_SERVICE"] == "j-rollout:30000"
     assert "RLPOST_ENGINE_URLS" not in tenv
@@ -202,13 +231,14 @@ def test_engines_wait_for_weights_behind_a_service_that_publishes_not_ready_pods
     s2 = spec(model={"path": "m", "pvc": "models"}, rollout={"engines": 3, "gpusPerEngine": 2,
               "engine": "sglang"})  # fmt: skip
     objs2 = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s2, b.StartInfo())}
-    probe = objs2["j-rollout"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    probe = objs2["j-rollout-0"]["spec"]["containers"][0]["readinessProbe"]
     assert probe["exec"]["command"][:3] == ["python", "-m", "rlpost_rollout.ready"]
 
 
 def test_router_exposes_prometheus_metrics():
     objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, spec(), b.StartInfo())}
-    tmpl = objs["j-router"]["spec"]["template"]
+    tmpl = objs["j-router"]  # one router pod, the operator's own
+    assert tmpl["kind"] == "Pod" and tmpl["spec"]["restartPolicy"] == "Always"
     c = tmpl["spec"]["containers"][0]
     assert c["command"][-2:] == ["--prometheus-port", "29000"]
     assert {"name": "metrics", "containerPort": 29000} in c["ports"]

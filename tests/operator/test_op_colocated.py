@@ -44,17 +44,21 @@ def mounts_of(c: dict) -> dict:
 def test_worker_pod_runs_the_trainer_and_the_rollout_engine():
     s = spec()
     objs = children(s)
-    assert "j-rollout" not in objs and "j-trainer" not in objs
-    pod = objs["j-worker"]["spec"]["template"]["spec"]
+    # one worker pod (trainer.replicas 1), no engine or trainer pods of their own
+    assert sorted(objs) == ["j-buffer", "j-router", "j-worker-0"]
+    worker = objs["j-worker-0"]
+    assert (worker["spec"]["hostname"], worker["spec"]["subdomain"]) == ("j-worker-0", "j-worker")
+    assert worker["metadata"]["labels"]["rlpost.dev/pod-index"] == "0"
+    pod = worker["spec"]
     trainer, engine = pod["containers"]
     assert trainer["name"] == "worker" and engine["name"] == "engine"
     assert trainer["command"] == ["python", "-m", "rlpost_trainer"]
     assert trainer["image"] == s.trainer.image and engine["image"] == s.rollout.image
-    # The engine is the disaggregated rollout Deployment's engine: same command, same env.
+    # The engine is the disaggregated mode's engine pod's: same command, same env.
     disagg = api.RLPostTrainJobSpec.model_validate(
         job(rollout=CPU_COLOCATED["rollout"], trainer=CPU_COLOCATED["trainer"])["spec"]
     )
-    rollout = children(disagg)["j-rollout"]["spec"]["template"]["spec"]["containers"][0]
+    rollout = children(disagg)["j-rollout-0"]["spec"]["containers"][0]
     assert engine["command"] == rollout["command"]
     assert engine["readinessProbe"] == rollout["readinessProbe"]
     eenv = env_of(engine)
@@ -70,7 +74,7 @@ def test_worker_pod_runs_the_trainer_and_the_rollout_engine():
 
 
 def test_worker_containers_share_shm_and_the_ipc_dir_without_new_privileges():
-    pod = children(spec())["j-worker"]["spec"]["template"]["spec"]
+    pod = children(spec())["j-worker-0"]["spec"]
     trainer, engine = pod["containers"]
     vols = {v["name"]: v for v in pod["volumes"]}
     assert len(vols) == len(pod["volumes"])  # no volume twice
@@ -128,9 +132,9 @@ def test_router_finds_the_worker_pods_and_the_policy_lets_it_reach_them():
     wanted = dict(kv.split("=", 1) for kv in argv[i + 1 : i + 3])
     assert argv[argv.index("--service-discovery-port") + 1] == str(ENGINE_PORT)
     objs = children(s)
-    worker_labels = objs["j-worker"]["spec"]["template"]["metadata"]["labels"]
+    worker_labels = objs["j-worker-0"]["metadata"]["labels"]
     assert wanted.items() <= worker_labels.items()
-    router_labels = objs["j-router"]["spec"]["template"]["metadata"]["labels"]
+    router_labels = objs["j-router"]["metadata"]["labels"]
     buffer_labels = objs["j-buffer"]["metadata"]["labels"]
     assert not wanted.items() <= router_labels.items()
     assert not wanted.items() <= buffer_labels.items()

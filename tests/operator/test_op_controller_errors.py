@@ -18,12 +18,12 @@ from rlpost import api
 
 REF = b.JobRef("j", "ns", "uid-1")
 REFUSAL = json.dumps(
-    {"kind": "Status", "message": 'StatefulSet.apps "j-trainer" is invalid: denied by policy'}
+    {"kind": "Status", "message": 'Pod "j-trainer-0" is invalid: denied by policy'}
 )
 
 
 class FakeKube:
-    """Stores what is written; refuses StatefulSet applies with `code`."""
+    """Stores what is written; refuses the apply of the first trainer pod with `code`."""
 
     def __init__(self, code: int):
         self.code = code
@@ -32,7 +32,7 @@ class FakeKube:
 
     def apply(self, obj, ns):
         self.writes.append(("apply", obj["kind"], obj["metadata"]["name"]))
-        if obj["kind"] == "StatefulSet":
+        if (obj["kind"], obj["metadata"]["name"]) == ("Pod", "j-trainer-0"):
             raise ApiError(self.code, REFUSAL)
         return stored(obj)
 
@@ -53,7 +53,9 @@ class FakeKube:
     def event(self, *args):
         self.writes.append(("event", args[2], ""))
 
-    def get(self, *args):
+    def get(self, kind, ns, name):
+        if kind == "Namespace":  # the job's namespace exists and is not being deleted
+            return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
         return None
 
     def list(self, *args):
@@ -79,12 +81,12 @@ async def test_non_retryable_refusal_writes_status_then_fails_the_job():
     ctl, kube = controller(422)
     key = ("ns", "j")
     delay = await ctl.reconcile(key)
-    # the status of the pass was written although the StatefulSet was refused
+    # the status of the pass was written although the trainer pod was refused
     assert kube.status["phase"] == "Admitted"
     assert "waits for Kueue" not in json.dumps(kube.status)
     assert delay == 0.05  # at once: the next pass decides
     (err,) = ctl.child_errors[key].values()
-    assert (err.kind, err.code, err.retryable) == ("StatefulSet", 422, False)
+    assert (err.kind, err.name, err.code, err.retryable) == ("Pod", "j-trainer-0", 422, False)
     assert err.message.endswith("denied by policy")
     job2 = copy.deepcopy(ctl.cache.jobs[key])
     job2["status"] = kube.status

@@ -26,9 +26,16 @@ def admitted_world():
     return j, wl, children
 
 
-def sts_hash(children):
-    sts = next(c for c in children if c["kind"] == "StatefulSet")
-    return p._annotation(sts, p.HASH_ANNOTATION)
+def pod_hash(children, name="j-trainer-0"):
+    live = next(c for c in children if c["kind"] == "Pod" and c["metadata"]["name"] == name)
+    return p._annotation(live, p.HASH_ANNOTATION)
+
+
+GANG = {
+    ("Pod", n)
+    for n in ("j-trainer-0", "j-trainer-1", "j-rollout-0", "j-rollout-1", "j-rollout-2")
+    + ("j-router", "j-buffer")
+}
 
 
 # ---------------------------------------------------------------------------- refused children
@@ -36,18 +43,18 @@ def sts_hash(children):
 
 def test_refused_child_fails_the_job_removes_everything_and_finishes_the_workload():
     j, wl, children = admitted_world()
-    err = p.ChildError("StatefulSet", "j-trainer", 422, "spec.template: Invalid value", None)
+    err = p.ChildError("Pod", "j-trainer-0", 422, "spec.containers: Invalid value", None)
     plan, j, children = settle(j, wl, children, child_errors=[err], now=T0)
     st = plan.status
     assert st["phase"] == "Failed"
     failed = conds(st)["Failed"]
     assert failed["reason"] == "ChildRejected"
     assert (
-        "refused StatefulSet j-trainer (HTTP 422): spec.template: Invalid value"
-        in (failed["message"])
+        "refused Pod j-trainer-0 (HTTP 422): spec.containers: Invalid value" in (failed["message"])
     )
     assert plan.events[0][:2] == ("Warning", "ChildRejected")
-    assert ("delete", "StatefulSet", "j-trainer") in verbs(plan)
+    # the whole gang goes: every pod the operator made, not only the refused one
+    assert {(a.kind, a.name) for a in plan.actions if a.verb == "delete"} >= GANG
     assert not [a for a in plan.actions if a.verb in ("apply", "create")]
     # next pass: Workload Finished (quota back) and nothing half-created is kept
     plan, j, children = settle(j, wl, children, child_errors=[err], now=T0)
@@ -62,14 +69,14 @@ def test_refused_child_fails_the_job_removes_everything_and_finishes_the_workloa
 
 def test_refusal_of_an_older_version_of_the_child_is_ignored():
     j, wl, children = admitted_world()
-    err = p.ChildError("StatefulSet", "j-trainer", 422, "old", "not-the-current-hash")
+    err = p.ChildError("Pod", "j-trainer-0", 422, "old", "not-the-current-hash")
     plan, _, _ = settle(j, wl, children, child_errors=[err], now=T0)
     assert plan.status["phase"] == "Admitted"
 
 
 def test_retryable_refusal_shows_as_a_condition_and_keeps_applying():
     j, wl, children = admitted_world()
-    err = p.ChildError("StatefulSet", "j-trainer", 503, "etcd leader changed", sts_hash(children))
+    err = p.ChildError("Pod", "j-trainer-0", 503, "etcd leader changed", pod_hash(children))
     plan, j, children = settle(j, wl, children, child_errors=[err], now=T0)
     c = conds(plan.status)["ChildrenApplied"]
     assert (c["status"], c["reason"]) == ("False", "Retrying") and "HTTP 503" in c["message"]
@@ -157,8 +164,8 @@ def gang_pods(unschedulable=True):
     pods.append(
         pending("j-trainer-1", "trainer", SCHED) if unschedulable else pod("j-trainer-1", "trainer")
     )
-    pods += [pod(f"r{i}", "rollout") for i in range(3)]
-    pods += [pod("router", "router"), pod("j-buffer", "buffer", owner=False)]
+    pods += [pod(f"j-rollout-{i}", "rollout") for i in range(3)]
+    pods += [pod("j-router", "router"), pod("j-buffer", "buffer")]
     return pods
 
 
@@ -181,7 +188,7 @@ def test_unschedulable_pod_reaches_the_condition_and_an_event_then_times_out():
     assert plan.step == "pods_ready_timeout"
     patch = next(a for a in plan.actions if a.verb == "patch" and a.kind == "Workload")
     assert patch.body == {"spec": {"active": False}}
-    assert ("delete", "StatefulSet", "j-trainer") in verbs(plan)
+    assert {(a.kind, a.name) for a in plan.actions if a.verb == "delete"} == GANG
     st = plan.status
     assert st["phase"] == "Suspended" and st["podsReadyRequeues"] == 1
     assert st["requeueAt"] == p.ts(late + timedelta(seconds=60))

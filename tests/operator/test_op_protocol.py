@@ -83,15 +83,18 @@ def test_admitted_starts_children_then_running_then_quiet():
     wl = admit(wl_for(j))
     plan, j, children = settle(j, wl)
     kinds = {(a.verb, a.kind) for a in plan.actions}
-    assert ("apply", "StatefulSet") in kinds and ("apply", "Pod") in kinds
     assert ("create", "Secret") in kinds and ("create", "ConfigMap") in kinds
     assert plan.status["phase"] == "Admitted" and plan.status["readyPods"] == "0/7"
-    sts = next(a.body for a in plan.actions if a.kind == "StatefulSet")
-    assert sts["spec"]["template"]["spec"]["nodeSelector"] == {"rlpost.dev/gpu-kind": "a"}
-    names = ["j-trainer-0", "j-trainer-1", "r0", "r1", "r2"]
+    # the gang is the operator's own pods, one apply each: no workload controller between
+    assert not kinds & {("apply", "StatefulSet"), ("apply", "Deployment")}
+    gang = {a.name: a.body for a in plan.actions if a.verb == "apply" and a.kind == "Pod"}
+    names = ["j-trainer-0", "j-trainer-1", "j-rollout-0", "j-rollout-1", "j-rollout-2"]
+    assert sorted(gang) == sorted([*names, "j-router", "j-buffer"])
+    for name in ("j-trainer-0", "j-trainer-1"):
+        assert gang[name]["spec"]["nodeSelector"] == {"rlpost.dev/gpu-kind": "a"}
     roles = ["trainer", "trainer", "rollout", "rollout", "rollout"]
     pods = [pod(n, r) for n, r in zip(names, roles, strict=True)]
-    pods += [pod("router", "router"), pod("j-buffer", "buffer", owner=False)]
+    pods += [pod("j-router", "router"), pod("j-buffer", "buffer")]
     plan, j, children = settle(j, wl, children, pods)
     # the Workload's PodsReady condition flips (what Kueue's waitForPodsReady reads)
     assert verbs(plan) == [("patch_status", "Workload", "rlposttrainjob-j")]
@@ -108,8 +111,8 @@ def running_world():
     wl = admit(wl_for(j))
     _, j, children = settle(j, wl)
     pods = [pod("j-trainer-0", "trainer"), pod("j-trainer-1", "trainer")]
-    pods += [pod(f"r{i}", "rollout") for i in range(3)]
-    pods += [pod("router", "router"), pod("j-buffer", "buffer", owner=False)]
+    pods += [pod(f"j-rollout-{i}", "rollout") for i in range(3)]
+    pods += [pod("j-router", "router"), pod("j-buffer", "buffer")]
     _, j, children = settle(j, wl, children, pods)
     assert j["status"]["phase"] == "Running"
     return j, wl, children, pods
@@ -121,9 +124,12 @@ def test_preemption_stops_then_clears_reservation_then_suspended():
     plan, j, children = settle(j, wl, children, pods)
     deleted = {(a.kind, a.name) for a in plan.actions if a.verb == "delete"}
     assert deleted == {
-        ("StatefulSet", "j-trainer"),
-        ("Deployment", "j-rollout"),
-        ("Deployment", "j-router"),
+        ("Pod", "j-trainer-0"),
+        ("Pod", "j-trainer-1"),
+        ("Pod", "j-rollout-0"),
+        ("Pod", "j-rollout-1"),
+        ("Pod", "j-rollout-2"),
+        ("Pod", "j-router"),
         ("Pod", "j-buffer"),
     }
     assert not any(a.verb == "patch_status" for a in plan.actions)  # pods still there
@@ -173,11 +179,14 @@ def test_resume_after_readmission_uses_last_checkpoint():
     assert j["status"]["rewardMean"] == 0.625
     wl2 = admit(wl_for(j), gpu_flavor="gpu-b")
     plan, j, children = settle(j, wl2, children, [])
-    sts = next(a.body for a in plan.actions if a.kind == "StatefulSet")
-    container = sts["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["RLPOST_RESUME_STEP"] == "30"
-    assert sts["spec"]["template"]["spec"]["tolerations"][0]["value"] == "b"
+    trainers = [a.body for a in plan.actions if a.kind == "Pod" and a.name.startswith("j-trainer-")]
+    assert len(trainers) == 2
+    for trainer in trainers:
+        container = trainer["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RLPOST_RESUME_STEP"] == "30"
+        assert trainer["metadata"]["annotations"]["rlpost.dev/resume-step"] == "30"
+        assert trainer["spec"]["tolerations"][0]["value"] == "b"
     cm = next(a.body for a in plan.actions if a.name == "j-config")
     assert cm["data"]["resume-step"] == "30"
     assert plan.status["resumeStep"] == 30
@@ -192,8 +201,9 @@ def test_trainer_failure_restarts_then_fails_past_max_restarts():
     assert plan.restarted and any(a.verb == "delete" for a in plan.actions)
     # old pods gone -> the gang comes back as attempt 1
     plan, j, children = settle(j, wl, children, [])
-    sts = next(a.body for a in plan.actions if a.kind == "StatefulSet")
-    assert sts["spec"]["template"]["metadata"]["labels"]["rlpost.dev/attempt"] == "1"
+    gang = [a.body for a in plan.actions if a.verb == "apply" and a.kind == "Pod"]
+    assert len(gang) == 7
+    assert {g["metadata"]["labels"]["rlpost.dev/attempt"] for g in gang} == {"1"}
     # a failure of the old attempt is not counted twice
     plan, j, children = settle(j, wl, children, [pod("j-trainer-0", "trainer", failed=True)])
     assert j["status"]["restarts"] == 1
@@ -325,12 +335,13 @@ def test_engine_router_buffer_failures_do_not_stop_the_gang_and_are_counted():
     # the same observation again: no new Event, no status write
     plan, j, children = settle(j, wl, children, pods)
     assert plan.events == [] and not plan.status_changed
-    # that engine pod is replaced by its Deployment (the operator saw it fail): still 1,
-    # then the router restarts twice
+    # that engine pod goes and the operator creates it again (same name, a new pod: the
+    # watch kept the old one's restarts): still 1, then the router restarts twice
     failed_engine = pods.pop(2)
-    pods.append(pod("r9", "rollout"))
-    pods[-2] = restarted(pods[-2], 2) if pods[-2]["metadata"]["name"] == "router" else pods[-2]
-    router = next(x for x in pods if x["metadata"]["name"] == "router")
+    again = pod("j-rollout-0", "rollout")
+    again["metadata"]["uid"] = "u-j-rollout-0-again"
+    pods.insert(2, again)
+    router = next(x for x in pods if x["metadata"]["name"] == "j-router")
     restarted(router, 2)
     plan, j, children = settle(j, wl, children, pods, failed_pods=[failed_engine])
     assert plan.status["roleRestarts"] == {"rollout": 1, "router": 2}
@@ -361,8 +372,11 @@ def test_failed_buffer_pod_is_recreated_with_its_volume():
     )
     live_buf["status"] = buf["status"]
     plan, j, children = settle(j, wl, children, pods)
-    assert ("delete", "Pod", "j-buffer") in verbs(plan)
-    assert not any(a.kind in ("StatefulSet", "Deployment") for a in plan.actions)
+    # only the buffer pod goes: the rest of the gang is left running
+    assert [v for v in verbs(plan) if v[0] in ("delete", "apply")] == [
+        ("delete", "Pod", "j-buffer")
+    ]
+    assert plan.status["phase"] == "Admitted" and not plan.restarted  # 6/7 Ready, no restart
     assert not any(a.kind == "PersistentVolumeClaim" and a.verb == "delete" for a in plan.actions)
     reasons = [e[1] for e in plan.events]
     assert "BufferRecreated" in reasons and "RoleRestarted" in reasons
@@ -370,8 +384,70 @@ def test_failed_buffer_pod_is_recreated_with_its_volume():
     # gone: the next pass creates it again, same volume
     pods = [x for x in pods if x["metadata"]["name"] != "j-buffer"]
     plan, j, children = settle(j, wl, children, pods, failed_pods=[buf])
-    new = next(a.body for a in plan.actions if a.kind == "Pod" and a.verb == "apply")
+    (new,) = [a.body for a in plan.actions if a.kind == "Pod" and a.verb == "apply"]
+    assert new["metadata"]["name"] == "j-buffer"
     claims = [v["persistentVolumeClaim"]["claimName"] for v in new["spec"]["volumes"]
               if "persistentVolumeClaim" in v]  # fmt: skip
     assert claims == ["j-state"]
     assert plan.status["roleRestarts"] == {"buffer": 1}  # counted once
+
+
+def test_ended_engine_pod_is_deleted_then_created_again_and_the_gang_goes_on():
+    """No controller replaces the operator's own pods: an engine pod that ended (evicted,
+    node lost) is deleted with a PodRecreated Event, and the next pass creates it again."""
+    j, wl, children, pods = running_world()
+    eng = next(x for x in pods if x["metadata"]["name"] == "j-rollout-1")
+    eng["status"] = {"phase": "Failed", "reason": "Evicted", "message": "node low on memory"}
+    plan, j, children = settle(j, wl, children, pods)
+    # that pod only: no training pod, engine, router or buffer is touched, no gang restart
+    assert [v for v in verbs(plan) if v[0] in ("delete", "apply")] == [
+        ("delete", "Pod", "j-rollout-1")
+    ]
+    assert plan.status["phase"] == "Admitted" and not plan.restarted  # 6/7 Ready, no restart
+    assert not plan.status.get("restarts")
+    recreated = [e for e in plan.events if e[1] == "PodRecreated"]
+    assert len(recreated) == 1 and recreated[0][0] == "Warning"
+    assert "node low on memory" in recreated[0][2] and "recreating it" in recreated[0][2]
+    assert "state volume" not in recreated[0][2]  # an engine keeps none
+    assert "BufferRecreated" not in [e[1] for e in plan.events]
+    assert plan.status["roleRestarts"] == {"rollout": 1}
+    # being deleted: not deleted twice, not applied over
+    gone = copy.deepcopy(eng)
+    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:01Z"
+    live = [gone if x is eng else x for x in pods]
+    dying = [*children, gone]  # settle dropped the deleted child; it is still terminating
+    plan, j, _ = settle(j, wl, dying, live)
+    assert not [v for v in verbs(plan) if v[0] in ("delete", "apply")]
+    # gone: the next pass creates the same pod again (same name, ordinal and spec)
+    pods = [x for x in pods if x is not eng]
+    plan, j, children = settle(j, wl, children, pods, failed_pods=[eng])
+    (again,) = [a.body for a in plan.actions if a.verb == "apply" and a.kind == "Pod"]
+    assert again["metadata"]["name"] == "j-rollout-1"
+    assert again["metadata"]["labels"]["rlpost.dev/pod-index"] == "1"
+    assert (again["spec"]["hostname"], again["spec"]["subdomain"]) == ("j-rollout-1", "j-rollout")
+    assert not any(a.verb == "delete" for a in plan.actions)
+    assert plan.status["phase"] == "Admitted" and not plan.restarted  # 6/7 Ready, no restart
+    assert plan.status["roleRestarts"] == {"rollout": 1}  # counted once
+    assert "PodRecreated" not in [e[1] for e in plan.events]
+
+
+def test_serving_pods_that_ended_together_are_recreated_under_one_event():
+    """A lost node ends several serving pods at once. The controller names a pass's Events
+    after the job's version and the reason (a retry posts the same name: one Event), so a
+    pass says PodRecreated once, naming every pod, or the second would be dropped."""
+    j, wl, children, pods = running_world()
+    lost = {"j-rollout-0", "j-rollout-2", "j-router"}
+    for x in pods:
+        if x["metadata"]["name"] in lost:
+            x["status"] = {"phase": "Failed", "reason": "NodeLost", "message": "node gone"}
+    plan, j, children = settle(j, wl, children, pods)
+    assert {v for v in verbs(plan) if v[0] in ("delete", "apply")} == {
+        ("delete", "Pod", name) for name in lost
+    }
+    assert not plan.restarted and not plan.status.get("restarts")
+    reasons = [e[1] for e in plan.events]
+    assert len(reasons) == len(set(reasons)), plan.events  # one Event per reason
+    (ev,) = [e for e in plan.events if e[1] == "PodRecreated"]
+    assert ev[0] == "Warning" and ev[2].endswith("; recreating them")
+    assert all(f"pod {name} failed (NodeLost" in ev[2] for name in lost), ev
+    assert plan.status["roleRestarts"] == {"rollout": 2, "router": 1}

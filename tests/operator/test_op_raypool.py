@@ -1,6 +1,7 @@
 """The reward pool in the cluster (spec.reward.pool.workers > 0): one more podSet of the job's
-Workload, a Ray head and worker Deployments, the head's Service, the buffer's address, and
-the protocol: admitted with the gang, stopped with it, its pod failures counted, not fatal."""
+Workload, a Ray head pod and worker pods (the operator's own), the head's Service, the
+buffer's address, and the protocol: admitted with the gang, stopped with it, its pod
+failures counted, not fatal (an ended pool pod is deleted and created again)."""
 
 from __future__ import annotations
 
@@ -45,33 +46,41 @@ def test_pool_is_one_podset_of_head_plus_workers_charged_to_cpu():
     # workers 0 (the default): no pool, no podSet, rewards in the buffer as before
     plain = b.build_workload(REF, spec(), "q")
     assert "reward-pool" not in [ps["name"] for ps in plain["spec"]["podSets"]]
-    assert b.build_pool_deployments(REF, spec(), b.StartInfo()) == []
+    assert b.build_pool_pods(REF, spec(), b.StartInfo()) == []
+    gang = b.build_compute_children(REF, spec(), b.StartInfo())
+    assert not [o for o in gang if o["metadata"]["labels"]["rlpost.dev/role"] == "reward-pool"]
     buffer = container(b.build_buffer_pod(REF, spec(), b.StartInfo()))
     assert "RLPOST_RAY_ADDRESS" not in env(buffer)
 
 
-def test_head_and_worker_deployments_request_what_the_podset_counted():
+def test_head_and_worker_pods_request_what_the_podset_counted():
     s = spec(reward=REWARD)
     start = b.StartInfo(attempt=2)
-    deps = {d["metadata"]["name"]: d for d in b.build_pool_deployments(REF, s, start)}
-    assert list(deps) == ["j-ray-head", "j-ray-worker"]
-    head, worker = deps["j-ray-head"], deps["j-ray-worker"]
-    assert head["spec"]["replicas"] == 1 and worker["spec"]["replicas"] == 2
+    deps = {d["metadata"]["name"]: d for d in b.build_pool_pods(REF, s, start)}
+    # one head pod and pool.workers worker pods: the podSet's count
+    assert list(deps) == ["j-ray-head", "j-ray-worker-0", "j-ray-worker-1"]
+    head, worker = deps["j-ray-head"], deps["j-ray-worker-0"]
     podset = next(
         ps for ps in b.build_workload(REF, s, "q")["spec"]["podSets"] if ps["name"] == "reward-pool"
     )
-    for d, node in ((head, "head"), (worker, "worker")):
-        assert d["kind"] == "Deployment" and d["spec"]["strategy"] == {"type": "Recreate"}
+    assert len(deps) == podset["count"]
+    gang = {o["metadata"]["name"] for o in b.build_compute_children(REF, s, start)}
+    assert set(deps) <= gang  # made with the gang
+    head_svc = b.build_pool_service(REF)["spec"]["selector"]
+    nodes = [(head, "head"), *((deps[f"j-ray-worker-{i}"], "worker") for i in range(2))]
+    for d, node in nodes:
+        assert d["kind"] == "Pod" and d["spec"]["restartPolicy"] == "Always"
+        assert d["spec"]["hostname"] == d["metadata"]["name"]
         assert container(d)["resources"] == container(podset["template"])["resources"]
-        labels = d["spec"]["template"]["metadata"]["labels"]
+        labels = d["metadata"]["labels"]
         assert labels["rlpost.dev/role"] == "reward-pool"
         assert labels["rlpost.dev/ray-node"] == node and labels["rlpost.dev/attempt"] == "2"
         assert labels["kueue.x-k8s.io/podset"] == "reward-pool"
-        # the selectors of the two Deployments do not overlap
-        assert d["spec"]["selector"]["matchLabels"]["rlpost.dev/ray-node"] == node
+        # the head's Service selects the head pod only, never a worker
+        assert (head_svc.items() <= labels.items()) == (node == "head")
         owner = d["metadata"]["ownerReferences"][0]
         assert owner["kind"] == "RLPostTrainJob" and owner["controller"] is True
-        pod_spec = d["spec"]["template"]["spec"]
+        pod_spec = d["spec"]
         assert pod_spec["securityContext"]["runAsUser"] == 10001
         assert pod_spec["securityContext"]["runAsNonRoot"] is True
         assert pod_spec["automountServiceAccountToken"] is False
@@ -99,8 +108,8 @@ def test_head_and_worker_deployments_request_what_the_podset_counted():
 
 def test_pool_image_and_cpu_quantities():
     s = spec(reward={**REWARD, "pool": {**POOL, "image": "registry.local/rewards:7"}})
-    deps = b.build_pool_deployments(REF, s, b.StartInfo())
-    assert {container(d)["image"] for d in deps} == {"registry.local/rewards:7"}
+    deps = b.build_pool_pods(REF, s, b.StartInfo())
+    assert len(deps) == 3 and {container(d)["image"] for d in deps} == {"registry.local/rewards:7"}
     assert raypool.cpu_quantity(1.0) == "1" and raypool.cpu_quantity(0.25) == "250m"
     s.reward.pool.cpus_per_worker = 0.5
     assert raypool.ray_cpus(s) == 1  # a fraction of a CPU still runs one task
@@ -134,8 +143,10 @@ def test_intra_job_policy_admits_buffer_to_head_and_head_to_workers():
     (rule,) = pol["spec"]["ingress"]
     peer = rule["from"][0]["podSelector"]["matchLabels"]
     assert "ports" not in rule  # Ray's raylets and workers use ports it picks itself
-    for d in b.build_pool_deployments(REF, spec(reward=REWARD), b.StartInfo()):
-        labels = d["spec"]["template"]["metadata"]["labels"]
+    deps = b.build_pool_pods(REF, spec(reward=REWARD), b.StartInfo())
+    assert len(deps) == 3
+    for d in deps:
+        labels = d["metadata"]["labels"]
         assert sel.items() <= labels.items() and peer.items() <= labels.items()
 
 
@@ -148,16 +159,16 @@ def pool_world():
     wl = admit(wl_for(j))
     plan, j, children = settle(j, wl)
     created = {(a.kind, a.name) for a in plan.actions if a.verb in ("apply", "create")}
-    assert {("Deployment", "j-ray-head"), ("Deployment", "j-ray-worker")} <= created
+    assert {("Pod", "j-ray-head"), ("Pod", "j-ray-worker-0"), ("Pod", "j-ray-worker-1")} <= created
     assert ("Service", "j-ray-head") in created
-    pods = [pod(f"t{i}", "trainer") for i in range(2)]
-    pods += [pod(f"r{i}", "rollout") for i in range(3)]
-    pods += [pod("router", "router"), pod("buffer", "buffer")]
-    pods += [pod("ray-head-x", "reward-pool"), pod("ray-w0", "reward-pool")]
+    pods = [pod(f"j-trainer-{i}", "trainer") for i in range(2)]
+    pods += [pod(f"j-rollout-{i}", "rollout") for i in range(3)]
+    pods += [pod("j-router", "router"), pod("j-buffer", "buffer")]
+    pods += [pod("j-ray-head", "reward-pool"), pod("j-ray-worker-0", "reward-pool")]
     plan, j, children = settle(j, wl, children, pods)
     assert plan.status["readyPods"] == "9/10"  # the pool's pods count in the gang
     assert plan.status["phase"] == "Admitted"
-    pods.append(pod("ray-w1", "reward-pool"))
+    pods.append(pod("j-ray-worker-1", "reward-pool"))
     plan, j, children = settle(j, wl, children, pods)
     assert plan.status["phase"] == "Running" and plan.status["readyPods"] == "10/10"
     return j, wl, children, pods
@@ -165,16 +176,35 @@ def pool_world():
 
 def test_pool_pods_are_admitted_with_the_gang_and_their_loss_does_not_stop_it():
     j, wl, children, pods = pool_world()
-    # a worker pod fails: its Deployment replaces it; counted, the gang goes on
-    failed = pods.pop()
-    failed = copy.deepcopy(failed)
-    failed["status"]["phase"] = "Failed"
-    pods.append(pod("ray-w2", "reward-pool"))
-    plan, j, children = settle(j, wl, children, pods, failed_pods=[failed])
-    assert not any(a.verb == "delete" for a in plan.actions)
-    assert plan.status["phase"] == "Running" and not plan.status.get("restarts")
+    # a worker pod fails: the operator deletes it (no controller replaces it); counted, the
+    # gang goes on
+    failed = pod("j-ray-worker-1", "reward-pool", ready=False, failed=True)
+    pods[-1] = failed
+    plan, j, children = settle(j, wl, children, pods)
+    assert [(a.verb, a.name) for a in plan.actions if a.verb in ("delete", "apply")] == [
+        ("delete", "j-ray-worker-1")
+    ]
+    assert plan.status["phase"] == "Admitted" and not plan.status.get("restarts")
+    assert not plan.restarted
     assert plan.status["roleRestarts"] == {"reward-pool": 1}
-    assert [e[1] for e in plan.events] == ["RoleRestarted"]
+    assert sorted(e[1] for e in plan.events if e[0] == "Warning") == [
+        "PodRecreated",
+        "RoleRestarted",
+    ]
+    # gone: the next pass creates it again; counted once
+    pods.pop()
+    plan, j, children = settle(j, wl, children, pods, failed_pods=[failed])
+    assert [(a.verb, a.name) for a in plan.actions if a.verb in ("delete", "apply")] == [
+        ("apply", "j-ray-worker-1")
+    ]
+    assert plan.status["roleRestarts"] == {"reward-pool": 1}
+    assert "RoleRestarted" not in [e[1] for e in plan.events]
+    pods.append(pod("j-ray-worker-1", "reward-pool"))
+    pods[-1]["metadata"]["uid"] = "u-j-ray-worker-1-again"
+    plan, j, children = settle(j, wl, children, pods, failed_pods=[failed])
+    assert plan.status["phase"] == "Running" and plan.status["readyPods"] == "10/10"
+    assert not [a for a in plan.actions if a.verb in ("delete", "apply")]
+    assert plan.status["roleRestarts"] == {"reward-pool": 1}
 
 
 def test_pool_is_stopped_with_the_gang_on_eviction():
@@ -185,5 +215,6 @@ def test_pool_is_stopped_with_the_gang_on_eviction():
     )
     plan, _, _ = settle(j, wl, children, pods)
     deleted = {(a.kind, a.name) for a in plan.actions if a.verb == "delete"}
-    assert {("Deployment", "j-ray-head"), ("Deployment", "j-ray-worker")} <= deleted
-    assert ("Deployment", "j-rollout") in deleted
+    pool = {("Pod", "j-ray-head"), ("Pod", "j-ray-worker-0"), ("Pod", "j-ray-worker-1")}
+    assert pool <= deleted
+    assert {("Pod", "j-trainer-0"), ("Pod", "j-rollout-0"), ("Pod", "j-buffer")} <= deleted

@@ -57,8 +57,20 @@ def test_name_limits_match_the_longest_child_name():
     long = "a" * (api.MAX_JOB_NAME + 1)
     (err,) = v.name_errors(long)
     assert f"at most {api.MAX_JOB_NAME}" in err and "shorter name" in err
-    # the trainer StatefulSet's controller-revision-hash label: <sts>-<10 chars> <= 63
-    assert len(b.names("a" * api.MAX_JOB_NAME)["trainer"]) + 11 <= 63
+    # each pod's name is its hostname (a DNS label: at most 63 characters); the longest is
+    # an indexed pod's <job>-<role>-<i>, i < 1024 (the spec's limit on replicas, engines and
+    # pool workers): a pool worker's <job>-ray-worker-1023
+    longest = b.names("a" * api.MAX_JOB_NAME)
+    for role in ("trainer", "worker", "rollout", "ray-worker"):
+        assert len(f"{longest[role]}-1023") <= 63, role
+    assert all(len(n) <= 63 for n in longest.values())
+    ref = b.JobRef("a" * api.MAX_JOB_NAME, "ns", "uid-1")
+    pool = {"type": "custom", "function": "m:f", "pool": {"workers": 2}}
+    for s in (spec(reward=pool), spec(mode="colocated", trainer={"replicas": 2})):
+        for pod in b.build_compute_children(ref, s, b.StartInfo()):
+            assert pod["spec"]["hostname"] == pod["metadata"]["name"]
+            assert len(pod["metadata"]["name"]) <= 63
+            assert len(pod["spec"].get("subdomain", "")) <= 63
     assert v.name_errors("1job") and v.name_errors("Job") and v.name_errors("a.b")
 
 
