@@ -12,6 +12,7 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 ROLE_LABEL = "rlpost.dev/role"
 ATTEMPT_LABEL = "rlpost.dev/attempt"
+POD_INDEX_LABEL = "rlpost.dev/pod-index"  # an indexed pod's ordinal (trainer rank group, engine)
 APP = "rlpost"
 
 # Annotations the operator reads back (compare before apply; the resume step of a start).

@@ -1,16 +1,20 @@
-"""Cache, work queue and plan executor; the kopf handlers only feed them.
+"""Work queue and plan executor; the kopf handlers only feed them.
 
 kopf watches the job kind and every child kind (raw `on.event` handlers: no progress
-annotations, no finalizers, no posted events — nothing kopf writes). Each event updates an
-in-memory cache and enqueues the owning job; workers run `protocol.reconcile` on a cache
-snapshot and execute the Plan. A pass whose Plan is empty writes nothing, which is what
-keeps an idle cluster free of operator writes.
+annotations, no finalizers, no posted events — nothing kopf writes). Each event updates the
+in-memory cache (cache.py) and enqueues the owning job; workers run `protocol.reconcile` on
+a cache snapshot and execute the Plan. A pass whose Plan is empty writes nothing, which is
+what keeps an idle cluster free of operator writes.
+
+The queue has two levels: a job that has no Workload yet goes ahead of every other pass
+(its pass is small, and Kueue cannot admit what it has not seen), so a burst of new jobs is
+queued in Kueue before the operator spends its writes on children. A namespace the API
+server says is terminating is left alone: no pass, no retry, no write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import hashlib
 import logging
@@ -25,16 +29,19 @@ from rlpost import api
 
 from . import builders as b
 from . import metrics, protocol, validation
+from .cache import Cache, Key
 from .constants import (
     APP,
     HASH_ANNOTATION,
     INSTANCE_LABEL,
     NAME_LABEL,
-    ROLE_LABEL,
 )
 from .kube import ApiError, Kube
 
 log = logging.getLogger("rlpost.operator")
+
+# How long a namespace's "not being deleted" answer is trusted before a pass writes.
+NAMESPACE_CHECK_S = 0.5
 
 CHILD_KINDS = {
     # kind: (group, version, plural)
@@ -44,143 +51,11 @@ CHILD_KINDS = {
     "Secret": ("", "v1", "secrets"),
     "Service": ("", "v1", "services"),
     "ServiceAccount": ("", "v1", "serviceaccounts"),
-    "StatefulSet": ("apps", "v1", "statefulsets"),
-    "Deployment": ("apps", "v1", "deployments"),
     "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
 }
-
-Key = tuple[str, str]  # (namespace, job name)
-
-
-def _rv(obj: dict[str, Any]) -> int | None:
-    try:
-        return int(obj["metadata"]["resourceVersion"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _strip(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    obj = dict(obj)
-    obj.setdefault("kind", kind)
-    if kind == "Secret":  # the token never sits in the operator's memory beyond a write
-        obj.pop("data", None)
-        obj.pop("stringData", None)
-    meta = dict(obj.get("metadata") or {})
-    meta.pop("managedFields", None)
-    obj["metadata"] = meta
-    return obj
-
-
-class Cache:
-    def __init__(self) -> None:
-        self.jobs: dict[Key, dict[str, Any]] = {}
-        self.objs: dict[Key, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
-        self.failed: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
-        self.flavors: dict[str, dict[str, Any]] = {}
-        # Deleted uids never come back (a LIST answered before a DELETED event was handled
-        # must not resurrect the object), and entries only the startup LIST has seen are
-        # dropped unless a watch confirms them (deleted between that LIST and the watch's).
-        self.gone: set[str] = set()
-        self.unconfirmed: set[tuple[str, str, str, str]] = set()
-
-    def _uid_gone(self, obj: dict[str, Any]) -> bool:
-        return obj["metadata"].get("uid") in self.gone
-
-    def _mark(self, slot: tuple[str, str, str, str], listed: bool) -> None:
-        if listed:
-            self.unconfirmed.add(slot)
-        else:
-            self.unconfirmed.discard(slot)
-
-    def expire_unconfirmed(self) -> set[Key]:
-        keys: set[Key] = set()
-        for kind, ns, name, job in self.unconfirmed:
-            if kind == api.KIND:
-                if self.jobs.pop((ns, name), None) is not None:
-                    keys.add((ns, name))
-            elif self.objs.get((ns, job), {}).pop((kind, name), None) is not None:
-                keys.add((ns, job))
-        self.unconfirmed.clear()
-        return keys
-
-    @staticmethod
-    def _newer(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-        a, c = _rv(old) if old else None, _rv(new)
-        return a is None or c is None or c >= a
-
-    def put_job(self, obj: dict[str, Any], listed: bool = False) -> None:
-        if self._uid_gone(obj):
-            return
-        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-        self._mark((api.KIND, key[0], key[1], key[1]), listed)
-        if self._newer(self.jobs.get(key), obj):
-            self.jobs[key] = _strip(api.KIND, obj)
-
-    def drop_job(self, obj: dict[str, Any]) -> None:
-        self.gone.add(obj["metadata"].get("uid"))
-        self.jobs.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
-
-    def put(self, kind: str, obj: dict[str, Any], listed: bool = False) -> Key | None:
-        job = protocol.job_of(obj)
-        if not job or self._uid_gone(obj):
-            return None
-        key = (obj["metadata"]["namespace"], job)
-        slot = (kind, obj["metadata"]["name"])
-        self._mark((kind, key[0], slot[1], job), listed)
-        if self._newer(self.objs[key].get(slot), obj):
-            self.objs[key][slot] = _strip(kind, obj)
-        role = obj["metadata"].get("labels", {}).get(ROLE_LABEL)
-        # A failed pod of the gang is remembered even after its controller deletes it
-        # (training pods: the gang restarts; others: counted in status.roleRestarts).
-        if kind == "Pod" and role in protocol.COMPUTE_ROLES and protocol.pod_failure(obj):
-            uid = obj["metadata"].get("uid", obj["metadata"]["name"])
-            self.failed[key][uid] = _strip(kind, obj)
-        return key
-
-    def drop(self, kind: str, obj: dict[str, Any]) -> Key | None:
-        job = protocol.job_of(obj)
-        if not job:
-            return None
-        key = (obj["metadata"]["namespace"], job)
-        self.gone.add(obj["metadata"].get("uid"))
-        cur = self.objs[key].get((kind, obj["metadata"]["name"]))
-        if cur is not None and cur["metadata"].get("uid") == obj["metadata"].get("uid"):
-            del self.objs[key][(kind, obj["metadata"]["name"])]
-        return key
-
-    def observed(self, key: Key) -> protocol.Observed:
-        job = copy.deepcopy(self.jobs[key])
-        objs = self.objs.get(key, {})
-        wl_name = b.names(key[1])["workload"]
-        workload = objs.get(("Workload", wl_name))
-        # Read-only for the protocol: no copies (the job and Workload are copied, as the
-        # protocol builds their new status from them).
-        children = [o for (k, _), o in objs.items() if k != "Workload"]
-        pods = [o for o in children if o.get("kind") == "Pod"]
-        live_uids = {p["metadata"].get("uid") for p in pods}
-        attempt = str((job.get("status") or {}).get("restarts") or 0)
-        tomb = self.failed.get(key, {})
-        failed_pods = []
-        for uid in list(tomb):
-            if tomb[uid]["metadata"].get("labels", {}).get("rlpost.dev/attempt") != attempt:
-                del tomb[uid]  # an older attempt: already handled
-            elif uid not in live_uids:
-                failed_pods.append(tomb[uid])
-        return protocol.Observed(
-            job=job,
-            workload=copy.deepcopy(workload) if workload else None,
-            children=children,
-            pods=pods,
-            failed_pods=failed_pods,
-            flavors=self.flavors,
-        )
-
-    def phases(self):
-        for (ns, _), job in list(self.jobs.items()):
-            yield ns, (job.get("status") or {}).get("phase") or "Pending"
 
 
 class Controller:
@@ -192,8 +67,13 @@ class Controller:
         self.namespaces = namespaces  # None: all namespaces
         self.cache = Cache()
         self.workers = workers
-        self.queue: asyncio.Queue[Key] | None = None
-        self.pending: set[Key] = set()
+        self.queue: asyncio.PriorityQueue[tuple[int, int, Key]] | None = None
+        self.pending: dict[Key, int] = {}  # key -> the priority it is queued at
+        self._seq = 0
+        # Namespaces the API server refused a write to as terminating: left alone.
+        self.terminating: set[str] = set()
+        self.terminating_since: dict[str, float] = {}
+        self._ns_checked: dict[str, tuple[float, bool]] = {}
         self.running: set[Key] = set()
         self.dirty: set[Key] = set()
         self.failures: dict[Key, int] = defaultdict(int)
@@ -211,8 +91,18 @@ class Controller:
         return await loop.run_in_executor(self.pool, functools.partial(fn, *args))
 
     # ------------------------------------------------------------------ queue
+    URGENT, NORMAL = 0, 1
+
+    def priority(self, key: Key) -> int:
+        """URGENT: a job whose Workload does not exist yet (its pass creates it)."""
+        if key in self.cache.jobs and ("Workload", b.names(key[1])["workload"]) not in (
+            self.cache.objs.get(key) or {}
+        ):
+            return self.URGENT
+        return self.NORMAL
+
     def enqueue(self, key: Key | None, delay: float = 0.0) -> None:
-        if key is None or self.queue is None:
+        if key is None or self.queue is None or key[0] in self.terminating:
             return
         if delay > 0:
             asyncio.get_running_loop().call_later(delay, self.enqueue, key)
@@ -220,13 +110,15 @@ class Controller:
         if key in self.running:
             self.dirty.add(key)
             return
-        if key in self.pending:
-            return
-        self.pending.add(key)
-        self.queue.put_nowait(key)
+        prio = self.priority(key)
+        if self.pending.get(key, self.NORMAL + 1) <= prio:
+            return  # already queued at this priority or ahead of it
+        self.pending[key] = prio
+        self._seq += 1
+        self.queue.put_nowait((prio, self._seq, key))
 
     async def run(self) -> None:
-        self.queue = asyncio.Queue()
+        self.queue = asyncio.PriorityQueue()
         await self.call(self.initial_sync)
         self.ready = True
         asyncio.get_running_loop().call_later(30.0, self._expire_unconfirmed)
@@ -253,13 +145,21 @@ class Controller:
     async def _worker(self) -> None:
         assert self.queue is not None
         while True:
-            key = await self.queue.get()
-            self.pending.discard(key)
+            prio, _, key = await self.queue.get()
+            if self.pending.get(key) != prio:
+                continue  # moved ahead since (queued again at a higher priority), or done
+            del self.pending[key]
+            if key[0] in self.terminating:
+                continue
             self.running.add(key)
             try:
                 delay = await self.reconcile(key)
                 self.failures.pop(key, None)
             except Exception as exc:  # retried with backoff; never crash the loop
+                if namespace_terminating(exc):
+                    self.leave_namespace(key[0])
+                    self.running.discard(key)
+                    continue
                 self.failures[key] += 1
                 delay = min(0.5 * 2 ** self.failures[key], 60.0)
                 if isinstance(exc, ApiError) and exc.status == 409:
@@ -275,6 +175,47 @@ class Controller:
                 self.enqueue(key)
             elif delay:
                 self.enqueue(key, delay)
+
+    def namespace_deleting(self, ns: str) -> bool:
+        """Whether the namespace has a deletion timestamp (or is gone): read before a pass
+        writes, at most every NAMESPACE_CHECK_S per namespace. A namespace being deleted is
+        left alone (its pods go away by the namespace controller; recreating them would be
+        refused). Without permission to read it (a tenant install grants `get` on the
+        watched namespaces only), the refusal of a write tells instead."""
+        at, deleting = self._ns_checked.get(ns, (0.0, False))
+        if time.monotonic() - at < NAMESPACE_CHECK_S:
+            return deleting
+        try:
+            obj = self.kube.get("Namespace", None, ns)
+            deleting = obj is None or bool(obj["metadata"].get("deletionTimestamp"))
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            deleting = False
+        self._ns_checked[ns] = (time.monotonic(), deleting)
+        return deleting
+
+    def leave_namespace(self, ns: str) -> None:
+        """The API server refused a write because the namespace is being deleted: stop
+        working on it (no pass, no retry), until a job is created there again."""
+        if ns not in self.terminating:
+            log.info("namespace terminating: leaving it alone", extra={"namespace": ns})
+        self.terminating.add(ns)
+        self.terminating_since[ns] = time.time()
+        for key in [k for k in self.failures if k[0] == ns]:
+            del self.failures[key]
+        self.child_errors = defaultdict(
+            dict, {k: v for k, v in self.child_errors.items() if k[0] != ns}
+        )
+
+    def job_created(self, job: dict[str, Any]) -> None:
+        """A job newer than the namespace's termination mark: the namespace is live again."""
+        ns = job["metadata"]["namespace"]
+        since = self.terminating_since.get(ns)
+        created = protocol.parse_ts(job["metadata"].get("creationTimestamp"))
+        if since is not None and created is not None and created.timestamp() > since:
+            self.terminating.discard(ns)
+            del self.terminating_since[ns]
 
     # ------------------------------------------------------------------ sync
     def initial_sync(self) -> None:
@@ -344,6 +285,8 @@ class Controller:
             for (kind, _), obj in list(self.cache.objs.get(key, {}).items()):
                 if kind == "Workload":
                     for action in protocol.orphan_workload_plan(obj):
+                        if await self.call(self.namespace_deleting, key[0]):
+                            raise NamespaceTerminating(key[0])
                         await self.execute_action(key, action)
             return None
         t0 = time.perf_counter()
@@ -367,6 +310,10 @@ class Controller:
         obs.child_errors = list(self.child_errors.get(key, {}).values())
         plan = protocol.reconcile(obs)
         self.reconciles += 1
+        if (plan.actions or plan.status_changed) and await self.call(
+            self.namespace_deleting, key[0]
+        ):
+            raise NamespaceTerminating(key[0])  # the worker leaves the namespace
         # Applies/creates of one pass are independent: issued together. Deletes and
         # patches keep their order.
         # Two waves: what pods reference (ServiceAccount, ConfigMaps, Secret) first.
@@ -394,6 +341,9 @@ class Controller:
         if plan.status_changed:
             await self.write_status(key, obs.job, plan)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
+        for e in refused:
+            if namespace_terminating(ApiError(e.code, e.message)):
+                raise ApiError(e.code, e.message)  # the worker leaves the namespace
         if refused:
             first = refused[0]
             log.warning(
@@ -518,25 +468,46 @@ class Controller:
             metrics.ADMISSION_WAIT.observe(max(plan.admission_wait, 0.0))
 
 
+class NamespaceTerminating(Exception):
+    """The namespace of a pass is being deleted: the pass writes nothing."""
+
+
+def namespace_terminating(exc: BaseException) -> bool:
+    """The namespace is being deleted: seen before a write (NamespaceTerminating), or a write
+    refused for it (403 "... because it is being terminated", 404 "namespaces ... not
+    found")."""
+    if isinstance(exc, NamespaceTerminating):
+        return True
+    if not isinstance(exc, ApiError):
+        return False
+    body = exc.body or ""
+    return (exc.status == 403 and "being terminated" in body) or (
+        exc.status == 404 and 'namespaces "' in body and "not found" in body
+    )
+
+
 # ---------------------------------------------------------------------------- kopf wiring
 
 
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     """Raw event handlers: cache + enqueue. They never write."""
 
+    # async: kopf runs a sync handler on a thread of its executor, one hop per event.
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
-    def job_event(event, **_):
+    async def job_event(event, **_):
         obj = event["object"]
         if event.get("type") == "DELETED":
             ctl.cache.drop_job(obj)
-        else:
-            ctl.cache.put_job(obj)
+        elif not ctl.cache.put_job(obj):
+            return  # nothing new (the echo of the operator's own status write)
+        elif ctl.terminating:
+            ctl.job_created(obj)
         if ctl.ready:
             ctl.enqueue((obj["metadata"]["namespace"], obj["metadata"]["name"]))
 
     for kind, (group, version, plural) in CHILD_KINDS.items():
 
-        def child_event(event, _kind=kind, **_):
+        async def child_event(event, _kind=kind, **_):
             obj = event["object"]
             if event.get("type") == "DELETED":
                 key = ctl.cache.drop(_kind, obj)

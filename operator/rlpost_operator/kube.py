@@ -48,8 +48,6 @@ KINDS: dict[str, Kind] = {
     "Pod": Kind("v1", "pods"),
     "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims"),
     "Event": Kind("v1", "events"),
-    "StatefulSet": Kind("apps/v1", "statefulsets"),
-    "Deployment": Kind("apps/v1", "deployments"),
     "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
@@ -57,6 +55,7 @@ KINDS: dict[str, Kind] = {
     "LocalQueue": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "localqueues"),
     "ClusterQueue": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "clusterqueues", False),
     "Node": Kind("v1", "nodes", False),
+    "Namespace": Kind("v1", "namespaces", False),
     "ResourceFlavor": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "resourceflavors", False),
     "WorkloadPriorityClass": Kind(
         f"{KUEUE_GROUP}/{KUEUE_VERSION}", "workloadpriorityclasses", False

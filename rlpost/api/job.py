@@ -78,10 +78,10 @@ class ObjectMeta(Model):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-# Child names are `<job>-<role>`; the longest label-limited one is the trainer
-# StatefulSet's `controller-revision-hash` label value `<job>-trainer-<10-char hash>` (a
-# label value: at most 63 characters), so a job name may have at most 44 characters. Child
-# Services are DNS-1035 labels: lowercase letters, digits and '-', starting with a letter.
+# Child names are `<job>-<role>`; a pod's name is also its hostname (a DNS label: at most 63
+# characters), the longest being a reward-pool worker's `<job>-ray-worker-<index>`, so a job
+# name may have at most 44 characters. Child Services are DNS-1035 labels: lowercase
+# letters, digits and '-', starting with a letter.
 MAX_JOB_NAME = 44
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 JOB_NAME_RULES = [

@@ -113,9 +113,13 @@ def test_namespace_scope_roles_in_each_watched_namespace_only():
         assert "secrets" not in rule["resources"] and "pods" not in rule["resources"]
     groups = {g for r in cr["rules"] for g in r["apiGroups"]}
     assert groups == {"kueue.x-k8s.io", "apiextensions.k8s.io", ""}
-    # The one core resource: nodes, read to check a job's per-pod GPUs before admission.
+    # Core resources: nodes, read to check a job's per-pod GPUs before admission; the
+    # watched namespaces themselves (by name, `get` only), read before a pass writes there
+    # so that a namespace being deleted is left alone.
     core = [r for r in cr["rules"] if r["apiGroups"] == [""]]
-    assert [r["resources"] for r in core] == [["nodes"]], core
+    assert [r["resources"] for r in core] == [["nodes"], ["namespaces"]], core
+    assert core[1]["verbs"] == ["get"]
+    assert core[1]["resourceNames"] == ["team-a", "team-a-dev"]
 
 
 def test_rbac_is_least_privilege():
@@ -144,8 +148,8 @@ def test_rbac_is_least_privilege():
             ("rlpost.dev", "rlposttrainjobs/status", "patch"),
             ("kueue.x-k8s.io", "workloads", "create"),
             ("kueue.x-k8s.io", "workloads/status", "patch"),
-            ("apps", "statefulsets", "create"),
-            ("apps", "deployments", "delete"),
+            ("", "pods", "create"),
+            ("", "pods", "delete"),
             ("", "pods", "list"),
             ("", "secrets", "create"),
             ("rbac.authorization.k8s.io", "roles", "create"),
@@ -153,6 +157,8 @@ def test_rbac_is_least_privilege():
             ("", "persistentvolumeclaims", "create"),
         ]:
             assert need in granted, need
+        # The gang is the operator's own pods: no workload controllers to write.
+        assert not any(g == "apps" for g, _, _ in granted)
         assert ("rlpost.dev", "rlposttrainjobs", "create") not in granted
         assert ("rlpost.dev", "rlposttrainjobs", "delete") not in granted
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlpost_operator.controller import Cache
+from rlpost_operator.cache import Cache
 
 
 def obj(kind, name, uid, rv, job="j"):

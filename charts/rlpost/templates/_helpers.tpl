@@ -69,12 +69,9 @@ ClusterRole in cluster-wide mode). Keep in step with operator/ (docs/CONTRACTS.m
 - apiGroups: [kueue.x-k8s.io]
   resources: [localqueues]
   verbs: [get, list, watch]
-# The job's children.
-- apiGroups: [apps]
-  resources: [statefulsets, deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
-# The buffer is a bare Pod (server-side applied, deleted on eviction); the other pods are
-# read (status, engine discovery). Never pods/exec, /attach, /portforward.
+# The job's children. The gang is pods the operator creates itself (no StatefulSets or
+# Deployments): server-side applied, deleted on eviction, restart or finish.
+# Never pods/exec, /attach, /portforward.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, patch, delete]

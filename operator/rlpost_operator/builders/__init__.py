@@ -7,7 +7,7 @@ resources Kueue counted are the resources the pods request.
 Modules: common (identity, names, labels, hashes, pod groups), security (securityContext),
 storage (volumes, mounts, state directory), pods (pod spec/template per role), network
 (Services, NetworkPolicy), static (ConfigMaps, Secret, ServiceAccount/RBAC), compute
-(StatefulSet, Deployments, buffer Pod), raypool (the reward pool's Ray head and worker pods),
+(the gang's pods, created directly), raypool (the reward pool's Ray head and worker pods),
 kueue (the Workload and admission facts).
 """
 
@@ -28,8 +28,10 @@ from .common import (
 from .compute import (
     build_buffer_pod,
     build_compute_children,
-    build_pool_deployments,
-    build_training_statefulset,
+    build_pod,
+    build_pool_pods,
+    build_training_pods,
+    resume_step_of,
 )
 from .kueue import build_workload, job_queue_label, missing_flavors, podset_updates
 from .network import build_network_policy, build_pool_service, build_services
@@ -69,7 +71,8 @@ __all__ = [
     "build_compute_children",
     "build_config_map",
     "build_network_policy",
-    "build_pool_deployments",
+    "build_pod",
+    "build_pool_pods",
     "build_pool_service",
     "build_progress_config_map",
     "build_role",
@@ -79,7 +82,7 @@ __all__ = [
     "build_state_pvc",
     "build_static_children",
     "build_token_secret",
-    "build_training_statefulset",
+    "build_training_pods",
     "build_workload",
     "checkpoint_dir",
     "expected_pods",
@@ -92,6 +95,7 @@ __all__ = [
     "pod_spec",
     "pod_template",
     "podset_updates",
+    "resume_step_of",
     "selector",
     "spec_hash",
     "state_dir",

@@ -1,5 +1,18 @@
-"""The gang's compute children: trainer/worker StatefulSet, engine and router
-Deployments, the buffer Pod. Created on admission, deleted on eviction/suspension/restart/finish."""
+"""The gang's pods, created by the operator itself (no StatefulSet, Deployment or ReplicaSet
+in between): trainer or worker pods `<job>-trainer-<i>`, engine pods `<job>-rollout-<i>`,
+`<job>-router`, `<job>-buffer`, and the reward pool's `<job>-ray-head` and
+`<job>-ray-worker-<i>`. Created on admission, deleted on eviction/suspension/restart/finish.
+
+Why pods and not workload controllers: each controller hop (Deployment -> ReplicaSet -> Pod,
+StatefulSet -> Pod) is a round of writes by kube-controller-manager under its client rate
+limit, and its status churn wakes the operator again (docs/benchmarks-operator.md). What the
+controllers gave is kept here:
+- stable identities: an indexed pod's name is also its hostname, and its `subdomain` is the
+  role's headless Service, so `<job>-trainer-0.<job>-trainer` resolves as a StatefulSet
+  pod's would (the rendezvous address); `rlpost.dev/pod-index` is its ordinal;
+- restarts: `restartPolicy: Always` (the kubelet restarts a container in place); a pod that
+  is gone or ended (evicted, node lost) is created again by the next pass (protocol/gang.py).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +21,7 @@ from typing import Any
 from rlpost import api
 
 from ..constants import (
-    ATTEMPT_LABEL,
-    RAY_NODE_LABEL,
+    POD_INDEX_LABEL,
     RESUME_ANNOTATION,
     ROLE_BUFFER,
     ROLE_POOL,
@@ -19,99 +31,84 @@ from ..constants import (
     ROLE_WORKER,
 )
 from . import raypool
-from .common import JobRef, StartInfo, names, object_meta, selector, with_hash
+from .common import JobRef, StartInfo, names, object_meta, with_hash
 from .pods import pod_template
 
 
-def build_training_statefulset(
-    ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo
-) -> dict[str, Any]:
-    role = ROLE_WORKER if spec.mode == api.Mode.COLOCATED else ROLE_TRAINER
-    name = names(ref.name)[role]
-    tmpl = pod_template(ref, spec, role, start)
-    meta = object_meta(ref, name, role)
-    if start.resume_step is not None:
-        meta["annotations"] = {RESUME_ANNOTATION: str(start.resume_step)}
-    meta["labels"][ATTEMPT_LABEL] = str(start.attempt)
-    return with_hash(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": meta,
-            "spec": {
-                "serviceName": name,
-                "replicas": spec.trainer.replicas,
-                "podManagementPolicy": "Parallel",
-                "selector": {"matchLabels": selector(ref.name, role)},
-                "template": tmpl,
-            },
-        }
-    )
-
-
-def _deployment(
+def build_pod(
     ref: JobRef,
     spec: api.RLPostTrainJobSpec,
     role: str,
-    replicas: int,
     start: StartInfo,
-    ray_node: str | None = None,
+    name: str,
+    index: int | None = None,
+    subdomain: str | None = None,
+    ray_node: str = raypool.WORKER,
 ) -> dict[str, Any]:
-    """`ray_node`: the pool's head or worker Deployment (role reward-pool)."""
-    name = names(ref.name)[f"ray-{ray_node}" if ray_node else role]
+    """One pod of a role: the podSet's template (what Kueue admitted) with the pod's own
+    name, hostname, ordinal and owner."""
+    tmpl = pod_template(ref, spec, role, start, ray_node)
     meta = object_meta(ref, name, role)
-    meta["labels"][ATTEMPT_LABEL] = str(start.attempt)
-    match = selector(ref.name, role)
-    if ray_node:
-        meta["labels"][RAY_NODE_LABEL] = ray_node
-        match[RAY_NODE_LABEL] = ray_node
-    return with_hash(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": meta,
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": match},
-                "strategy": {"type": "Recreate"},
-                "template": pod_template(ref, spec, role, start, ray_node or raypool.WORKER),
-            },
-        }
-    )
+    meta["labels"].update(tmpl["metadata"]["labels"])
+    if index is not None:
+        meta["labels"][POD_INDEX_LABEL] = str(index)
+    if tmpl["metadata"].get("annotations"):
+        meta["annotations"] = dict(tmpl["metadata"]["annotations"])
+    body = dict(tmpl["spec"])
+    body["restartPolicy"] = "Always"
+    body["hostname"] = name
+    if subdomain:
+        body["subdomain"] = subdomain
+    return with_hash({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": body})
 
 
-def build_pool_deployments(
+def _indexed(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, role: str, count: int, start: StartInfo
+) -> list[dict[str, Any]]:
+    base = names(ref.name)[role]
+    return [build_pod(ref, spec, role, start, f"{base}-{i}", i, base) for i in range(count)]
+
+
+def build_training_pods(
     ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo
 ) -> list[dict[str, Any]]:
-    """The reward pool: a head Deployment (1 pod) and a worker Deployment (`workers` pods),
-    or nothing (workers 0: rewards are scored in the buffer process)."""
+    role = ROLE_WORKER if spec.mode == api.Mode.COLOCATED else ROLE_TRAINER
+    return _indexed(ref, spec, role, spec.trainer.replicas, start)
+
+
+def build_pool_pods(
+    ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo
+) -> list[dict[str, Any]]:
+    """The reward pool: a head pod and `workers` worker pods, or nothing (workers 0: rewards
+    are scored in the buffer process)."""
     if not raypool.enabled(spec):
         return []
-    return [
-        _deployment(ref, spec, ROLE_POOL, 1, start, raypool.HEAD),
-        _deployment(ref, spec, ROLE_POOL, spec.reward.pool.workers, start, raypool.WORKER),
+    n = names(ref.name)
+    head = build_pod(ref, spec, ROLE_POOL, start, n["ray-head"], ray_node=raypool.HEAD)
+    workers = [
+        build_pod(ref, spec, ROLE_POOL, start, f"{n['ray-worker']}-{i}", i)
+        for i in range(spec.reward.pool.workers)
     ]
+    return [head, *workers]
 
 
 def build_buffer_pod(ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo) -> dict[str, Any]:
-    tmpl = pod_template(ref, spec, ROLE_BUFFER, start)
-    meta = object_meta(ref, names(ref.name)["buffer"], ROLE_BUFFER)
-    meta["labels"].update(tmpl["metadata"]["labels"])
-    if tmpl["metadata"].get("annotations"):
-        meta["annotations"] = dict(tmpl["metadata"]["annotations"])
-    pod_spec_ = dict(tmpl["spec"])
-    pod_spec_["restartPolicy"] = "Always"
-    pod_spec_["hostname"] = names(ref.name)["buffer"]
-    return with_hash({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec_})
+    return build_pod(ref, spec, ROLE_BUFFER, start, names(ref.name)["buffer"])
 
 
 def build_compute_children(
     ref: JobRef, spec: api.RLPostTrainJobSpec, start: StartInfo
 ) -> list[dict[str, Any]]:
-    """The gang: created on admission, deleted on eviction/suspension/restart/finish."""
-    out = [build_training_statefulset(ref, spec, start)]
+    """The gang's pods: created on admission, deleted on eviction/suspension/restart/finish."""
+    out = build_training_pods(ref, spec, start)
     if spec.mode == api.Mode.DISAGGREGATED:
-        out.append(_deployment(ref, spec, ROLE_ROLLOUT, spec.rollout.engines, start))
-    out.append(_deployment(ref, spec, ROLE_ROUTER, 1, start))
+        out += _indexed(ref, spec, ROLE_ROLLOUT, spec.rollout.engines, start)
+    out.append(build_pod(ref, spec, ROLE_ROUTER, start, names(ref.name)["router"]))
     out.append(build_buffer_pod(ref, spec, start))
-    return [*out, *build_pool_deployments(ref, spec, start)]
+    return [*out, *build_pool_pods(ref, spec, start)]
+
+
+def resume_step_of(pod: dict[str, Any]) -> int | None:
+    """The resume step a running gang's pod was started with (its annotation)."""
+    raw = (pod["metadata"].get("annotations") or {}).get(RESUME_ANNOTATION)
+    return int(raw) if raw else None

@@ -12,6 +12,7 @@ from ..constants import (
     ENGINE_PORT,
     GPU,
     MASTER_PORT,
+    POD_INDEX_LABEL,
     PODSET_LABEL,
     RAY_METRICS_PORT,
     RAY_NODE_LABEL,
@@ -186,9 +187,7 @@ def pod_spec(
             # this pod's ranks and gives each RANK/WORLD_SIZE/LOCAL_RANK (rlpost_trainer.ranks).
             {
                 "name": "RLPOST_POD_INDEX",
-                "valueFrom": {
-                    "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
-                },
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}},
             },
             {"name": "NNODES", "value": str(spec.trainer.replicas)},
             {"name": "NPROC_PER_NODE", "value": str(max(spec.trainer.gpus_per_pod, 1))},

@@ -9,10 +9,7 @@ from typing import Any
 from rlpost import api
 
 from .. import builders as b
-from ..constants import (
-    ROLE_BUFFER,
-    ROLE_LABEL,
-)
+from ..constants import ROLE_LABEL
 from .facts import (
     _label,
     _normal,
@@ -78,12 +75,11 @@ class PassBase:
         return self.by_kind_name.get((kind, name))
 
     def compute_objects(self) -> list[dict[str, Any]]:
+        """What stopping the gang deletes: its pods (the operator creates them directly)."""
         return [
             c
             for c in self.obs.children
-            if c.get("kind") in COMPUTE_KINDS
-            and _label(c, ROLE_LABEL) in COMPUTE_ROLES
-            and (c["kind"] != "Pod" or _label(c, ROLE_LABEL) == ROLE_BUFFER)
+            if c.get("kind") in COMPUTE_KINDS and _label(c, ROLE_LABEL) in COMPUTE_ROLES
         ]
 
     def compute_pods(self) -> list[dict[str, Any]]:

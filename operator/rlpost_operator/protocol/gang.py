@@ -15,7 +15,6 @@ from ..constants import (
     ATTEMPT_LABEL,
     GPU,
     HASH_ANNOTATION,
-    RESUME_ANNOTATION,
     ROLE_BUFFER,
     ROLE_LABEL,
     TRAINING_ROLES,
@@ -91,26 +90,44 @@ class GangSteps(PassBase):
         self.stop_gang("restart after a failure")
         return True
 
-    def replace_failed_buffer(self) -> None:
-        """The buffer is a bare Pod: no controller replaces it when it ends up Failed
-        (evicted, node lost). Delete it; the next pass creates it again, and its state
-        volume (the samples it accepted) is kept."""
-        pod = self.live("Pod", self.n["buffer"])
-        if pod is None or deleting(pod):
-            return
-        phase = (pod.get("status") or {}).get("phase")
-        if phase not in ("Failed", "Succeeded"):
-            return
-        why = pod_failure(pod) or f"pod {self.n['buffer']} is {phase}"
-        self.act("delete", "Pod", self.n["buffer"], why="buffer pod ended: recreate it")
-        self.plan.events.append(
-            ("Warning", "BufferRecreated", f"{why}; recreating it (its state volume is kept)")
-        )
+    def replace_ended_pods(self) -> None:
+        """The gang's pods are the operator's own: no controller replaces one that ended up
+        Failed or Succeeded (evicted, node lost; restartPolicy Always restarts containers,
+        not pods). A serving pod (engine, router, buffer, pool) that ended is deleted and the
+        next pass creates it again; the buffer's state volume (the samples it accepted) is
+        kept. A training pod that failed restarts the gang instead (`failures`).
+        One Event per reason and pass (the controller names a pass's Events by the job's
+        version and the reason: a second PodRecreated of the same pass would be dropped as a
+        duplicate), so pods that ended together (a lost node) share one."""
+        ended: list[str] = []
+        for pod in self.compute_pods():
+            role = _label(pod, ROLE_LABEL)
+            phase = (pod.get("status") or {}).get("phase")
+            if role not in SERVING_ROLES or deleting(pod) or phase not in ("Failed", "Succeeded"):
+                continue
+            name = pod["metadata"]["name"]
+            why = pod_failure(pod) or f"pod {name} is {phase}"
+            self.act("delete", "Pod", name, why=f"{role} pod ended: recreate it")
+            if role == ROLE_BUFFER:
+                self.plan.events.append(
+                    (
+                        "Warning",
+                        "BufferRecreated",
+                        f"{why}; recreating it (its state volume is kept)",
+                    )
+                )
+            else:
+                ended.append(why)
+        if ended:
+            them = "it" if len(ended) == 1 else "them"
+            self.plan.events.append(
+                ("Warning", "PodRecreated", f"{'; '.join(ended)}; recreating {them}")
+            )
 
     def role_restarts(self, attempt: int) -> bool:
-        """Engine, router and buffer pods restart without stopping the gang (their
-        Deployment or the kubelet restarts them; the operator recreates a Failed buffer
-        pod): count them per role in status.roleRestarts, one Warning Event per increase.
+        """Engine, router, buffer and pool pods restart without stopping the gang (the kubelet
+        restarts their containers; the operator recreates a pod that ended): count
+        them per role in status.roleRestarts, one Warning Event per increase.
         A role restarted more than failurePolicy.maxRestarts times fails the job with the
         pod's reason (True: the pass ends there)."""
         counts: dict[str, int] = {}
@@ -142,17 +159,15 @@ class GangSteps(PassBase):
             )
             self.fail("MaxRestartsExceeded", msg)
             return True
-        for role, n in new.items():
-            if n > int(old.get(role, 0)):
-                owner = "the operator" if role == ROLE_BUFFER else "its Deployment"
-                self.plan.events.append(
-                    (
-                        "Warning",
-                        "RoleRestarted",
-                        f"{why.get(role, f'a {role} pod restarted')}; restarted by the kubelet "
-                        f"or replaced by {owner}, training goes on ({role} restarts: {n})",
-                    )
-                )
+        # One Event for every role that restarted in this pass (see replace_ended_pods).
+        said = [
+            f"{why.get(role, f'a {role} pod restarted')}; restarted by the kubelet "
+            f"or replaced by the operator, training goes on ({role} restarts: {n})"
+            for role, n in new.items()
+            if n > int(old.get(role, 0))
+        ]
+        if said:
+            self.plan.events.append(("Warning", "RoleRestarted", "; ".join(said)))
 
     def spec_failure(self, attempt: str) -> bool:
         """A role that exited with INVALID_SPEC_EXIT_CODE found the spec unusable at start (a
@@ -288,7 +303,7 @@ class GangSteps(PassBase):
         # A previous attempt (or a spec that changed under running pods) goes first.
         stale = [
             o
-            for o in [*self.compute_objects(), *self.compute_pods()]
+            for o in self.compute_objects()
             if _label(o, ATTEMPT_LABEL) not in (None, str(attempt))
         ]
         if stale:
@@ -304,14 +319,14 @@ class GangSteps(PassBase):
             return self.finish()
         # The resume step is fixed when the gang starts: from the running gang, else the
         # last checkpoint the trainer reported.
-        sts = self.live("StatefulSet", self.n["trainer"]) or self.live(
-            "StatefulSet", self.n["worker"]
-        )
-        if sts is not None and not deleting(sts):
-            raw = _annotation(sts, RESUME_ANNOTATION)
-            resume = int(raw) if raw else None
-        else:
-            resume = self.st.get("lastCheckpointStep")
+        running = [
+            p
+            for p in self.compute_pods()
+            if _label(p, ROLE_LABEL) in TRAINING_ROLES
+            and _label(p, ATTEMPT_LABEL) == str(attempt)
+            and not deleting(p)
+        ]
+        resume = b.resume_step_of(running[0]) if running else self.st.get("lastCheckpointStep")
         self.st["resumeStep"] = resume
         start = b.StartInfo(
             updates=b.podset_updates(wl, self.obs.flavors), resume_step=resume, attempt=attempt
@@ -339,7 +354,7 @@ class GangSteps(PassBase):
         state_pvc = b.build_state_pvc(self.ref, self.spec)
         if state_pvc is not None:  # kept across restarts and suspensions; goes with the job
             self.ensure_once(state_pvc, "state volume")
-        self.replace_failed_buffer()
+        self.replace_ended_pods()
         for obj in compute:
             self.ensure(obj, "gang")
         if self.role_restarts(attempt):

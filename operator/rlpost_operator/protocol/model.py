@@ -19,10 +19,10 @@ from ..constants import (
     TRAINING_ROLES,
 )
 
-COMPUTE_KINDS = ("StatefulSet", "Deployment", "Pod")
+COMPUTE_KINDS = ("Pod",)  # the gang is pods the operator creates (builders/compute.py)
 COMPUTE_ROLES = (*TRAINING_ROLES, ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER, ROLE_POOL)
 # Roles whose pod failures do not restart the gang (replaced one by one; the loop goes on).
-# A reward-pool pod is replaced by its Deployment; Ray re-runs the tasks it held.
+# A reward-pool pod is replaced by the operator; Ray re-runs the tasks it held.
 SERVING_ROLES = (ROLE_ROLLOUT, ROLE_ROUTER, ROLE_BUFFER, ROLE_POOL)
 CONDITION_TYPES = ("Queued", "Admitted", "Running", "Suspended", "Succeeded", "Failed")
 FINISHED_PHASES = (api.Phase.SUCCEEDED.value, api.Phase.FAILED.value)
@@ -50,7 +50,7 @@ class Observed:
     workload: dict[str, Any] | None = None
     children: list[dict[str, Any]] = field(default_factory=list)  # labelled instance=<job>
     pods: list[dict[str, Any]] = field(default_factory=list)
-    # Failed training pods seen by the watch but already deleted (by their StatefulSet).
+    # Failed gang pods seen by the watch but already deleted (by the operator or a user).
     failed_pods: list[dict[str, Any]] = field(default_factory=list)
     flavors: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_queue_exists: bool = False
