@@ -49,7 +49,18 @@ def crds(webhook_port: int, ca: Path) -> list[dict]:
     return out
 
 
-def webhook_configurations(webhook_port: int, ca: Path) -> list[dict]:
+def _framework_rule(framework: str) -> tuple[str, str]:
+    """("ray.io", "rayjobs") for the integration "ray.io/rayjob": what its webhooks match."""
+    group, kind = framework.rsplit("/", 1)
+    return group, kind + "s"
+
+
+def webhook_configurations(
+    webhook_port: int, ca: Path, frameworks: tuple[str, ...] | list[str] = ()
+) -> list[dict]:
+    """Kueue's webhooks, and those of the extra integrations `frameworks` (only the
+    webhooks for their own kind: not e.g. RayCluster's with ray.io/rayjob alone)."""
+    extra = {_framework_rule(f) for f in frameworks}
     docs = yaml.safe_load_all((_kueue_config_dir() / "webhook" / "manifests.yaml").read_text())
     out = []
     for doc in docs:
@@ -62,7 +73,13 @@ def webhook_configurations(webhook_port: int, ca: Path) -> list[dict]:
         kept = []
         for hook in doc["webhooks"]:
             groups = {g for rule in hook.get("rules", []) for g in rule.get("apiGroups", [])}
-            if not groups & FRAMEWORK_GROUPS:
+            matched = {
+                (g, r)
+                for rule in hook.get("rules", [])
+                for g in rule.get("apiGroups", [])
+                for r in rule.get("resources", [])
+            }
+            if not groups & FRAMEWORK_GROUPS and not matched & extra:
                 continue
             path = hook["clientConfig"]["service"]["path"]
             hook["clientConfig"] = _client_config(webhook_port, path, ca)
@@ -81,7 +98,13 @@ def webhook_configurations(webhook_port: int, ca: Path) -> list[dict]:
     return out
 
 
-def manager_config(webhook_port: int, health_port: int, cert_dir: Path) -> dict:
+def manager_config(
+    webhook_port: int,
+    health_port: int,
+    cert_dir: Path,
+    frameworks: tuple[str, ...] | list[str] = (),
+) -> dict:
+    """Kueue's Configuration; `frameworks`: integrations enabled besides FRAMEWORKS."""
     return {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2",
         "kind": "Configuration",
@@ -92,6 +115,9 @@ def manager_config(webhook_port: int, health_port: int, cert_dir: Path) -> dict:
         "leaderElection": {"leaderElect": False},
         "internalCertManagement": {"enable": False},
         "clientConnection": {"qps": 300, "burst": 500},
-        "integrations": {"frameworks": FRAMEWORKS, "externalFrameworks": EXTERNAL_FRAMEWORKS},
+        "integrations": {
+            "frameworks": [*FRAMEWORKS, *frameworks],
+            "externalFrameworks": EXTERNAL_FRAMEWORKS,
+        },
         "featureGates": {"VisibilityOnDemand": False},
     }

@@ -24,21 +24,27 @@ import yaml
 
 from rlpost.ports import free_port
 
-from . import kueue_manifests
+from . import addons
 from . import node as real_node_mod
+from .addons import GPU, GPU_B_TAINT, GPUS_PER_NODE, NODE_GROUPS, fake_gpu_node
 from .certs import make_certs
-from .paths import REPO, bin_dir, missing_binaries, module_dir
+from .paths import REPO, bin_dir, missing_binaries
 from .procs import _alive, _stop_pid, log
 
-__all__ = ["LocalCluster", "_alive", "default_state_dir", "fake_gpu_node", "free_port", "log"]
+__all__ = [
+    "GPU",
+    "GPUS_PER_NODE",
+    "GPU_B_TAINT",
+    "NODE_GROUPS",
+    "LocalCluster",
+    "_alive",
+    "default_state_dir",
+    "fake_gpu_node",
+    "free_port",
+    "log",
+]
 
 ADMIN_TOKEN_NAME = "admin-token"
-GPU = "nvidia.com/gpu"
-# Two node groups that two ResourceFlavors select: 2 nodes x 8 GPUs each.
-NODE_GROUPS = {"a": 2, "b": 2}
-GPUS_PER_NODE = 8
-# Nodes of kind b carry a taint; flavor gpu-b tolerates it (tests that tolerations flow).
-GPU_B_TAINT = {"key": "rlpost.dev/gpu-kind", "value": "b", "effect": "NoSchedule"}
 
 
 def default_state_dir() -> Path:
@@ -57,6 +63,12 @@ class LocalCluster:
     pids: dict[str, int] = field(default_factory=dict)
     real_node: bool = False
     node: dict = field(default_factory=dict)  # what node.py set up (for down, from any process)
+    # Off by default (the test suites leave them so), for benchmarks: Kueue integrations
+    # besides batch/job (e.g. "ray.io/rayjob"), CRD files or folders served before Kueue
+    # starts (what those integrations watch), extra kube-controller-manager flags.
+    kueue_frameworks: tuple[str, ...] = ()
+    extra_crds: tuple[Path, ...] = ()
+    kcm_args: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -194,8 +206,8 @@ class LocalCluster:
         log("starting kube-controller-manager and kube-scheduler")
         self._spawn("kube-controller-manager", self._kcm_args(certs))
         self._spawn("kube-scheduler", self._scheduler_args())
-        self._install_kueue(certs)
-        self._start_kwok(certs)
+        addons.install_kueue(self, certs)
+        addons.start_kwok(self, certs)
         self.wait_for(
             "the default ServiceAccount",
             lambda: (
@@ -283,85 +295,11 @@ class LocalCluster:
             "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
             "--concurrent-statefulset-syncs=10",
             "--concurrent-deployment-syncs=10",
+            *self.kcm_args,
         ]
 
     def _scheduler_args(self) -> list[str]:
         return [*self._manager_common(), f"--secure-port={self.ports['scheduler']}"]
-
-    def _install_kueue(self, c: dict[str, Path]) -> None:
-        log("installing Kueue CRDs")
-        wh = self.ports["webhook"]
-        self.kubectl("create", "namespace", "kueue-system")
-        self.apply(kueue_manifests.crds(wh, c["ca"]))
-        for crd in ("workloads", "clusterqueues", "localqueues", "resourceflavors"):
-            self.wait_for(f"CRD {crd} Established", lambda c=crd: self._established(c), 60)
-        _ensure_kueue_metrics_certs(c["webhook_dir"])
-        config = self.state / "kueue-config.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                kueue_manifests.manager_config(wh, self.ports["health"], c["webhook_dir"])
-            )
-        )
-        log("starting Kueue (manager with webhooks)")
-        self._spawn("kueue", [f"--config={config}", "--zap-log-level=info"])
-        self._wait_http(f"http://127.0.0.1:{self.ports['health']}/readyz", "kueue", timeout=90)
-        self._wait_tcp(wh, "kueue webhook server", timeout=60)
-        # failurePolicy Fail: register the webhooks only once Kueue answers them.
-        self.apply(kueue_manifests.webhook_configurations(wh, c["ca"]))
-
-    def _established(self, plural: str) -> bool:
-        crd = self.get_json("crd", f"{plural}.kueue.x-k8s.io")
-        conds = crd.get("status", {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
-
-    def _start_kwok(self, c: dict[str, Path]) -> None:
-        stages_dir = module_dir("sigs.k8s.io/kwok", "KWOK_VERSION") / "kustomize" / "stage"
-        stage_files = [
-            stages_dir / "node" / "fast" / "node-initialize.yaml",
-            *sorted((stages_dir / "node" / "heartbeat-with-lease").glob("*.yaml")),
-            stages_dir / "pod" / "fast" / "pod-ready.yaml",
-            stages_dir / "pod" / "fast" / "pod-complete.yaml",
-            stages_dir / "pod" / "fast" / "pod-delete.yaml",
-            stages_dir / "pod" / "chaos" / "pod-container-running-failed.yaml",
-        ]
-        docs = []
-        for f in stage_files:
-            docs.extend(d for d in yaml.safe_load_all(f.read_text()) if d)
-        config = self.state / "kwok-stages.yaml"
-        config.write_text(yaml.safe_dump_all(docs))
-        log("starting kwok and creating fake GPU nodes")
-        self._spawn(
-            "kwok",
-            [
-                f"--kubeconfig={self.kubeconfig}",
-                f"--config={config}",
-                "--manage-all-nodes=false",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--cidr=10.244.0.0/16",
-                "--node-ip=127.0.0.1",
-                # kwok renews a Lease per node (as a kubelet would); without it the node
-                # lifecycle controller marks the nodes, and so every pod, NotReady.
-                "--node-lease-duration-seconds=40",
-                f"--server-address=127.0.0.1:{free_port()}",
-                f"--tls-cert-file={c['cert']}",
-                f"--tls-private-key-file={c['key']}",
-            ],
-        )
-        self.apply([fake_gpu_node(g, i) for g, n in NODE_GROUPS.items() for i in range(n)])
-        total = sum(NODE_GROUPS.values())
-        self.wait_for(
-            f"{total} Ready kwok nodes",
-            lambda: (
-                sum(
-                    1
-                    for n in self.get_json("nodes")["items"]
-                    for cond in n["status"].get("conditions", [])
-                    if cond["type"] == "Ready" and cond["status"] == "True"
-                )
-                == total
-            ),
-            timeout=60,
-        )
 
     # ------------------------------------------------------------------ helpers
     def _kubeconfig_doc(self, token: str) -> dict:
@@ -441,45 +379,3 @@ class LocalCluster:
             return json.loads((self.state / "cluster.json").read_text())
         except FileNotFoundError:
             return {}
-
-
-def fake_gpu_node(group: str, index: int) -> dict:
-    node = {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": f"gpu-{group}-{index}",
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": f"gpu-{group}-{index}",
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "rlpost.dev/gpu-kind": group,
-                "nvidia.com/gpu.product": {"a": "NVIDIA-H100", "b": "NVIDIA-H200"}[group],
-            },
-        },
-        "spec": {"taints": [GPU_B_TAINT] if group == "b" else []},
-        "status": {
-            "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", GPU: str(GPUS_PER_NODE)},
-            "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", GPU: str(GPUS_PER_NODE)},
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
-        },
-    }
-    return node
-
-
-def _ensure_kueue_metrics_certs(src: Path) -> None:
-    """Kueue reads /etc/kueue/metrics/certs even with its metrics server off (v0.19)."""
-    dst = Path("/etc/kueue/metrics/certs")
-    if (dst / "tls.crt").exists() and (dst / "tls.key").exists():
-        return
-    try:
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in ("tls.crt", "tls.key"):
-            (dst / name).write_bytes((src / name).read_bytes())
-    except PermissionError as exc:
-        raise RuntimeError(
-            "Kueue needs /etc/kueue/metrics/certs/tls.{crt,key} to exist (any valid pair); "
-            "create it once as root"
-        ) from exc
