@@ -15,41 +15,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import kubernetes
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scale_common import (  # noqa: E402
+    REPO,
+    flavor_doc,
+    job_doc,
+    machine,
+    metric_sum,
+    pct,
+    queue_docs,
+    start_operator,
+    start_watches,
+    stop_process,
+    vm_hwm_mib,
+)
 
 from e2e.cluster import LocalCluster  # noqa: E402
 from e2e.cluster.localcluster import free_port  # noqa: E402
 
 CHILDREN = (
-    "StatefulSet/{j}-trainer",
-    "Deployment/{j}-rollout",
-    "Deployment/{j}-router",
+    # the gang is the operator's own pods (no StatefulSet or Deployment in between)
+    "Pod/{j}-trainer-0",
+    "Pod/{j}-rollout-0",
+    "Pod/{j}-router",
     "Pod/{j}-buffer",
     "ConfigMap/{j}-config",
     "Secret/{j}-token",
 )
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    if not xs:
-        return None
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
 class Recorder:
@@ -64,18 +68,6 @@ class Recorder:
         self.children: dict[str, dict[str, float]] = {}
         self.stop = threading.Event()
         self.lock = threading.Lock()
-
-    def _watch(self, fn, args, kind: str):
-        while not self.stop.is_set():
-            try:
-                w = kubernetes.watch.Watch()
-                for ev in w.stream(fn, *args, timeout_seconds=60):
-                    if self.stop.is_set():
-                        return
-                    self.on(kind, {"object": ev["raw_object"]})
-            except Exception as exc:  # reconnect
-                print(f"watch {kind}: {exc}", file=sys.stderr)
-                time.sleep(0.5)
 
     def on(self, kind: str, ev: dict) -> None:
         t = time.monotonic()
@@ -100,19 +92,22 @@ class Recorder:
     def start(self):
         ns = self.ns
         core = kubernetes.client.CoreV1Api(self.api)
-        apps = kubernetes.client.AppsV1Api(self.api)
         custom = kubernetes.client.CustomObjectsApi(self.api)
         lst = custom.list_namespaced_custom_object
-        for fn, args, kind in [
+        watches = [
             (lst, ("rlpost.dev", "v1alpha1", ns, "rlposttrainjobs"), "RLPostTrainJob"),
             (lst, ("kueue.x-k8s.io", "v1beta2", ns, "workloads"), "Workload"),
-            (apps.list_namespaced_stateful_set, (ns,), "StatefulSet"),
-            (apps.list_namespaced_deployment, (ns,), "Deployment"),
             (core.list_namespaced_pod, (ns,), "Pod"),
             (core.list_namespaced_config_map, (ns,), "ConfigMap"),
             (core.list_namespaced_secret, (ns,), "Secret"),
-        ]:
-            threading.Thread(target=self._watch, args=(fn, args, kind), daemon=True).start()
+        ]
+        start_watches(
+            [
+                (fn, args, lambda _t, obj, kind=kind: self.on(kind, {"object": obj}))
+                for fn, args, kind in watches
+            ],
+            self.stop,
+        )
 
     def complete(self, job: str) -> float | None:
         got = self.children.get(job, {})
@@ -121,98 +116,13 @@ class Recorder:
         return max(got.values())
 
 
-def job_doc(name: str, ns: str) -> dict:
-    small = {"cpu": "10m", "memory": "16Mi"}
-    return {
-        "apiVersion": "rlpost.dev/v1alpha1",
-        "kind": "RLPostTrainJob",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "queueName": "bench",
-            "model": {"config": {"hidden_size": 8}},
-            "data": {"prompts": "p.jsonl"},
-            "trainer": {"replicas": 1, "gpusPerPod": 0, "resources": small},
-            "rollout": {
-                "engines": 1,
-                "gpusPerEngine": 0,
-                "engine": "reference",
-                "resources": small,
-            },
-        },
-    }
-
-
-def metric_sum(port: int, name: str, verbs=None) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if verbs and not any(f'verb="{v}"' in line for v in verbs):
-                continue
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def vm_hwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run_once(cluster: LocalCluster, n: int, timeout: float) -> dict:
     ns = f"bench-{n}-{uuid.uuid4().hex[:4]}"
     cluster.kubectl("create", "namespace", ns)
-    cluster.apply(
-        [
-            {
-                "apiVersion": "kueue.x-k8s.io/v1beta2",
-                "kind": "ClusterQueue",
-                "metadata": {"name": ns},
-                "spec": {
-                    "namespaceSelector": {},
-                    "resourceGroups": [
-                        {
-                            "coveredResources": ["cpu", "memory"],
-                            "flavors": [
-                                {
-                                    "name": "bench-cpu",
-                                    "resources": [
-                                        {"name": "cpu", "nominalQuota": 100000},
-                                        {"name": "memory", "nominalQuota": "100Ti"},
-                                    ],
-                                }
-                            ],
-                        }
-                    ],
-                },
-            },
-            {
-                "apiVersion": "kueue.x-k8s.io/v1beta2",
-                "kind": "LocalQueue",
-                "metadata": {"name": "bench", "namespace": ns},
-                "spec": {"clusterQueue": ns},
-            },
-        ]
-    )
+    cluster.apply(queue_docs(ns))
     port = free_port()
-    log = open(Path(tempfile.gettempdir()) / f"rlpost-bench-operator-{n}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlpost_operator",
-            "--namespace",
-            ns,
-            "--metrics-port",
-            str(port),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
+    log = Path(tempfile.gettempdir()) / f"rlpost-bench-operator-{n}.log"
+    proc = start_operator(ns, port, cluster.kubeconfig, log)
     rec = Recorder(str(cluster.kubeconfig), ns)
     rec.start()
     try:
@@ -274,12 +184,7 @@ def run_once(cluster: LocalCluster, n: int, timeout: float) -> dict:
         }
     finally:
         rec.stop.set()
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         cluster.kubectl("delete", "clusterqueue", ns, "--wait=false", check=False)
 
@@ -307,14 +212,7 @@ def main() -> int:
             str(REPO / "crds" / "rlposttrainjobs.rlpost.dev.yaml"),
         )
         time.sleep(2)
-        cluster.apply(
-            {
-                "apiVersion": "kueue.x-k8s.io/v1beta2",
-                "kind": "ResourceFlavor",
-                "metadata": {"name": "bench-cpu"},
-                "spec": {},
-            }
-        )
+        cluster.apply(flavor_doc())
         runs = []
         for n in a.jobs or [200, 1000]:
             r = run_once(cluster, n, a.timeout)
@@ -325,9 +223,7 @@ def main() -> int:
         if not reuse:
             cluster.down()
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
-        f"{platform.system()} {platform.release()}; shared with other work",
+        "machine": f"{machine()}; shared with other work",
         "date": time.strftime("%Y-%m-%d"),
         "runs": runs,
     }
