@@ -112,9 +112,13 @@ def test_pod_larger_than_any_node_is_invalid_and_its_pending_workload_goes():
     assert plan.status["phase"] == "Invalid" and plan.actions == []
     msg = conds(plan.status)["InvalidSpec"]["message"]
     assert "can never be scheduled: trainer pods request 16" in msg
-    # a Workload already queued (no quota) is removed, finalizer first
+    # a Workload already queued (no quota) is removed
     wl = wl_for(j)
     wl["status"] = {"conditions": [cond("QuotaReserved", "False", "Pending", "insufficient")]}
+    plan = p.reconcile(p.Observed(job=j, workload=wl, capacity=cap))
+    assert verbs(plan) == [("delete", "Workload", "rlposttrainjob-j")]
+    # one made by an operator before 0.2 carries the resource-in-use finalizer: dropped first
+    wl["metadata"]["finalizers"] = ["kueue.x-k8s.io/resource-in-use"]
     plan = p.reconcile(p.Observed(job=j, workload=wl, capacity=cap))
     assert verbs(plan) == [
         ("patch", "Workload", "rlposttrainjob-j"),

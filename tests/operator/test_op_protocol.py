@@ -214,12 +214,15 @@ def test_trainer_failure_restarts_then_fails_past_max_restarts():
     f = conds(plan.status)["Failed"]
     assert f["reason"] == "MaxRestartsExceeded" and "exited with code 137" in f["message"]
     assert "maxRestarts" in f["message"]
-    # finished: gang gone -> Workload Finished(Failed), then the finalizer is dropped
+    # finished: gang gone -> Workload Finished(Failed)
     plan, j, children = settle(j, wl, children, [])
     (fin,) = [a for a in plan.actions if a.verb == "patch_status"]
     c = next(x for x in fin.body["status"]["conditions"] if x["type"] == "Finished")
     assert (c["status"], c["reason"]) == ("True", "Failed")
     wl["status"]["conditions"].append(cond("Finished", "True", "Failed"))
+    # a Workload made by an operator before 0.2 carries the resource-in-use finalizer:
+    # dropped once it is Finished
+    wl["metadata"]["finalizers"] = ["kueue.x-k8s.io/resource-in-use"]
     plan, j, children = settle(j, wl, children, [])
     (drop,) = [a for a in plan.actions if a.verb == "patch"]
     assert drop.body["metadata"]["finalizers"] == []
@@ -268,7 +271,9 @@ def test_invalid_specs_create_nothing():
 
 
 def test_workload_deleted_drops_finalizer_after_gang_gone_and_orphans():
+    # A Workload made by an operator before 0.2 (today's carry no finalizer), being deleted.
     j, wl, children, pods = running_world()
+    wl["metadata"]["finalizers"] = ["kueue.x-k8s.io/resource-in-use"]
     wl["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     plan, j, children = settle(j, wl, children, pods)
     assert not any(a.verb == "patch" for a in plan.actions)

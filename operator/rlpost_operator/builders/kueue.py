@@ -11,7 +11,6 @@ from ..constants import (
     KUEUE_GROUP,
     KUEUE_VERSION,
     QUEUE_LABEL,
-    RESOURCE_IN_USE_FINALIZER,
 )
 from .common import JobRef, PodSetUpdate, names, object_meta, pod_groups, spec_hash
 from .pods import pod_template
@@ -29,10 +28,11 @@ def build_workload(
     wl: dict[str, Any] = {
         "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
         "kind": "Workload",
-        "metadata": {
-            **object_meta(ref, names(ref.name)["workload"]),
-            "finalizers": [RESOURCE_IN_USE_FINALIZER],
-        },
+        # No finalizer (Kueue's jobframework adds resource-in-use): a Workload deleted goes
+        # at once and Kueue frees its quota, while the operator stops the gang. With one, a
+        # namespace being deleted would wait on the operator to write into it
+        # (docs/DESIGN.md, "Workloads without a finalizer").
+        "metadata": object_meta(ref, names(ref.name)["workload"]),
         "spec": {"queueName": queue, "podSets": pod_sets, "active": not spec.suspend},
     }
     if spec.priority_class_name:

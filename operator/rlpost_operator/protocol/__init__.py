@@ -9,7 +9,7 @@ Steps, in order (the first that owns the situation ends the pass):
   validate        spec parses, semantic checks, queue and priority class exist -> else
                   InvalidSpec, nothing created
   finished        Succeeded/Failed: compute children stopped, Workload Finished, the
-                  resource-in-use finalizer dropped, the rest removed after the TTL
+                  the rest removed after the TTL
   ensure_workload one Workload per job (created while no pod exists), queue label on the
                   job, Workload.spec.active follows spec.suspend
   progress        mirror `<job>-progress` into status; done -> Succeeded
@@ -98,7 +98,8 @@ def reconcile(obs: Observed) -> Plan:
 
 
 def orphan_workload_plan(wl: dict[str, Any]) -> list[Action]:
-    """A Workload whose job is gone (GC deletes it): drop the finalizer so it can go."""
+    """A Workload whose job is gone (GC deletes it): drop the finalizer so it can go (one
+    made by an operator before 0.2, which added Kueue's resource-in-use finalizer)."""
     if deleting(wl) and RESOURCE_IN_USE_FINALIZER in (wl["metadata"].get("finalizers") or []):
         fins = [f for f in wl["metadata"]["finalizers"] if f != RESOURCE_IN_USE_FINALIZER]
         return [

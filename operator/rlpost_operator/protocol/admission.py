@@ -171,6 +171,8 @@ class AdmissionSteps(PassBase):
         return True
 
     def _drop_finalizer(self, wl: dict[str, Any], why: str) -> None:
+        """Workloads made by an operator before 0.2 carry Kueue's resource-in-use finalizer
+        (today's carry none: builders/kueue.py): dropped where it would have been."""
         fins = [f for f in wl["metadata"].get("finalizers") or [] if f != RESOURCE_IN_USE_FINALIZER]
         self.act(
             "patch",
