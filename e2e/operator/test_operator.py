@@ -98,8 +98,8 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     assert cond(job, "Admitted")["status"] == "True"
     assert cond(job, "Running")["status"] == "True"
     # the gang is the operator's own pods (no StatefulSet or Deployment in between), each
-    # with a stable name; a trainer pod's hostname and subdomain (the headless Service) make
-    # dis-trainer-<i>.dis-trainer resolvable, the rendezvous address
+    # with a stable name; a pod's hostname and subdomain (the job's one headless Service)
+    # make dis-trainer-<i>.dis resolvable, the rendezvous address
     for i in range(2):
         trainer = get(cluster, "pod", f"dis-trainer-{i}", ns)
         tmpl = trainer["spec"]
@@ -110,20 +110,32 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
             "value": "b",
             "effect": "NoSchedule",
         } in tmpl["tolerations"]
-        assert (tmpl["hostname"], tmpl["subdomain"]) == (f"dis-trainer-{i}", "dis-trainer")
+        assert (tmpl["hostname"], tmpl["subdomain"]) == (f"dis-trainer-{i}", "dis")
         assert trainer["metadata"]["labels"]["rlpost.dev/pod-index"] == str(i)
         owner = trainer["metadata"]["ownerReferences"][0]
         assert owner["kind"] == "RLPostTrainJob" and owner["controller"] is True
-    assert get(cluster, "service", "dis-trainer", ns)["spec"]["clusterIP"] == "None"
+    # one Service for the job: headless, naming every pod
+    assert [x["metadata"]["name"] for x in items(cluster, "services", ns)] == ["dis"]
+    assert get(cluster, "service", "dis", ns)["spec"]["clusterIP"] == "None"
 
-    def trainer_dns_names():  # what the cluster DNS serves for the headless Service
-        slices = items(cluster, "endpointslices", ns, "kubernetes.io/service-name=dis-trainer")
+    def dns_names():  # what the cluster DNS serves under the headless Service
+        slices = items(cluster, "endpointslices", ns, "kubernetes.io/service-name=dis")
         return sorted(e.get("hostname", "") for s in slices for e in s.get("endpoints") or [])
 
     wait(
         cluster,
-        "dis-trainer-<i>.dis-trainer published",
-        lambda: trainer_dns_names() == ["dis-trainer-0", "dis-trainer-1"],
+        "<pod>.dis published for every pod of the gang",
+        lambda: (
+            dns_names()
+            == [
+                "dis-buffer",
+                "dis-rollout-0",
+                "dis-rollout-1",
+                "dis-router",
+                "dis-trainer-0",
+                "dis-trainer-1",
+            ]
+        ),
         30,
     )
     assert not items(cluster, "statefulsets,deployments,replicasets", ns)

@@ -70,11 +70,13 @@ def test_pool_without_cpu_quota_keeps_the_whole_job_queued_then_all_is_admitted(
         assert p["metadata"]["labels"]["kueue.x-k8s.io/podset"] == "reward-pool"
         assert p["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "2"
         assert p["spec"]["securityContext"]["runAsUser"] == 10001
-    svc = get(cluster, "service", "pool-ray-head", ns)
-    assert {x["name"] for x in svc["spec"]["ports"]} == {"gcs", "client", "dashboard", "metrics"}
+    # the head is reached by its pod's name under the job's one headless Service
+    head = get(cluster, "pod", "pool-ray-head", ns)["spec"]
+    assert (head["hostname"], head["subdomain"]) == ("pool-ray-head", "pool")
+    assert get(cluster, "service", "pool", ns)["spec"]["clusterIP"] == "None"
     buffer = get(cluster, "pod", "pool-buffer", ns)
     env = {e["name"]: e.get("value") for e in buffer["spec"]["containers"][0]["env"]}
-    assert env["RLPOST_RAY_ADDRESS"] == "ray://pool-ray-head:10001"
+    assert env["RLPOST_RAY_ADDRESS"] == "ray://pool-ray-head.pool:10001"
     # The pool goes with the job.
     cluster.kubectl("delete", "rljob", "pool", "-n", ns, "--wait=true", timeout=60)
     wait(cluster, "the pool's pods gone", lambda: not pods_of(cluster, "pool", ns), 60)

@@ -142,7 +142,7 @@ def test_8_kill_9_at_several_points_no_duplicates_no_orphans(cluster, op, namesp
         "pods": 6,
         "statefulsets": 0,
         "deployments": 0,
-        "services": 4,
+        "services": 1,
         "configmaps": 2,
         "secrets": 1,
         "roles": 1,

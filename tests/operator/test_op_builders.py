@@ -91,15 +91,16 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     gang = b.build_compute_children(REF, s, start)
     objs = {o["metadata"]["name"]: o for o in gang}
     # one pod per trainer replica, made by the operator: each is its own stable identity
-    # (a StatefulSet pod's): hostname = name, subdomain = the headless Service, so
-    # j-trainer-0.j-trainer (MASTER_ADDR) resolves; its ordinal is the pod-index label
+    # (a StatefulSet pod's): hostname = name, subdomain = the job's headless Service, so
+    # j-trainer-0.j (MASTER_ADDR) resolves; its ordinal is the pod-index label
     trainers = [o for o in gang if o["metadata"]["labels"]["rlpost.dev/role"] == "trainer"]
     assert [o["metadata"]["name"] for o in trainers] == ["j-trainer-0", "j-trainer-1"]
-    svc = {x["metadata"]["name"]: x for x in b.build_services(REF, s)}["j-trainer"]
+    svc = b.build_service(REF)
+    assert svc["metadata"]["name"] == "j"
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     for i, t in enumerate(trainers):
         assert t["kind"] == "Pod" and t["spec"]["restartPolicy"] == "Always"
-        assert (t["spec"]["hostname"], t["spec"]["subdomain"]) == (f"j-trainer-{i}", "j-trainer")
+        assert (t["spec"]["hostname"], t["spec"]["subdomain"]) == (f"j-trainer-{i}", "j")
         assert t["metadata"]["labels"]["rlpost.dev/pod-index"] == str(i)
         assert svc["spec"]["selector"].items() <= t["metadata"]["labels"].items()
         assert t["metadata"]["ownerReferences"][0]["kind"] == "RLPostTrainJob"
@@ -109,7 +110,7 @@ def test_children_carry_flavor_podset_label_security_and_wiring():
     assert t0["spec"]["nodeSelector"] == {"rlpost.dev/gpu-kind": "a"}
     c = t0["spec"]["containers"][0]
     env = {e["name"]: e for e in c["env"]}
-    assert env["MASTER_ADDR"]["value"] == "j-trainer-0.j-trainer"
+    assert env["MASTER_ADDR"]["value"] == "j-trainer-0.j"
     index_ref = env["RLPOST_POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert index_ref == "metadata.labels['rlpost.dev/pod-index']"
     # The gang (rlpost_trainer.ranks): pods x ranks per pod; the trainer's launcher gives each
@@ -167,8 +168,13 @@ def test_role_is_least_privilege_and_config_renders_job():
         ).spec.trainer.replicas
         == 2
     )
-    svc = {s_["metadata"]["name"]: s_ for s_ in b.build_services(REF, spec())}
-    assert svc["j-trainer"]["spec"]["clusterIP"] == "None"
+    # one Service per job: headless, every pod of the job (each pod's DNS name is under it)
+    (svc,) = [o for o in b.build_static_children(REF, spec(), wire) if o["kind"] == "Service"]
+    assert svc["spec"] == {
+        "clusterIP": "None",
+        "selector": {"app.kubernetes.io/name": "rlpost", "app.kubernetes.io/instance": "j"},
+        "publishNotReadyAddresses": True,
+    }
 
 
 def test_default_state_is_a_pvc_owned_by_the_job_mounted_where_state_is_kept():
@@ -211,22 +217,29 @@ def test_default_state_is_a_pvc_owned_by_the_job_mounted_where_state_is_kept():
 
 def test_engines_wait_for_weights_behind_a_service_that_publishes_not_ready_pods():
     s = spec(rollout={"engines": 3, "gpusPerEngine": 2, "engine": "reference"})
-    svc = {x["metadata"]["name"]: x for x in b.build_services(REF, s)}
-    assert svc["j-rollout"]["spec"]["clusterIP"] == "None"
-    assert svc["j-rollout"]["spec"]["publishNotReadyAddresses"] is True
-    assert svc["j-router"]["spec"].get("publishNotReadyAddresses") is None
+    svc = b.build_service(REF)
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
     objs = {o["metadata"]["name"]: o for o in b.build_compute_children(REF, s, b.StartInfo())}
     for i in range(3):
-        # each engine pod is reachable as j-rollout-<i>.j-rollout (the headless Service)
+        # each engine pod is reachable as j-rollout-<i>.j (the job's headless Service)
         pod_spec = objs[f"j-rollout-{i}"]["spec"]
-        assert (pod_spec["hostname"], pod_spec["subdomain"]) == (f"j-rollout-{i}", "j-rollout")
+        assert (pod_spec["hostname"], pod_spec["subdomain"]) == (f"j-rollout-{i}", "j")
+        assert (
+            svc["spec"]["selector"].items() <= objs[f"j-rollout-{i}"]["metadata"]["labels"].items()
+        )
         eng = pod_spec["containers"][0]
         env = {e["name"]: e.get("value") for e in eng["env"]}
         assert env["RLPOST_WAIT_FOR_WEIGHTS"] == "1"
         assert eng["readinessProbe"]["httpGet"]["path"] == "/health"
     trainer = objs["j-trainer-0"]["spec"]["containers"][0]
     tenv = {e["name"]: e.get("value") for e in trainer["env"]}
-    assert tenv["RLPOST_ENGINE_SERVICE"] == "j-rollout:30000"
+    assert tenv["RLPOST_ENGINE_SERVICE"] == (
+        "j-rollout-0.j:30000,j-rollout-1.j:30000,j-rollout-2.j:30000"
+    )
+    assert tenv["RLPOST_BUFFER_URL"] == "http://j-buffer.j:8000"
+    assert tenv["RLPOST_ROUTER_URL"] == "http://j-router.j:30000"
+    assert tenv["MASTER_ADDR"] == "j-trainer-0.j"
     assert "RLPOST_ENGINE_URLS" not in tenv
     # SGLang's /health cannot wait: an exec probe reads the pushed weight version
     s2 = spec(model={"path": "m", "pvc": "models"}, rollout={"engines": 3, "gpusPerEngine": 2,

@@ -47,7 +47,7 @@ def test_worker_pod_runs_the_trainer_and_the_rollout_engine():
     # one worker pod (trainer.replicas 1), no engine or trainer pods of their own
     assert sorted(objs) == ["j-buffer", "j-router", "j-worker-0"]
     worker = objs["j-worker-0"]
-    assert (worker["spec"]["hostname"], worker["spec"]["subdomain"]) == ("j-worker-0", "j-worker")
+    assert (worker["spec"]["hostname"], worker["spec"]["subdomain"]) == ("j-worker-0", "j")
     assert worker["metadata"]["labels"]["rlpost.dev/pod-index"] == "0"
     pod = worker["spec"]
     trainer, engine = pod["containers"]
@@ -70,7 +70,7 @@ def test_worker_pod_runs_the_trainer_and_the_rollout_engine():
     tenv = env_of(trainer)
     assert tenv["RLPOST_ENGINE_SERVICE"] == f"127.0.0.1:{ENGINE_PORT}"
     assert "RLPOST_ENGINE_URLS" not in tenv and tenv["RLPOST_MODE"] == "colocated"
-    assert tenv["MASTER_ADDR"] == "j-worker-0.j-worker"
+    assert tenv["MASTER_ADDR"] == "j-worker-0.j"
 
 
 def test_worker_containers_share_shm_and_the_ipc_dir_without_new_privileges():
@@ -146,9 +146,10 @@ def test_router_finds_the_worker_pods_and_the_policy_lets_it_reach_them():
     (peer,) = rule["from"]
     assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
     assert "namespaceSelector" not in peer and "ipBlock" not in peer
-    # Services: the worker's headless Service (rendezvous); no rollout Service.
-    svcs = {x["metadata"]["name"] for x in b.build_services(REF, s)}
-    assert svcs == {"j-worker", "j-router", "j-buffer"}
+    # The job's one headless Service names the worker pod (rendezvous: MASTER_ADDR).
+    assert b.build_service(REF)["spec"]["selector"].items() <= worker_labels.items()
+    wenv = {e["name"]: e.get("value") for e in objs["j-worker-0"]["spec"]["containers"][0]["env"]}
+    assert wenv["MASTER_ADDR"] == "j-worker-0.j"
 
 
 def test_colocated_is_accepted_in_a_cluster_as_one_cpu_worker_pod():

@@ -64,7 +64,7 @@ def test_refused_child_fails_the_job_removes_everything_and_finishes_the_workloa
         c["type"] == "Finished" and c["reason"] == "Failed" for c in fin["status"]["conditions"]
     )
     deleted = {(a.kind, a.name) for a in plan.actions if a.verb == "delete"}
-    assert ("ConfigMap", "j-config") in deleted and ("Service", "j-router") in deleted
+    assert ("ConfigMap", "j-config") in deleted and ("Service", "j") in deleted
 
 
 def test_refusal_of_an_older_version_of_the_child_is_ignored():

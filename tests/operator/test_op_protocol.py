@@ -244,7 +244,7 @@ def test_done_succeeds_and_ttl_removes_children():
     wl["metadata"]["finalizers"] = []
     plan, j, children = settle(j, wl, children, [])
     deleted = {(a.kind, a.name) for a in plan.actions if a.verb == "delete"}
-    assert ("ConfigMap", "j-config") in deleted and ("Service", "j-router") in deleted
+    assert ("ConfigMap", "j-config") in deleted and ("Service", "j") in deleted
     assert ("Secret", "j-token") in deleted
 
 
@@ -429,7 +429,7 @@ def test_ended_engine_pod_is_deleted_then_created_again_and_the_gang_goes_on():
     (again,) = [a.body for a in plan.actions if a.verb == "apply" and a.kind == "Pod"]
     assert again["metadata"]["name"] == "j-rollout-1"
     assert again["metadata"]["labels"]["rlpost.dev/pod-index"] == "1"
-    assert (again["spec"]["hostname"], again["spec"]["subdomain"]) == ("j-rollout-1", "j-rollout")
+    assert (again["spec"]["hostname"], again["spec"]["subdomain"]) == ("j-rollout-1", "j")
     assert not any(a.verb == "delete" for a in plan.actions)
     assert plan.status["phase"] == "Admitted" and not plan.restarted  # 6/7 Ready, no restart
     assert plan.status["roleRestarts"] == {"rollout": 1}  # counted once

@@ -66,18 +66,18 @@ def test_head_and_worker_pods_request_what_the_podset_counted():
     assert len(deps) == podset["count"]
     gang = {o["metadata"]["name"] for o in b.build_compute_children(REF, s, start)}
     assert set(deps) <= gang  # made with the gang
-    head_svc = b.build_pool_service(REF)["spec"]["selector"]
+    svc = b.build_service(REF)["spec"]["selector"]
     nodes = [(head, "head"), *((deps[f"j-ray-worker-{i}"], "worker") for i in range(2))]
     for d, node in nodes:
         assert d["kind"] == "Pod" and d["spec"]["restartPolicy"] == "Always"
-        assert d["spec"]["hostname"] == d["metadata"]["name"]
+        # reachable as <pod>.j: the job's headless Service selects every pool pod
+        assert (d["spec"]["hostname"], d["spec"]["subdomain"]) == (d["metadata"]["name"], "j")
+        assert svc.items() <= d["metadata"]["labels"].items()
         assert container(d)["resources"] == container(podset["template"])["resources"]
         labels = d["metadata"]["labels"]
         assert labels["rlpost.dev/role"] == "reward-pool"
         assert labels["rlpost.dev/ray-node"] == node and labels["rlpost.dev/attempt"] == "2"
         assert labels["kueue.x-k8s.io/podset"] == "reward-pool"
-        # the head's Service selects the head pod only, never a worker
-        assert (head_svc.items() <= labels.items()) == (node == "head")
         owner = d["metadata"]["ownerReferences"][0]
         assert owner["kind"] == "RLPostTrainJob" and owner["controller"] is True
         pod_spec = d["spec"]
@@ -101,8 +101,8 @@ def test_head_and_worker_pods_request_what_the_podset_counted():
     script = wc["command"][2]
     assert wc["command"][:2] == ["sh", "-c"]
     # waits for the head's GCS, then joins it with ceil(1.5) = 2 task CPUs
-    assert script.index("j-ray-head 6379") < script.index("exec ray start")
-    assert "--address=j-ray-head:6379 --num-cpus=2" in script
+    assert script.index("j-ray-head.j 6379") < script.index("exec ray start")
+    assert "--address=j-ray-head.j:6379 --num-cpus=2" in script
     assert wc["readinessProbe"]["httpGet"] == {"path": "/api/local_raylet_healthz", "port": 52365}
 
 
@@ -115,24 +115,19 @@ def test_pool_image_and_cpu_quantities():
     assert raypool.ray_cpus(s) == 1  # a fraction of a CPU still runs one task
 
 
-def test_buffer_finds_the_pool_through_the_head_service():
+def test_buffer_finds_the_pool_through_the_head_pods_name():
     s = spec(reward=REWARD)
     buf = container(b.build_buffer_pod(REF, s, b.StartInfo()))
-    assert env(buf)["RLPOST_RAY_ADDRESS"] == "ray://j-ray-head:10001"
-    svc = b.build_pool_service(REF)
-    assert svc["metadata"]["name"] == "j-ray-head"
-    assert svc["spec"]["selector"] == {
-        "app.kubernetes.io/name": "rlpost",
-        "app.kubernetes.io/instance": "j",
-        "rlpost.dev/role": "reward-pool",
-        "rlpost.dev/ray-node": "head",
+    # the head pod's name under the job's headless Service (no Service of its own)
+    assert env(buf)["RLPOST_RAY_ADDRESS"] == "ray://j-ray-head.j:10001"
+    head = b.build_pool_pods(REF, s, b.StartInfo())[0]
+    assert (head["spec"]["hostname"], head["spec"]["subdomain"]) == ("j-ray-head", "j")
+    assert {(o["kind"], o["metadata"]["name"]) for o in b.build_static_children(REF, s, {})} >= {
+        ("Service", "j")
     }
-    ports = {x["name"]: x["port"] for x in svc["spec"]["ports"]}
-    assert ports == {"gcs": 6379, "client": 10001, "dashboard": 8265, "metrics": 8080}
-    assert svc["metadata"]["ownerReferences"][0]["kind"] == "RLPostTrainJob"
-    names = [o["metadata"]["name"] for o in b.build_services(REF, s)]
-    assert "j-ray-head" in names
-    assert "j-ray-head" not in [o["metadata"]["name"] for o in b.build_services(REF, spec())]
+    assert not [
+        o for o in b.build_static_children(REF, s, {}) if o["metadata"]["name"] == "j-ray-head"
+    ]
 
 
 def test_intra_job_policy_admits_buffer_to_head_and_head_to_workers():
@@ -160,7 +155,7 @@ def pool_world():
     plan, j, children = settle(j, wl)
     created = {(a.kind, a.name) for a in plan.actions if a.verb in ("apply", "create")}
     assert {("Pod", "j-ray-head"), ("Pod", "j-ray-worker-0"), ("Pod", "j-ray-worker-1")} <= created
-    assert ("Service", "j-ray-head") in created
+    assert ("Service", "j") in created
     pods = [pod(f"j-trainer-{i}", "trainer") for i in range(2)]
     pods += [pod(f"j-rollout-{i}", "rollout") for i in range(3)]
     pods += [pod("j-router", "router"), pod("j-buffer", "buffer")]

@@ -300,7 +300,7 @@ def test_the_operator_pod_env_gives_the_launcher_its_gang():
     assert [(r.rank, r.world_size, r.local_rank) for r in ranks] == [
         (4, 8, 0), (5, 8, 1), (6, 8, 2), (7, 8, 3),
     ]  # fmt: skip
-    assert env["MASTER_ADDR"] == "j-trainer-0.j-trainer"
+    assert env["MASTER_ADDR"] == "j-trainer-0.j"
 
 
 def test_a_failed_rank_ends_the_pod_with_its_exit_code(tmp_path):

@@ -202,6 +202,12 @@ def test_dns_source_resolves_a_records_and_no_records_means_no_engines():
     assert dns_source("no-such-engine-service.invalid:30000")() == []
     with pytest.raises(ValueError):
         dns_source("no-port")
+    # one host:port per engine pod (what the operator sets): those without an address yet
+    # are left out until they have one
+    both = dns_source(f"no-such-engine-0.invalid:30000, localhost:{port},127.0.0.2:{port}")
+    assert both() == [f"http://127.0.0.1:{port}", f"http://127.0.0.2:{port}"]
+    with pytest.raises(ValueError):
+        dns_source(f"localhost:{port},no-port")
 
 
 def test_source_from_env_prefers_engine_urls_then_the_service():

@@ -2,11 +2,12 @@
 
 Sources (each a callable returning the engine base URLs present now):
 - `rlpost run`: RLPOST_ENGINE_URLS, a fixed comma-separated list (`static_source`);
-- a cluster: RLPOST_ENGINE_SERVICE=<job>-rollout:30000, a headless Service that publishes
-  not-ready addresses: its DNS A records are every engine pod with an IP, Ready or not
-  (`dns_source`). An engine started in a cluster reports not-ready until it has received
-  weights from the trainer, so the router (and through it the buffer) never sends it
-  traffic before that.
+- a cluster: RLPOST_ENGINE_SERVICE=<job>-rollout-0.<job>:30000,<job>-rollout-1.<job>:30000,
+  one `host:port` per engine pod: the pod's name under the job's headless Service, which
+  publishes not-ready addresses, so each resolves once its pod has an IP, Ready or not
+  (`dns_source`; a headless Service's own name, resolving to all its pods, works too). An
+  engine started in a cluster reports not-ready until it has received weights from the
+  trainer, so the router (and through it the buffer) never sends it traffic before that.
 
 `EngineSet` feeds both into one rule, applied before every weight update and while the
 trainer waits for a batch (`catch_up`):
@@ -52,17 +53,23 @@ def static_source(urls: Sequence[str]) -> Source:
 
 
 def dns_source(service: str, scheme: str = "http") -> Source:
-    """`host:port` of a headless Service -> one URL per A record (no records: none yet)."""
-    host, _, port = service.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"engine service {service!r}: expected host:port")
+    """`host:port[,host:port...]` -> one URL per A record of each host (none yet: none)."""
+    targets = []
+    for item in service.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"engine service {item!r}: expected host:port")
+        targets.append((host, int(port)))
 
     def resolve() -> list[str]:
-        try:
-            infos = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)
-        except OSError:  # gaierror: NXDOMAIN / no endpoints yet; DNS unreachable
-            return []
-        return [f"{scheme}://{ip}:{port}" for ip in sorted({i[4][0] for i in infos})]
+        urls: set[str] = set()
+        for host, port in targets:
+            try:
+                infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+            except OSError:  # gaierror: NXDOMAIN / no address yet; DNS unreachable
+                continue
+            urls.update(f"{scheme}://{i[4][0]}:{port}" for i in infos)
+        return sorted(urls)
 
     return resolve
 

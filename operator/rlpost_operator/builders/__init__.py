@@ -17,6 +17,7 @@ from .common import (
     PodSetUpdate,
     StartInfo,
     expected_pods,
+    host,
     labels,
     names,
     object_meta,
@@ -34,7 +35,7 @@ from .compute import (
     resume_step_of,
 )
 from .kueue import build_workload, job_queue_label, missing_flavors, podset_updates
-from .network import build_network_policy, build_pool_service, build_services
+from .network import build_network_policy, build_service
 from .pods import apply_update, pod_spec, pod_template
 from .static import (
     build_config_map,
@@ -73,12 +74,11 @@ __all__ = [
     "build_network_policy",
     "build_pod",
     "build_pool_pods",
-    "build_pool_service",
     "build_progress_config_map",
     "build_role",
     "build_role_binding",
     "build_service_account",
-    "build_services",
+    "build_service",
     "build_state_pvc",
     "build_static_children",
     "build_token_secret",
@@ -86,6 +86,7 @@ __all__ = [
     "build_workload",
     "checkpoint_dir",
     "expected_pods",
+    "host",
     "job_queue_label",
     "labels",
     "object_meta",

@@ -71,6 +71,8 @@ class StartInfo:
 def names(job: str) -> dict[str, str]:
     return {
         "workload": f"rlposttrainjob-{job}",
+        # The job's one headless Service: every pod's subdomain (builders/network.py).
+        "service": job,
         "config": f"{job}-config",
         "progress": f"{job}-progress",
         "token": f"{job}-token",
@@ -82,10 +84,16 @@ def names(job: str) -> dict[str, str]:
         "router": f"{job}-router",
         "buffer": f"{job}-buffer",
         "state": f"{job}-state",
-        # The reward pool (builders/raypool.py): the head's Deployment and Service, the workers.
+        # The reward pool (builders/raypool.py): the head pod, the worker pods' prefix.
         "ray-head": f"{job}-ray-head",
         "ray-worker": f"{job}-ray-worker",
     }
+
+
+def host(job: str, pod: str) -> str:
+    """A pod's DNS name in its namespace: `<pod>.<job>` (hostname.subdomain, served for the
+    job's headless Service, Ready or not)."""
+    return f"{pod}.{names(job)['service']}"
 
 
 def labels(job: str, role: str | None = None) -> dict[str, str]:

@@ -7,9 +7,10 @@ Why pods and not workload controllers: each controller hop (Deployment -> Replic
 StatefulSet -> Pod) is a round of writes by kube-controller-manager under its client rate
 limit, and its status churn wakes the operator again (docs/benchmarks-operator.md). What the
 controllers gave is kept here:
-- stable identities: an indexed pod's name is also its hostname, and its `subdomain` is the
-  role's headless Service, so `<job>-trainer-0.<job>-trainer` resolves as a StatefulSet
-  pod's would (the rendezvous address); `rlpost.dev/pod-index` is its ordinal;
+- stable identities: a pod's name is also its hostname, and its `subdomain` is the job's
+  headless Service `<job>`, so `<job>-trainer-0.<job>` resolves as a StatefulSet pod's name
+  would (the rendezvous address), and so do the engines, router, buffer and Ray head;
+  `rlpost.dev/pod-index` is an indexed pod's ordinal;
 - restarts: `restartPolicy: Always` (the kubelet restarts a container in place); a pod that
   is gone or ended (evicted, node lost) is created again by the next pass (protocol/gang.py).
 """
@@ -42,7 +43,6 @@ def build_pod(
     start: StartInfo,
     name: str,
     index: int | None = None,
-    subdomain: str | None = None,
     ray_node: str = raypool.WORKER,
 ) -> dict[str, Any]:
     """One pod of a role: the podSet's template (what Kueue admitted) with the pod's own
@@ -57,8 +57,7 @@ def build_pod(
     body = dict(tmpl["spec"])
     body["restartPolicy"] = "Always"
     body["hostname"] = name
-    if subdomain:
-        body["subdomain"] = subdomain
+    body["subdomain"] = names(ref.name)["service"]
     return with_hash({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": body})
 
 
@@ -66,7 +65,7 @@ def _indexed(
     ref: JobRef, spec: api.RLPostTrainJobSpec, role: str, count: int, start: StartInfo
 ) -> list[dict[str, Any]]:
     base = names(ref.name)[role]
-    return [build_pod(ref, spec, role, start, f"{base}-{i}", i, base) for i in range(count)]
+    return [build_pod(ref, spec, role, start, f"{base}-{i}", i) for i in range(count)]
 
 
 def build_training_pods(

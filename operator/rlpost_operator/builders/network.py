@@ -1,75 +1,36 @@
-"""Services and the job's NetworkPolicy."""
+"""The job's headless Service and its NetworkPolicy."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rlpost import api
-
 from ..constants import (
     APP,
-    BUFFER_PORT,
-    ENGINE_PORT,
     INSTANCE_LABEL,
-    MASTER_PORT,
     NAME_LABEL,
-    RAY_NODE_LABEL,
-    ROLE_BUFFER,
-    ROLE_POOL,
-    ROLE_ROLLOUT,
-    ROLE_ROUTER,
-    ROLE_TRAINER,
-    ROLE_WORKER,
-    ROUTER_PORT,
 )
-from . import raypool
-from .common import JobRef, names, object_meta, selector, with_hash
+from .common import JobRef, names, object_meta, with_hash
 
 
-def _service(
-    ref: JobRef, name: str, role: str, port: int, headless: bool = False
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "selector": selector(ref.name, role),
-        "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
-    }
-    if headless:
-        spec["clusterIP"] = "None"
-        # Trainer ranks rendezvous before they are Ready; the trainer resolves engines
-        # that are not Ready yet (they become Ready after its first weight push).
-        spec["publishNotReadyAddresses"] = role in (ROLE_TRAINER, ROLE_WORKER, ROLE_ROLLOUT)
+def build_service(ref: JobRef) -> dict[str, Any]:
+    """ONE headless Service per job, `<job>`, selecting every pod of the job and publishing
+    not-ready addresses; every pod has hostname = its name and subdomain = `<job>`, so the
+    cluster DNS serves `<pod>.<job>` for each (builders/common.host): the trainer's
+    rendezvous (`<job>-trainer-0.<job>`, resolved before it is Ready), each engine
+    (`<job>-rollout-<i>.<job>`, resolved before its first weight push makes it Ready), the
+    router, the buffer and the Ray head. No ports: it names pods, it does not balance.
+    One Service instead of one per role: each Service is an EndpointSlice and an Endpoints
+    object that kube-controller-manager writes on every pod change
+    (docs/benchmarks-operator.md)."""
+    sel = {NAME_LABEL: APP, INSTANCE_LABEL: ref.name}
     return with_hash(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": object_meta(ref, name, role),
-            "spec": spec,
+            "metadata": object_meta(ref, names(ref.name)["service"]),
+            "spec": {"clusterIP": "None", "selector": sel, "publishNotReadyAddresses": True},
         }
     )
-
-
-def build_services(ref: JobRef, spec: api.RLPostTrainJobSpec) -> list[dict[str, Any]]:
-    n = names(ref.name)
-    train_role = ROLE_WORKER if spec.mode == api.Mode.COLOCATED else ROLE_TRAINER
-    out = [
-        _service(ref, n[train_role], train_role, MASTER_PORT, headless=True),
-        _service(ref, n["router"], ROLE_ROUTER, ROUTER_PORT),
-        _service(ref, n["buffer"], ROLE_BUFFER, BUFFER_PORT),
-    ]
-    if spec.mode == api.Mode.DISAGGREGATED:
-        out.append(_service(ref, n["rollout"], ROLE_ROLLOUT, ENGINE_PORT, headless=True))
-    if raypool.enabled(spec):
-        out.append(build_pool_service(ref))
-    return out
-
-
-def build_pool_service(ref: JobRef) -> dict[str, Any]:
-    """`<job>-ray-head`: the pool head's GCS (workers join), Ray Client (the buffer), dashboard
-    (`kubectl port-forward svc/<job>-ray-head 8265`) and metrics ports."""
-    svc = _service(ref, names(ref.name)["ray-head"], ROLE_POOL, 0)
-    svc["spec"]["selector"] = {**selector(ref.name, ROLE_POOL), RAY_NODE_LABEL: raypool.HEAD}
-    svc["spec"]["ports"] = raypool.service_ports()
-    return with_hash(svc)
 
 
 def build_network_policy(ref: JobRef) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ..constants import (
     TRAINER_METRICS_PORT,
 )
 from . import raypool
-from .common import JobRef, PodSetUpdate, StartInfo, labels, names, pod_groups
+from .common import JobRef, PodSetUpdate, StartInfo, host, labels, names, pod_groups
 from .security import container_security, pod_security
 from .storage import CONFIG_MOUNT, checkpoint_dir, pod_volumes, state_dir
 
@@ -72,18 +72,31 @@ def _common_env(ref: JobRef, resume_step: int | None) -> list[dict[str, Any]]:
     return env
 
 
-def _urls(ref: JobRef, role: str) -> list[dict[str, Any]]:
+def engine_hosts(ref: JobRef, spec: api.RLPostTrainJobSpec) -> str:
+    """RLPOST_ENGINE_SERVICE of a trainer: `host:port` of each engine pod, comma-separated
+    (`<job>-rollout-<i>.<job>:30000`), each resolving once its pod has an address, Ready or
+    not (an engine is Ready once the trainer pushed it weights)."""
     n = names(ref.name)
-    # Engines: every pod behind this headless Service, Ready or not (it publishes not-ready
-    # addresses; an engine is Ready once the trainer pushed it weights). A worker pod's
-    # trainer has one engine, its own pod's (a container next to it): 127.0.0.1 resolves to
-    # that one address, and it too gets a push before it reports Ready.
-    engines = f"127.0.0.1:{ENGINE_PORT}" if role == ROLE_WORKER else f"{n['rollout']}:{ENGINE_PORT}"
+    return ",".join(
+        f"{host(ref.name, f'{n[ROLE_ROLLOUT]}-{i}')}:{ENGINE_PORT}"
+        for i in range(spec.rollout.engines)
+    )
+
+
+def _urls(ref: JobRef, spec: api.RLPostTrainJobSpec, role: str) -> list[dict[str, Any]]:
+    buffer = f"http://{host(ref.name, names(ref.name)['buffer'])}:{BUFFER_PORT}"
+    # A worker pod's trainer has one engine, its own pod's (a container next to it):
+    # 127.0.0.1, and it too gets a push before it reports Ready.
+    engines = f"127.0.0.1:{ENGINE_PORT}" if role == ROLE_WORKER else engine_hosts(ref, spec)
     return [
-        {"name": "RLPOST_BUFFER_URL", "value": f"http://{n['buffer']}:{BUFFER_PORT}"},
-        {"name": "RLPOST_ROUTER_URL", "value": f"http://{n['router']}:{ROUTER_PORT}"},
+        {"name": "RLPOST_BUFFER_URL", "value": buffer},
+        {"name": "RLPOST_ROUTER_URL", "value": router_url(ref)},
         {"name": "RLPOST_ENGINE_SERVICE", "value": engines},
     ]
+
+
+def router_url(ref: JobRef) -> str:
+    return f"http://{host(ref.name, names(ref.name)['router'])}:{ROUTER_PORT}"
 
 
 def _probe(port: int, path: str) -> dict[str, Any]:
@@ -175,13 +188,13 @@ def pod_spec(
         image = spec.trainer.image
         command = ["python", "-m", "rlpost_trainer"]
         res = spec.trainer.resources
-        env += _urls(ref, role)
+        env += _urls(ref, spec, role)
         env += [
             {"name": "RLPOST_STATE_DIR", "value": state_dir(ref, spec, role)},
             {"name": "RLPOST_CHECKPOINT_DIR", "value": checkpoint_dir(ref, spec, role)},
             {"name": "RLPOST_METRICS_PORT", "value": str(TRAINER_METRICS_PORT)},
             {"name": "RLPOST_MODE", "value": str(spec.mode)},
-            {"name": "MASTER_ADDR", "value": f"{n[role]}-0.{n[role]}"},
+            {"name": "MASTER_ADDR", "value": host(ref.name, f"{n[role]}-0")},
             {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
             # The gang: NNODES pods of NPROC_PER_NODE ranks; `python -m rlpost_trainer` starts
             # this pod's ranks and gives each RANK/WORLD_SIZE/LOCAL_RANK (rlpost_trainer.ranks).
@@ -222,7 +235,7 @@ def pod_spec(
         command = ["python", "-m", "rlpost_rollout.buffer", "--port", str(BUFFER_PORT)]
         res = SMALL
         env += [
-            {"name": "RLPOST_ROUTER_URL", "value": f"http://{n['router']}:{ROUTER_PORT}"},
+            {"name": "RLPOST_ROUTER_URL", "value": router_url(ref)},
             {"name": "RLPOST_STATE_DIR", "value": state_dir(ref, spec, role)},
         ]
         if raypool.enabled(spec):  # custom/code_exec rewards on the job's Ray pool

@@ -3,18 +3,19 @@
 One podSet (`reward-pool`, count workers + 1) of the job's single Workload, so Kueue admits
 it with the rest of the gang or not at all, charged to the tenant's CPU quota. Its pods:
 
-- `<job>-ray-head` Deployment (1 pod): `ray start --head` with no task CPUs: the GCS, the
-  Ray Client server the buffer connects to (`ray://<job>-ray-head:10001`, the driver then
-  runs on the head), the dashboard (8265) and metrics (8080);
-- `<job>-ray-worker` Deployment (`workers` pods): `ray start --address=<job>-ray-head:6379`
-  with ceil(cpusPerWorker) Ray CPUs each: the reward tasks run here;
-- `<job>-ray-head` Service: GCS, client, dashboard and metrics ports of the head.
+- `<job>-ray-head` (1 pod): `ray start --head` with no task CPUs: the GCS, the Ray Client
+  server the buffer connects to (`ray://<job>-ray-head.<job>:10001`, the driver then runs
+  on the head), the dashboard (8265: `kubectl port-forward pod/<job>-ray-head 8265`) and
+  metrics (8080);
+- `<job>-ray-worker-<i>` (`workers` pods): `ray start --address=<job>-ray-head.<job>:6379`
+  with ceil(cpusPerWorker) Ray CPUs each: the reward tasks run here.
+The head is reached by its pod's DNS name (the job's headless Service, builders/network.py).
 
 Head and worker pods request the same cpu (cpusPerWorker) and memory, so the podSet's one
 template (a worker's) is what every pool pod requests: Kueue counts exactly what runs.
-A pool pod that dies is replaced by its Deployment; Ray re-runs the tasks a lost worker held
+A pool pod that ends is created again by the operator; Ray re-runs the tasks a lost worker held
 (`maxRetries`), and the buffer keeps one score per sample id (rewards/pool.py).
-Why Deployments and not a KubeRay RayCluster: docs/DESIGN.md ("Rewards").
+Why the operator's own pods and not a KubeRay RayCluster: docs/DESIGN.md ("Rewards").
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..constants import (
     RAY_GCS_PORT,
     RAY_METRICS_PORT,
 )
-from .common import JobRef, names
+from .common import JobRef, host, names
 from .security import container_security, pod_security
 
 HEAD, WORKER = "head", "worker"
@@ -60,11 +61,12 @@ def cpu_quantity(cpus: float) -> str:
 
 
 def head_host(ref: JobRef) -> str:
-    return names(ref.name)["ray-head"]
+    """The head pod's DNS name, `<job>-ray-head.<job>` (the job's headless Service)."""
+    return host(ref.name, names(ref.name)["ray-head"])
 
 
 def client_address(ref: JobRef) -> str:
-    """RLPOST_RAY_ADDRESS of the buffer: Ray Client through the head's Service."""
+    """RLPOST_RAY_ADDRESS of the buffer: the head pod's Ray Client server."""
     return f"ray://{head_host(ref)}:{RAY_CLIENT_PORT}"
 
 
@@ -164,15 +166,3 @@ def pool_pod_spec(ref: JobRef, spec: api.RLPostTrainJobSpec, node: str) -> dict[
         "containers": [container],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_LIMIT}}],
     }
-
-
-def service_ports() -> list[dict[str, Any]]:
-    return [
-        {"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
-        for name, port in (
-            ("gcs", RAY_GCS_PORT),
-            ("client", RAY_CLIENT_PORT),
-            ("dashboard", RAY_DASHBOARD_PORT),
-            ("metrics", RAY_METRICS_PORT),
-        )
-    ]

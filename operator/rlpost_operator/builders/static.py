@@ -12,7 +12,7 @@ import yaml
 from rlpost import api
 
 from .common import JobRef, names, object_meta, with_hash
-from .network import build_network_policy, build_services
+from .network import build_network_policy, build_service
 
 
 def build_config_map(
@@ -118,5 +118,5 @@ def build_static_children(
         build_role(ref),
         build_role_binding(ref),
         build_network_policy(ref),
-        *build_services(ref, spec),
+        build_service(ref),
     ]
