@@ -1,0 +1,85 @@
+"""The markdown tables of benchmarks/peer_kuberay.py: per (N, controller-manager limits) one
+column per run and the ratios ours / KubeRay; then the idle minutes and the teardowns."""
+
+from __future__ import annotations
+
+ROWS = [
+    ("jobs with all pods", lambda r: f"{r['jobs_with_all_pods']} / {r['jobs']}", None),
+    ("wall to the last job's pods (s)", lambda r: r["wall_seconds_to_last_jobs_pods"], "num"),
+    ("create → Workload p50 (s)", lambda r: r["create_to_workload_s"]["p50"], "num"),
+    ("create → Workload p99 (s)", lambda r: r["create_to_workload_s"]["p99"], "num"),
+    ("admission → all pods p50 (s)", lambda r: r["admission_to_all_pods_s"]["p50"], "num"),
+    ("admission → all pods p99 (s)", lambda r: r["admission_to_all_pods_s"]["p99"], "num"),
+    ("operator writes per job", lambda r: r["operator_writes_per_job"], "num"),
+    ("all API writes per job (every component)", lambda r: r["api_writes_per_job"], "num"),
+    ("controller-manager writes per job", lambda r: r["kcm_writes_per_job"], "num"),
+    ("operator CPU seconds (process, at the end)", lambda r: r["operator_cpu_seconds"], "num"),
+    ("… of which before the first job", lambda r: r["operator_cpu_seconds_at_start"], "num"),
+    ("operator peak RSS (MiB)", lambda r: r["operator_peak_rss_mib"], "num"),
+    ("operator writes in the idle minute", lambda r: r["idle"]["operator_writes"], "num"),
+    ("load average (1 min) start → end", lambda r: _la(r), None),
+]
+
+
+def _la(r: dict) -> str:
+    return f"{r['load_average_start'][0]} → {r['load_average_end'][0]}"
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:g}" if abs(x) >= 100 or x == int(x) else f"{x:.2f}".rstrip("0").rstrip(".")
+    return str(x)
+
+
+def _ratio(a, b) -> str:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or b == 0:
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def table(runs: list[dict]) -> str:
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["jobs"], r["kcm_limits"]), []).append(r)
+    out = []
+    for (n, limits), rs in groups.items():
+        ours = [r for r in rs if r["side"] == "ours"]
+        theirs = [r for r in rs if r["side"] == "kuberay"]
+        base = next((r for r in ours if r["settings"].get("auth") == "admin"), None)
+        base = base or (ours[0] if ours else None)
+        cols = [r["label"] for r in rs]
+        cols += [f"{base['label']} / {k['label']}" for k in theirs] if base else []
+        kcm = "default client limits" if limits == "default" else "raised limits"
+        out.append(f"\n### {n} jobs, kube-controller-manager {kcm}\n")
+        out.append("| | " + " | ".join(cols) + " |")
+        out.append("| --- |" + " ---: |" * len(cols))
+        for title, get, kind in ROWS:
+            cells = [_fmt(_get(get, r)) for r in rs]
+            if base:
+                cells += [_ratio(_get(get, base), _get(get, k)) if kind else "" for k in theirs]
+            out.append(f"| {title} | " + " | ".join(cells) + " |")
+    teardowns = [r for r in runs if r.get("teardown")]
+    if teardowns:
+        out.append("\n### Namespace deletion with every job in it\n")
+        out.append(
+            "| run | jobs | gone after (s) | operator writes after deletionTimestamp "
+            "| operator CPU, mean cores (peak 1 s) |"
+        )
+        out.append("| --- | ---: | ---: | ---: | ---: |")
+        for r in teardowns:
+            t = r["teardown"]
+            out.append(
+                f"| {r['label']}, {r['kcm_limits']} limits | {t['jobs']} "
+                f"| {_fmt(t['namespace_gone_s'])} | {_fmt(t['operator_writes_after_deletion'])} "
+                f"| {t['operator_cpu_cores_mean']} ({t['operator_cpu_cores_peak_1s']}) |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def _get(get, r):
+    try:
+        return get(r)
+    except (KeyError, TypeError):
+        return None
