@@ -266,7 +266,7 @@ def test_rank_env_follows_the_pod_index():
     assert Ranks.from_env(gang.rank_env(1)) == Ranks(rank=3, world_size=4, local_rank=1)
     with pytest.raises(SystemExit):
         Gang.from_env({**env, "RLPOST_POD_INDEX": "2"})
-    # Without the pod-index label (Kubernetes < 1.28) the StatefulSet pod name's ordinal.
+    # Without the pod-index label (a pod made by hand) the pod name's ordinal.
     no_label = {**env, "RLPOST_POD_INDEX": "", "POD_NAME": "j-trainer-1"}
     assert Gang.from_env(no_label).pod_index == 1
     with pytest.raises(SystemExit, match="pod-index"):

@@ -50,13 +50,14 @@ class Gang:
         nnodes = max(1, _int(env, NNODES, 1))
         index = env.get(POD_INDEX, "").strip()
         if not index and nnodes > 1:
-            # The pod-index label is Kubernetes >= 1.28; a StatefulSet pod's name ends in it.
+            # The operator sets it from the pod's `rlpost.dev/pod-index` label; an indexed
+            # pod's name (`<job>-trainer-<i>`) ends in the same ordinal.
             tail = env.get("POD_NAME", "").rsplit("-", 1)[-1]
             if not tail.isdigit():
                 raise SystemExit(
-                    f"{POD_INDEX} is empty (no apps.kubernetes.io/pod-index label: Kubernetes "
-                    f"< 1.28?) and POD_NAME={env.get('POD_NAME', '')!r} has no ordinal: this "
-                    f"pod's place in the gang of {nnodes} is unknown"
+                    f"{POD_INDEX} is empty (no rlpost.dev/pod-index label on the pod) and "
+                    f"POD_NAME={env.get('POD_NAME', '')!r} has no ordinal: this pod's place in "
+                    f"the gang of {nnodes} is unknown"
                 )
             index = tail
         gang = cls(
