@@ -94,14 +94,6 @@ def plan(a) -> list[tuple[int, str, object]]:
 def main(argv=None) -> int:
     a = parse(argv)
     kuberay_binary()  # its module source also holds the CRDs both sides' clusters serve
-    runs = []
-    for i, (n, lim, side) in enumerate(plan(a)):
-        workdir = a.logs / f"{i:02d}-{side.name}-{n}-{lim}"
-        print(f"[peer] run {i}: {side.label()}, {n} jobs, {lim} limits; logs {workdir}",
-              file=sys.stderr, flush=True)  # fmt: skip
-        r = run_one(side, n, lim, a, workdir)
-        print(json.dumps(r), flush=True)
-        runs.append(r)
     v = versions()
     result = {
         "machine": machine(),
@@ -113,13 +105,25 @@ def main(argv=None) -> int:
             "kuberay": KUBERAY_VERSION,
         },
         "args": " ".join(sys.argv[1:]),
-        "runs": runs,
+        "runs": [],
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(runs))
+    for i, (n, lim, side) in enumerate(plan(a)):
+        workdir = a.logs / f"{i:02d}-{side.name}-{n}-{lim}"
+        print(f"[peer] run {i}: {side.label()}, {n} jobs, {lim} limits; logs {workdir}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        try:
+            r = run_one(side, n, lim, a, workdir)
+        except Exception as exc:  # the next runs still run; the JSON says what failed
+            r = {"side": side.name, "label": side.label(), "settings": side.settings(),
+                 "jobs": n, "kcm_limits": lim, "error": f"{type(exc).__name__}: {exc}",
+                 "logs": str(workdir)}  # fmt: skip
+        print(json.dumps(r), flush=True)
+        result["runs"].append(r)
+        a.out.write_text(json.dumps(result, indent=2) + "\n")  # after every run
+    print(table(result["runs"]))
     print(a.out)
-    return 0
+    return 1 if any("error" in r for r in result["runs"]) else 0
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _ratio(a, b) -> str:
 
 def table(runs: list[dict]) -> str:
     groups: dict[tuple[int, str], list[dict]] = {}
-    for r in runs:
+    for r in (r for r in runs if "error" not in r):
         groups.setdefault((r["jobs"], r["kcm_limits"]), []).append(r)
     out = []
     for (n, limits), rs in groups.items():
@@ -60,6 +60,9 @@ def table(runs: list[dict]) -> str:
             if base:
                 cells += [_ratio(_get(get, base), _get(get, k)) if kind else "" for k in theirs]
             out.append(f"| {title} | " + " | ".join(cells) + " |")
+    for r in runs:
+        if "error" in r:
+            out.append(f"\n{r['label']}, {r['jobs']} jobs, {r['kcm_limits']} limits: {r['error']}")
     teardowns = [r for r in runs if r.get("teardown")]
     if teardowns:
         out.append("\n### Namespace deletion with every job in it\n")
