@@ -396,7 +396,7 @@ def test_6a_ended_engine_pod_is_recreated_and_the_gang_goes_on(cluster, op, name
 
     pod = wait(cluster, "eng-rollout-1 created again", recreated, 60)
     assert pod["metadata"]["labels"]["rlpost.dev/pod-index"] == "1"
-    assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("eng-rollout-1", "eng-rollout")
+    assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("eng-rollout-1", "eng")
     assert pod["metadata"]["labels"]["rlpost.dev/attempt"] == "0"  # the same gang
     job = wait_phase(cluster, "eng", ns, "Running", timeout=60)
     assert not job["status"].get("restarts")
