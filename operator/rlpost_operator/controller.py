@@ -42,6 +42,9 @@ log = logging.getLogger("rlpost.operator")
 
 # How long a namespace's "not being deleted" answer is trusted before a pass writes.
 NAMESPACE_CHECK_S = 0.5
+# A status change of counts only (ready pods, the trainer's step) waits this long, so that
+# the next counts go in the same write (pods of a gang turn Ready within moments).
+PROGRESS_COALESCE_S = 2.0
 
 CHILD_KINDS = {
     # kind: (group, version, plural)
@@ -74,6 +77,8 @@ class Controller:
         self.terminating: set[str] = set()
         self.terminating_since: dict[str, float] = {}
         self._ns_checked: dict[str, tuple[float, bool]] = {}
+        # Jobs whose counts-only status write is held back, since when (monotonic).
+        self._held: dict[Key, float] = {}
         self.running: set[Key] = set()
         self.dirty: set[Key] = set()
         self.failures: dict[Key, int] = defaultdict(int)
@@ -195,6 +200,23 @@ class Controller:
         self._ns_checked[ns] = (time.monotonic(), deleting)
         return deleting
 
+    def hold_progress(self, key: Key, obs: protocol.Observed, plan: protocol.Plan) -> float | None:
+        """A pass whose only change is counts in the status (no write of a child, no Event,
+        no phase or condition change) holds its status write back up to PROGRESS_COALESCE_S
+        from the first such pass: the seconds to wait, or None to write now."""
+        if not plan.status_changed or plan.actions or plan.events:
+            self._held.pop(key, None)
+            return None
+        if not protocol.progress_only(obs.job.get("status") or {}, plan.status):
+            self._held.pop(key, None)
+            return None
+        since = self._held.setdefault(key, time.monotonic())
+        left = PROGRESS_COALESCE_S - (time.monotonic() - since)
+        if left <= 0:
+            del self._held[key]
+            return None
+        return left if plan.requeue_after is None else min(left, plan.requeue_after)
+
     def leave_namespace(self, ns: str) -> None:
         """The API server refused a write because the namespace is being deleted: stop
         working on it (no pass, no retry), until a job is created there again."""
@@ -282,6 +304,7 @@ class Controller:
     async def reconcile(self, key: Key) -> float | None:
         if key not in self.cache.jobs:
             self.child_errors.pop(key, None)
+            self._held.pop(key, None)
             for (kind, _), obj in list(self.cache.objs.get(key, {}).items()):
                 if kind == "Workload":
                     for action in protocol.orphan_workload_plan(obj):
@@ -310,6 +333,9 @@ class Controller:
         obs.child_errors = list(self.child_errors.get(key, {}).values())
         plan = protocol.reconcile(obs)
         self.reconciles += 1
+        held = self.hold_progress(key, obs, plan)
+        if held is not None:
+            return held
         if (plan.actions or plan.status_changed) and await self.call(
             self.namespace_deleting, key[0]
         ):

@@ -50,6 +50,7 @@ from .facts import (
     pod_failure,
     pod_ready,
     progress_numbers,
+    progress_only,
     set_condition,
     ts,
 )
@@ -159,6 +160,7 @@ __all__ = [
     "pod_failure",
     "pod_ready",
     "progress_numbers",
+    "progress_only",
     "reconcile",
     "retryable",
     "set_condition",

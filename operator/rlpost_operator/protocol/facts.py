@@ -188,3 +188,23 @@ def _normal(status: dict[str, Any]) -> dict[str, Any]:
     if "conditions" in out:
         out["conditions"] = sorted(out["conditions"], key=lambda c: c["type"])
     return out
+
+
+def progress_only(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The status moved on by counts only (`readyPods`, the messages that quote it, the
+    trainer's step): no phase, condition status or reason changed. Such a write may wait
+    a moment and carry the next counts too (controller.py coalesces them)."""
+
+    def shape(st: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in _normal(st).items() if k not in PROGRESS_FIELDS}
+        out["conditions"] = [
+            {k: v for k, v in c.items() if k not in ("message", "lastTransitionTime")}
+            for c in out.get("conditions") or []
+        ]
+        return out
+
+    return shape(old) == shape(new)
+
+
+# Status fields that count progress (their changes alone are `progress_only`).
+PROGRESS_FIELDS = ("readyPods", "step", "weightVersion", "lastCheckpointStep", "rewardMean")
