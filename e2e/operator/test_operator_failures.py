@@ -220,7 +220,7 @@ def test_what_can_be_known_is_refused_before_admission(cluster, op, namespace):
     # its longest child name, a pod's name and hostname, is a DNS label (at most 63)
     trainer = get(cluster, "pod", f"{ok}-trainer-0", ns)
     assert trainer["spec"]["hostname"] == f"{ok}-trainer-0"
-    assert trainer["spec"]["subdomain"] == f"{ok}-trainer"
+    assert trainer["spec"]["subdomain"] == ok  # the job's headless Service
     for name in says:
         assert not children(cluster, ns, name), name
     assert [w["metadata"]["name"] for w in workloads(cluster, ns)] == [f"rlposttrainjob-{ok}"]
