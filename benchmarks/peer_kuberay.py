@@ -62,10 +62,18 @@ def parse(argv=None):
         help="our operator's credentials: the cluster admin (system:masters) or the Helm "
         "chart's ServiceAccount token (its RBAC; API Priority and Fairness as installed)",
     )
+    add(
+        "--ours-state",
+        choices=["per-job", "shared", "both"],
+        default="per-job",
+        help="our jobs' state volume: the default `<job>-state` PVC per job (a PV bound to "
+        "each: writes KubeRay's jobs, which keep no state, do not make), or one checkpoint "
+        "PVC every job shares (checkpoint.pvc, each job in its own directory)",
+    )
     add("--sa-token", action="store_true", help="also run ours on the chart's SA token")
     add("--teardown", action="store_true", help="then delete the namespace with every job")
     add("--timeout", type=float, default=900, help="seconds for all jobs' pods")
-    add("--settle", type=float, default=10, help="seconds after the last pods")
+    add("--settle", type=float, default=10, help="settled: this long without an operator write")
     add("--idle", type=float, default=60, help="the idle window, seconds")
     add("--out", type=Path, default=REPO / "benchmarks" / "results" / "peer_kuberay.json")
     add("--logs", type=Path, default=Path("/tmp") / f"rlpost-peer-{time.strftime('%m%d-%H%M%S')}")
@@ -78,11 +86,12 @@ def parse(argv=None):
 def plan(a) -> list[tuple[int, str, object]]:
     limits = ["default", "raised"] if a.kcm_limits == "both" else [a.kcm_limits]
     auths = ["admin", "sa"] if a.ours_auth == "both" else [a.ours_auth]
+    states = ["per-job", "shared"] if a.ours_state == "both" else [a.ours_state]
     runs = []
     for n in a.jobs or [200, 1000]:
         for lim in limits:
             if a.side in ("ours", "both"):
-                runs += [(n, lim, Ours(auth)) for auth in auths]
+                runs += [(n, lim, Ours(auth, st)) for st in states for auth in auths]
             if a.side in ("kuberay", "both"):
                 runs += [
                     (n, lim, KubeRay(c, a.kuberay_mode))

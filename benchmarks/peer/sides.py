@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,22 +106,30 @@ class Ours(Side):
     name = "ours"
     job_api = ("rlpost.dev", "v1alpha1", "rlposttrainjobs")
 
-    def __init__(self, auth: str = "admin"):
+    def __init__(self, auth: str = "admin", state: str = "per-job"):
         self.auth = auth  # admin (system:masters) or sa (the Helm chart's ServiceAccount)
+        self.state = state  # per-job `<job>-state` PVCs, or one shared checkpoint PVC
         self.kubeconfig: Path | None = None
         self.port = 0
 
     def label(self) -> str:
-        return "ours" if self.auth == "admin" else "ours (chart SA token)"
+        out = "ours" if self.auth == "admin" else "ours (chart SA token)"
+        return out if self.state == "per-job" else f"{out}, shared checkpoint PVC"
 
     def settings(self) -> dict:
-        return {"auth": self.auth, "workers": 8}
+        return {"auth": self.auth, "workers": 8, "state": self.state}
 
     def doc(self, name: str, ns: str) -> dict:
-        return job_doc(name, ns)
+        doc = job_doc(name, ns)
+        if self.state == "shared":
+            doc["spec"]["checkpoint"] = {"pvc": SHARED_PVC}
+        return doc
 
     def prepare(self, cluster, api, ns: str, n: int, workdir: Path) -> None:
-        pv_pool(api, ns, n)
+        if self.state == "shared":
+            shared_pvc(api, ns)
+        else:
+            pv_pool(api, ns, n)
         self.kubeconfig = cluster.kubeconfig
         if self.auth == "sa":
             self.kubeconfig = chart_sa_kubeconfig(cluster, ns, workdir)
@@ -261,6 +270,36 @@ class KubeRay(Side):
         if self.mode == "k8sjob" and "batch.kubernetes.io/job-name" in labels:
             return [("job", labels["batch.kubernetes.io/job-name"])]  # Job name = RayJob's
         return []
+
+
+SHARED_PVC = "checkpoints"
+
+
+def shared_pvc(api, ns: str) -> None:
+    """One PV and the checkpoint PVC bound to it that every job names (checkpoint.pvc; each
+    job keeps its state in its own directory): made before the clock starts."""
+    pv_pool(api, ns, 1)
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": SHARED_PVC},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "resources": {"requests": {"storage": "10Gi"}},
+            },
+        },
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pvc = core.read_namespaced_persistent_volume_claim(SHARED_PVC, ns)
+        if pvc.status.phase == "Bound":
+            return
+        time.sleep(1)
+    raise RuntimeError(f"PVC {ns}/{SHARED_PVC} not Bound in 60 s")
 
 
 def pv_pool(api, ns: str, n: int) -> None:

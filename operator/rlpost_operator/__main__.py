@@ -54,6 +54,21 @@ def connection_info(cfg) -> kopf.ConnectionInfo:
     )
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """The operator registers raw event handlers only, which never read a diff-base: kopf
+    would otherwise deep-copy every object on every event to build one (a tenth of the
+    operator's CPU at scale, measured with py-spy)."""
+
+    def build(self, *, body, extra_fields=None):  # noqa: ARG002
+        return {}
+
+    def fetch(self, *, body):  # noqa: ARG002
+        return None
+
+    def store(self, *, body, patch, essence):  # noqa: ARG002
+        return None
+
+
 def _fatal_if_failed(task: asyncio.Task) -> None:
     """The controller's loop never ends on its own: if it does (e.g. the startup LIST
     failed), say why and exit, so the Deployment restarts the operator instead of it idling."""
@@ -88,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         # handlers need neither progress annotations nor finalizers.
         settings.posting.enabled = False
         settings.peering.standalone = True
+        settings.persistence.diffbase_storage = NoDiffBase()
         # With explicit namespaces there is nothing to discover: a tenant's operator may not
         # list cluster namespaces (least privilege), and kopf's scan would retry on 403s.
         settings.scanning.disabled = not args.all_namespaces
