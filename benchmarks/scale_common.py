@@ -1,5 +1,5 @@
-"""Pieces shared by the operator benchmarks on the local control plane (operator_scale.py,
-peer_kuberay.py): percentiles, Prometheus text, a process's CPU seconds and peak RSS, our
+"""Pieces of the operator-at-scale benchmark on the local control plane (peer_kuberay.py and
+benchmarks/peer/): percentiles, Prometheus text, a process's CPU seconds and peak RSS, our
 job document, a queue big enough for every job, our operator as a process, watches that
 resume where they stopped, and kube-apiserver's own request counter."""
 

@@ -95,7 +95,7 @@ def prepare_cluster(cluster: LocalCluster) -> None:
 
 
 def create_jobs(api, side: Side, names: list[str]) -> None:
-    """Concurrently, straight to the API (16 client threads), as operator_scale.py does."""
+    """Concurrently, straight to the API (16 client threads), as many users would."""
     custom = kubernetes.client.CustomObjectsApi(api)
     group, version, plural = side.job_api
 

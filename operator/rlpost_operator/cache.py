@@ -133,9 +133,46 @@ class Cache:
             self.jobs[key] = _strip(api.KIND, obj)
         return self._changed(old, obj)
 
-    def drop_job(self, obj: dict[str, Any]) -> None:
+    def drop_job(self, obj: dict[str, Any], unwatched: tuple[str, ...] = ()) -> None:
+        """The job is gone; so are its children of the `unwatched` kinds (its owner
+        reference lets the garbage collector delete them; no watch would tell)."""
         self.gone.add(obj["metadata"].get("uid"))
-        self.jobs.pop((obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        self.jobs.pop(key, None)
+        objs = self.objs.get(key) or {}
+        for slot in [s for s in objs if s[0] in unwatched]:
+            del objs[slot]
+
+    def resync(
+        self, kind: str, ns: str | None, items: list[dict[str, Any]], list_rv: int | None
+    ) -> set[Key]:
+        """Make the cache's `kind` children in `ns` (None: all) what a LIST answered at
+        resourceVersion `list_rv` saw: add what it lacks, drop what the LIST no longer
+        has (unless written after it). The jobs whose children changed."""
+        changed: set[Key] = set()
+        seen: set[tuple[Key, tuple[str, str]]] = set()
+        for obj in items:
+            job = protocol.job_of(obj)
+            if not job:
+                continue
+            key = (obj["metadata"]["namespace"], job)
+            slot = (kind, obj["metadata"]["name"])
+            seen.add((key, slot))
+            old = self.objs[key].get(slot)
+            if old is None or self._newer(old, obj):
+                self.objs[key][slot] = _strip(kind, obj)
+            if old is None:
+                changed.add(key)
+        for key, objs in self.objs.items():
+            if ns is not None and key[0] != ns:
+                continue
+            for slot in [s for s in objs if s[0] == kind and (key, s) not in seen]:
+                rv = _rv(objs[slot])
+                if rv is not None and list_rv is not None and rv > list_rv:
+                    continue  # written after the LIST was answered
+                del objs[slot]
+                changed.add(key)
+        return changed
 
     def put(self, kind: str, obj: dict[str, Any], listed: bool = False) -> Key | None:
         """Cache a child; its job's key when it changed what the cache knew, else None."""

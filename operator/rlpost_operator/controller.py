@@ -46,19 +46,28 @@ NAMESPACE_CHECK_S = 0.5
 # the next counts go in the same write (pods of a gang turn Ready within moments).
 PROGRESS_COALESCE_S = 2.0
 
-CHILD_KINDS = {
+# Children whose changes the operator watches (kopf): what others change under it.
+WATCHED_KINDS = {
     # kind: (group, version, plural)
-    "Workload": ("kueue.x-k8s.io", "v1beta2", "workloads"),
-    "Pod": ("", "v1", "pods"),
-    "ConfigMap": ("", "v1", "configmaps"),
-    "Secret": ("", "v1", "secrets"),
-    "Service": ("", "v1", "services"),
-    "ServiceAccount": ("", "v1", "serviceaccounts"),
-    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
-    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
-    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
-    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
+    "Workload": ("kueue.x-k8s.io", "v1beta2", "workloads"),  # Kueue admits, evicts
+    "Pod": ("", "v1", "pods"),  # the kubelet and scheduler move them on
+    "ConfigMap": ("", "v1", "configmaps"),  # the trainer reports progress
 }
+# Children only the operator writes, made once per job: listed (metadata only: a Secret's
+# data is never read) at start and every RESYNC_S, not watched. A watch would deliver each
+# one's creation back to the operator and its deletion at teardown: a third of the events
+# it parses at scale (docs/benchmarks-operator.md) for objects nobody else changes. One
+# deleted by hand comes back at the next resync.
+LISTED_KINDS = (
+    "Secret",
+    "Service",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "NetworkPolicy",
+    "PersistentVolumeClaim",
+)
+RESYNC_S = 300.0
 
 
 class Controller:
@@ -127,6 +136,7 @@ class Controller:
         await self.call(self.initial_sync)
         self.ready = True
         asyncio.get_running_loop().call_later(30.0, self._expire_unconfirmed)
+        self.tasks.append(asyncio.get_running_loop().create_task(self._resync_loop()))
         for key in list(self.cache.jobs):
             self.enqueue(key)
         for key, objs in list(self.cache.objs.items()):
@@ -247,10 +257,33 @@ class Controller:
         for ns in namespaces:
             for job in self.kube.list(api.KIND, ns):
                 self.cache.put_job(job, listed=True)
-            for kind in CHILD_KINDS:
+            for kind in WATCHED_KINDS:
                 for obj in self.kube.list(kind, ns, f"{NAME_LABEL}={APP}"):
                     self.cache.put(kind, obj, listed=True)
+        self.resync_listed()
         self.refresh_flavors(force=True)
+
+    def resync_listed(self) -> set[Key]:
+        """List the LISTED_KINDS (metadata only) into the cache; the jobs whose set of them
+        changed (one deleted by hand: the next pass creates it again)."""
+        changed: set[Key] = set()
+        for ns in self.namespaces or [None]:
+            for kind in LISTED_KINDS:
+                items, rv = self.kube.list_metadata(kind, ns, f"{NAME_LABEL}={APP}")
+                changed |= self.cache.resync(kind, ns, items, rv)
+        return changed
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            try:
+                keys = await self.call(self.resync_listed)
+            except Exception as exc:  # the next round tries again
+                log.warning("resync failed", extra={"error": str(exc)[:300]})
+                continue
+            for key in keys:
+                if key[0] not in self.terminating:
+                    self.enqueue(key)
 
     def refresh_flavors(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._flavors_listed < 1.0:
@@ -438,6 +471,9 @@ class Controller:
             out = await self.call(self.kube.create, a.body, ns)
         elif a.verb == "delete":
             await self.call(self.kube.delete, a.kind, ns, a.name)
+            if a.kind in LISTED_KINDS:  # no watch tells when it is gone: gone now
+                self.cache.objs.get(key, {}).pop((a.kind, a.name), None)
+                return
             cur = self.cache.objs.get(key, {}).get((a.kind, a.name))
             if cur is not None:  # marked, so the next pass does not delete it again
                 cur["metadata"]["deletionTimestamp"] = protocol.ts(
@@ -523,7 +559,7 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     async def job_event(event, **_):
         obj = event["object"]
         if event.get("type") == "DELETED":
-            ctl.cache.drop_job(obj)
+            ctl.cache.drop_job(obj, LISTED_KINDS)
         elif not ctl.cache.put_job(obj):
             return  # nothing new (the echo of the operator's own status write)
         elif ctl.terminating:
@@ -531,7 +567,7 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         if ctl.ready:
             ctl.enqueue((obj["metadata"]["namespace"], obj["metadata"]["name"]))
 
-    for kind, (group, version, plural) in CHILD_KINDS.items():
+    for kind, (group, version, plural) in WATCHED_KINDS.items():
 
         async def child_event(event, _kind=kind, **_):
             obj = event["object"]

@@ -100,12 +100,13 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any] | None:
         method_, url, headers, body_, _ = self.api.param_serialize(
             method=method,
             resource_path=path,
             query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            header_params={"Content-Type": content_type, "Accept": accept},
             body=body,
             auth_settings=["BearerToken"],
         )
@@ -150,6 +151,23 @@ class Kube:
             it.setdefault("kind", kind)
             it.setdefault("apiVersion", k.api_version)
         return items
+
+    def list_metadata(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """The objects' metadata only (PartialObjectMetadataList: a Secret's data never
+        travels), and the resourceVersion the LIST was answered at."""
+        k = KINDS[kind]
+        path = k.path(namespace) if (k.namespaced and namespace) else _cluster_path(k)
+        query = [("labelSelector", label_selector)] if label_selector else []
+        accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+        out = self.request("list", "GET", path, query=query, accept=accept) or {}
+        items = out.get("items") or []
+        for it in items:
+            it["kind"] = kind
+            it["apiVersion"] = k.api_version
+        rv = (out.get("metadata") or {}).get("resourceVersion")
+        return items, int(rv) if rv and rv.isdigit() else None
 
     # ------------------------------------------------------------------ writes
     def apply(self, obj: dict[str, Any], namespace: str) -> dict[str, Any] | None:

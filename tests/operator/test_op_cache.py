@@ -64,3 +64,43 @@ def test_failed_pods_of_every_gang_role_are_remembered_after_deletion():
         c.drop("Pod", o)  # replaced by its owner (or deleted by the operator)
     failed = {p["metadata"]["name"] for p in c.observed(("ns", "j")).failed_pods}
     assert failed == {"r0", "b", "t0"}  # the healthy router pod is no tombstone
+
+
+def test_resync_of_unwatched_children_adds_drops_and_keeps_what_came_after_the_list():
+    """Services, Secrets, RBAC, ...: only the operator writes them, so they are listed (at
+    start and every few minutes), not watched."""
+    c = Cache()
+    c.put("Service", obj("Service", "j", "us", 10))  # the operator's own write
+    c.put("Secret", obj("Secret", "j-token", "ut", 11))
+    c.put("Secret", obj("Secret", "k-token", "uk", 30, job="k"))  # written after the LIST
+    # the LIST (at resourceVersion 20) no longer has the Secret j-token: deleted by hand
+    assert c.resync("Secret", "ns", [], 20) == {("ns", "j")}
+    assert ("Secret", "j-token") not in c.objs[("ns", "j")]  # the next pass creates it again
+    assert ("Secret", "k-token") in c.objs[("ns", "k")]  # newer than the LIST: kept
+    assert ("Service", "j") in c.objs[("ns", "j")]  # another kind: untouched
+    # one the cache lacks is added (its job is told); the same again changes nothing
+    assert c.resync(
+        "Service", "ns", [obj("Service", "j", "us", 10), obj("Service", "m", "um", 12, job="m")], 20
+    ) == {("ns", "m")}  # noqa: E501
+    assert (
+        c.resync(
+            "Service",
+            "ns",
+            [obj("Service", "j", "us", 10), obj("Service", "m", "um", 12, job="m")],
+            20,
+        )
+        == set()
+    )  # noqa: E501
+    # another namespace's LIST does not touch this one
+    assert c.resync("Service", "other", [], 20) == set() and ("Service", "m") in c.objs[("ns", "m")]
+
+
+def test_a_deleted_job_takes_its_unwatched_children_out_of_the_cache():
+    c = Cache()
+    job = obj("RLPostTrainJob", "j", "uj", 1)
+    c.put_job(job)
+    c.put("Service", obj("Service", "j", "us", 2))
+    c.put("Pod", obj("Pod", "j-buffer", "up", 3))
+    c.drop_job(job, ("Service",))
+    assert ("Service", "j") not in c.objs[("ns", "j")]  # a new job of that name makes its own
+    assert ("Pod", "j-buffer") in c.objs[("ns", "j")]  # watched: its own DELETED event says
