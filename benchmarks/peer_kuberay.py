@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,9 @@ def main(argv=None) -> int:
     result = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "versions": {
             "kubernetes": v["K8S_VERSION"],
             "kueue": v["KUEUE_VERSION"],

@@ -49,21 +49,25 @@ def wl_for(j):
 
 
 def test_new_job_creates_only_the_workload_and_is_queued():
-    plan = p.reconcile(p.Observed(job=job()))
-    assert verbs(plan)[0] == ("create", "Workload", "rlposttrainjob-j")
-    assert {v[1] for v in verbs(plan)} == {"Workload", "PersistentVolumeClaim"}
-    assert plan.status["phase"] == "Queued"
-    assert conds(plan.status)["Queued"]["status"] == "True"
-    assert plan.events and plan.events[0][1] == "Queued"
-
-
-def test_queue_label_is_applied_when_missing():
+    # first pass: the Workload (and the state volume) alone, nothing else written, and the
+    # next pass asked for at once
     j = job()
     del j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
     plan = p.reconcile(p.Observed(job=j))
+    assert verbs(plan)[0] == ("create", "Workload", "rlposttrainjob-j")
+    assert {v[1] for v in verbs(plan)} == {"Workload", "PersistentVolumeClaim"}
+    assert not plan.status_changed and plan.events == [] and plan.status == {}
+    assert plan.requeue_after is not None and plan.requeue_after < 0.1
+    # next pass, the Workload there: the queue label, Queued, its Event
+    wl = stored(next(a.body for a in plan.actions if a.kind == "Workload"))
+    plan = p.reconcile(p.Observed(job=j, workload=wl))
     first = plan.actions[0]
     assert (first.verb, first.kind) == ("apply", "RLPostTrainJob")
     assert first.body["metadata"]["labels"] == {"kueue.x-k8s.io/queue-name": "team-a"}
+    assert not [a for a in plan.actions if a.kind == "Workload"]
+    assert plan.status["phase"] == "Queued"
+    assert conds(plan.status)["Queued"]["status"] == "True"
+    assert plan.events and plan.events[0][1] == "Queued"
 
 
 def test_pending_workload_copies_kueue_message():

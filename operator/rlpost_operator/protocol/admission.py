@@ -190,6 +190,17 @@ class AdmissionSteps(PassBase):
     def ensure_workload(self) -> bool:
         assert self.spec is not None and self.queue is not None
         desired = b.build_workload(self.ref, self.spec, self.queue, self.obs.priority)
+        if self.wl is None and not self.old_status.get("phase"):
+            # A new job: its Workload first and alone (with the state volume), and the
+            # next pass at once for the queue label, status and Event. Kueue sees a burst
+            # of new jobs before the operator writes anything else for them.
+            self.plan.step = "create_workload"
+            self.act("create", "Workload", desired["metadata"]["name"], desired, "gang admission")
+            state_pvc = b.build_state_pvc(self.ref, self.spec)
+            if state_pvc is not None:
+                self.ensure_once(state_pvc, "state volume")
+            self.plan.requeue_after = 0.01
+            return True
         if _label(self.job, QUEUE_LABEL) != self.queue:
             self.act(
                 "apply",

@@ -109,6 +109,9 @@ class PassBase:
             self.act("create", desired["kind"], desired["metadata"]["name"], desired, why)
 
     def finish(self) -> Plan:
+        if self.plan.step == "create_workload":  # the status waits for the next pass
+            self.plan.status = copy.deepcopy(self.old_status)
+            return self.plan
         for key in [k for k, v in self.st.items() if v is None]:
             del self.st[key]
         if self.generation is not None:
