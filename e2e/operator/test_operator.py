@@ -118,6 +118,9 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     assert [x["metadata"]["name"] for x in items(cluster, "services", ns)] == ["dis"]
     assert get(cluster, "service", "dis", ns)["spec"]["clusterIP"] == "None"
 
+    gang = ["dis-buffer", "dis-rollout-0", "dis-rollout-1", "dis-router"]
+    gang += ["dis-trainer-0", "dis-trainer-1"]
+
     def dns_names():  # what the cluster DNS serves under the headless Service
         slices = items(cluster, "endpointslices", ns, "kubernetes.io/service-name=dis")
         return sorted(e.get("hostname", "") for s in slices for e in s.get("endpoints") or [])
@@ -125,30 +128,13 @@ def test_1_disaggregated_admitted_on_flavor_and_running(cluster, op, namespace, 
     wait(
         cluster,
         "<pod>.dis published for every pod of the gang",
-        lambda: (
-            dns_names()
-            == [
-                "dis-buffer",
-                "dis-rollout-0",
-                "dis-rollout-1",
-                "dis-router",
-                "dis-trainer-0",
-                "dis-trainer-1",
-            ]
-        ),
+        lambda: dns_names() == gang,
         30,
     )
     assert not items(cluster, "statefulsets,deployments,replicasets", ns)
     pods = pods_of(cluster, "dis", ns)
     names = sorted(p["metadata"]["name"] for p in pods)
-    assert names == [
-        "dis-buffer",
-        "dis-rollout-0",
-        "dis-rollout-1",
-        "dis-router",
-        "dis-trainer-0",
-        "dis-trainer-1",
-    ]
+    assert names == gang
     for p in pods:
         assert p["status"]["phase"] == "Running"
         assert p["metadata"]["labels"]["kueue.x-k8s.io/podset"] in sets
