@@ -400,9 +400,9 @@ class Controller:
         if plan.status_changed:
             await self.write_status(key, obs.job, plan)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
-        for e in refused:
-            if namespace_terminating(ApiError(e.code, e.message)):
-                raise ApiError(e.code, e.message)  # the worker leaves the namespace
+        for err in (ApiError(e.code, e.message) for e in refused):
+            if namespace_terminating(err):
+                raise err  # the worker leaves the namespace
         if refused:
             first = refused[0]
             log.warning(
