@@ -4,6 +4,7 @@ idle minute and, optionally, the namespace's deletion. Nothing is left running."
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -106,6 +107,16 @@ def create_jobs(api, side: Side, names: list[str]) -> None:
         list(pool.map(create, names))
 
 
+def component_cpu(cluster: LocalCluster) -> dict[str, float]:
+    """CPU seconds of each control-plane process (etcd, kube-apiserver, the controller-manager,
+    the scheduler, Kueue, kwok): where the machine's cores go during a run."""
+    out = {}
+    for name, pid in cluster.pids.items():
+        with contextlib.suppress(OSError):  # exited
+            out[name] = cpu_seconds(pid)
+    return out
+
+
 def settle(side: Side, quiet_s: float, cap_s: float) -> float:
     """Wait until the operator has written nothing for `quiet_s` (the status writes and
     readiness that follow the last pods: every job settled), at most `cap_s`: the seconds
@@ -136,6 +147,7 @@ def run_one(side: Side, n: int, limits: str, opts, workdir: Path) -> dict:
         apim = ApiserverMetrics(cluster)
         base_api, base_kcm, base_op = apim.writes(), kcm_writes(cluster), side.writes()
         cpu_start = cpu_seconds(side.pid)  # its start-up (imports, informers' lists)
+        comp_start = component_cpu(cluster)
         la_start = loadavg()
 
         t0 = time.monotonic()
@@ -152,6 +164,8 @@ def run_one(side: Side, n: int, limits: str, opts, workdir: Path) -> dict:
         settle_s = settle(side, opts.settle, max(deadline - time.monotonic(), 60.0))
         op_w, api_w, kcm_w = side.writes(), apim.writes(), kcm_writes(cluster)
         cpu_settled = cpu_seconds(side.pid)
+        comp = delta(component_cpu(cluster), comp_start)
+        comp["operator"] = cpu_settled - cpu_start
 
         time.sleep(opts.idle)  # the idle minute: every job present, nothing changing
         idle_op, idle_api = side.writes() - op_w, apim.writes()["total"] - api_w["total"]
@@ -189,6 +203,7 @@ def run_one(side: Side, n: int, limits: str, opts, workdir: Path) -> dict:
             "operator_cpu_seconds_at_start": round(cpu_start, 1),
             "operator_cpu_seconds_to_settle": round(cpu_settled, 1),
             "operator_peak_rss_mib": round(rss, 1),
+            "cpu_seconds_by_component": {k: round(v, 1) for k, v in sorted(comp.items())},
             "idle": {
                 "seconds": opts.idle,
                 "operator_writes": idle_op,

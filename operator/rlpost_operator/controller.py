@@ -466,7 +466,14 @@ class Controller:
     async def execute_action(self, key: Key, a: protocol.Action) -> None:
         ns = key[0]
         if a.verb == "apply":
-            out = await self.call(self.kube.apply, a.body, ns)
+            out = None
+            if a.kind != api.KIND and (a.kind, a.name) not in self.cache.objs.get(key, {}):
+                # New to the cache: created with a POST, which costs the API server a
+                # fraction of a server-side apply of the same object; one that exists
+                # after all (409) is applied.
+                out = await self.call(self.kube.create, a.body, ns)
+            if out is None:
+                out = await self.call(self.kube.apply, a.body, ns)
         elif a.verb == "create":
             out = await self.call(self.kube.create, a.body, ns)
         elif a.verb == "delete":

@@ -1,4 +1,4 @@
-"""The thin API layer: server-side apply, create, delete, merge patches, events, reads.
+"""The thin API layer: create, server-side apply, delete, merge patches, events, reads.
 
 Built on the `kubernetes` client's ApiClient (auth, TLS, connection pool) with raw REST
 paths, so one code path serves core, apps, rbac, Kueue and our own kind. Every request is
@@ -7,7 +7,6 @@ counted in `rlpost_api_requests_total{verb,code}`; bodies are never logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
+import orjson
 
 from . import metrics
 from .constants import FIELD_MANAGER, KUEUE_GROUP, KUEUE_VERSION
@@ -128,7 +128,7 @@ class Kube:
             if resp.status != 404 and not (resp.status == 409 and verb == "create"):
                 metrics.API_ERRORS.inc()
             raise ApiError(resp.status, data.decode(errors="replace") if data else "")
-        return json.loads(data) if data else None
+        return orjson.loads(data) if data else None
 
     # ------------------------------------------------------------------ reads
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -183,6 +183,7 @@ class Kube:
         )
 
     def create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any] | None:
+        """POST; None when it exists already (409)."""
         k = KINDS[obj["kind"]]
         try:
             return self.request(

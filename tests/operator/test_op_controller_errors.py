@@ -23,7 +23,7 @@ REFUSAL = json.dumps(
 
 
 class FakeKube:
-    """Stores what is written; refuses the apply of the first trainer pod with `code`."""
+    """Stores what is written; refuses the first trainer pod (its create or apply) with `code`."""
 
     def __init__(self, code: int):
         self.code = code
@@ -38,6 +38,8 @@ class FakeKube:
 
     def create(self, obj, ns):
         self.writes.append(("create", obj["kind"], obj["metadata"]["name"]))
+        if (obj["kind"], obj["metadata"]["name"]) == ("Pod", "j-trainer-0"):
+            raise ApiError(self.code, REFUSAL)
         return stored(obj)
 
     def delete(self, kind, ns, name):
@@ -97,7 +99,8 @@ async def test_non_retryable_refusal_writes_status_then_fails_the_job():
     assert kube.status["phase"] == "Failed"
     failed = next(c for c in kube.status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == p.CHILD_REJECTED and "denied by policy" in failed["message"]
-    assert not [w for w in kube.writes if w[0] == "apply"]  # no retry of the refused write
+    # no retry of the refused write
+    assert not [w for w in kube.writes if w[0] in ("apply", "create")]
 
 
 @pytest.mark.asyncio
@@ -115,3 +118,45 @@ async def test_retryable_refusal_backs_off_and_shows_a_condition():
         await ctl.reconcile(key)
     c = next(c for c in kube.status["conditions"] if c["type"] == "ChildrenApplied")
     assert c["status"] == "False" and "HTTP 503" in c["message"]
+
+
+class RecordingKube(FakeKube):
+    """Accepts everything; a create of an object named in `exists` answers 409."""
+
+    def __init__(self, exists=()):
+        super().__init__(0)
+        self.exists = set(exists)
+
+    def create(self, obj, ns):
+        self.writes.append(("create", obj["kind"], obj["metadata"]["name"]))
+        return None if (obj["kind"], obj["metadata"]["name"]) in self.exists else stored(obj)
+
+    def apply(self, obj, ns):
+        self.writes.append(("apply", obj["kind"], obj["metadata"]["name"]))
+        return stored(obj, rv="2")
+
+
+def child(kind, name):
+    return {
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "ns", "labels": b.labels("j")},
+    }
+
+
+@pytest.mark.asyncio
+async def test_a_child_the_cache_lacks_is_posted_one_it_has_is_applied_a_409_applies():
+    kube = RecordingKube(exists={("Service", "j")})
+    ctl = Controller(kube, ["ns"])
+    key = ("ns", "j")
+    ctl.cache.put_job(job())
+    ctl.cache.put("ConfigMap", stored(child("ConfigMap", "j-config")))
+    for kind, name in (("Pod", "j-router"), ("ConfigMap", "j-config"), ("Service", "j")):
+        await ctl.execute_action(key, p.Action("apply", kind, name, child(kind, name), "test"))
+    assert kube.writes == [
+        ("create", "Pod", "j-router"),  # not cached: a POST, no server-side apply
+        ("apply", "ConfigMap", "j-config"),  # cached: applied
+        ("create", "Service", "j"),  # not cached, but there (409): applied
+        ("apply", "Service", "j"),
+    ]
+    assert ctl.cache.objs[key][("Service", "j")]["metadata"]["resourceVersion"] == "2"

@@ -62,7 +62,7 @@ def test_new_job_creates_only_the_workload_and_is_queued():
     wl = stored(next(a.body for a in plan.actions if a.kind == "Workload"))
     plan = p.reconcile(p.Observed(job=j, workload=wl))
     first = plan.actions[0]
-    assert (first.verb, first.kind) == ("apply", "RLPostTrainJob")
+    assert (first.verb, first.kind) == ("patch", "RLPostTrainJob")
     assert first.body["metadata"]["labels"] == {"kueue.x-k8s.io/queue-name": "team-a"}
     assert not [a for a in plan.actions if a.kind == "Workload"]
     assert plan.status["phase"] == "Queued"

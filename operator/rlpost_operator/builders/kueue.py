@@ -20,11 +20,11 @@ def build_workload(
     ref: JobRef, spec: api.RLPostTrainJobSpec, queue: str, priority: int | None = None
 ) -> dict[str, Any]:
     """ONE Workload for the whole gang: all podSets are admitted together or not at all."""
-    pod_sets = []
-    for g in pod_groups(spec):
-        tmpl = pod_template(ref, spec, g.name)
-        # Kueue keeps only labels/annotations in a podSet template's metadata.
-        pod_sets.append({"name": g.name, "count": g.count, "template": tmpl})
+    full = [
+        {"name": g.name, "count": g.count, "template": pod_template(ref, spec, g.name)}
+        for g in pod_groups(spec)
+    ]
+    pod_sets = [{**ps, "template": kueue_template(ps["template"])} for ps in full]
     wl: dict[str, Any] = {
         "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
         "kind": "Workload",
@@ -45,10 +45,45 @@ def build_workload(
         # copies it the same way).
         wl["spec"]["priority"] = int(priority or 0)
     # The hash covers what is immutable in a Workload (podSets, queue, priority), not
-    # `active`, which follows spec.suspend.
+    # `active`, which follows spec.suspend; the podSets with their whole pod templates, so
+    # that any change to a pod group queues the gang again (and Workloads written before
+    # the templates were cut keep their hash).
     immutable = {k: v for k, v in wl["spec"].items() if k not in ("active", "priority")}
+    immutable["podSets"] = full
     wl["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(immutable)}
     return wl
+
+
+# What Kueue reads of a podSet's pod template: the requests (and the limits that default
+# them, the runtime class's overhead, sidecars' restartPolicy), and where the pods may go
+# (flavor assignment, node fit). Nothing else of the pod spec reaches the Workload.
+KUEUE_POD_FIELDS = (
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "priorityClassName",
+    "runtimeClassName",
+    "overhead",
+    "topologySpreadConstraints",
+    "resourceClaims",
+)
+KUEUE_CONTAINER_FIELDS = ("name", "resources", "restartPolicy")
+
+
+def kueue_template(tmpl: dict[str, Any]) -> dict[str, Any]:
+    """A pod template cut to what Kueue admits by (KUEUE_POD_FIELDS). The gang's pods are
+    built from the whole template; the Workload carries a fifth of it, and every write and
+    watch event of it (Kueue's, the operator's, the API server's) handles that much less.    """
+    pod = tmpl["spec"]
+    spec: dict[str, Any] = {k: pod[k] for k in KUEUE_POD_FIELDS if k in pod}
+    for key in ("initContainers", "containers"):
+        if pod.get(key):
+            spec[key] = [
+                {k: c[k] for k in KUEUE_CONTAINER_FIELDS if k in c} for c in pod[key]
+            ]
+    meta = tmpl.get("metadata") or {}
+    # Kueue keeps only labels/annotations in a podSet template's metadata.
+    return {"metadata": {k: meta[k] for k in ("labels", "annotations") if k in meta}, "spec": spec}
 
 
 def podset_updates(
@@ -92,10 +127,6 @@ def missing_flavors(workload: dict[str, Any], flavors: dict[str, dict[str, Any]]
     return sorted(wanted - set(flavors))
 
 
-def job_queue_label(ref: JobRef, queue: str) -> dict[str, Any]:
-    """The job's own metadata patch: Kueue's queue-name label (an apply of labels only)."""
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": ref.name, "namespace": ref.namespace, "labels": {QUEUE_LABEL: queue}},
-    }
+def job_queue_label(queue: str) -> dict[str, Any]:
+    """The job's own metadata patch (a JSON merge patch): Kueue's queue-name label."""
+    return {"metadata": {"labels": {QUEUE_LABEL: queue}}}

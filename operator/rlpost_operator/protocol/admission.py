@@ -203,10 +203,10 @@ class AdmissionSteps(PassBase):
             return True
         if _label(self.job, QUEUE_LABEL) != self.queue:
             self.act(
-                "apply",
-                self.job.get("kind", api.KIND),
+                "patch",
+                api.KIND,
                 self.ref.name,
-                b.job_queue_label(self.ref, self.queue),
+                b.job_queue_label(self.queue),
                 why="Kueue queue-name label",
             )
         wl = self.wl
