@@ -6,9 +6,10 @@ in-memory cache (cache.py) and enqueues the owning job; workers run `protocol.re
 a cache snapshot and execute the Plan. A pass whose Plan is empty writes nothing, which is
 what keeps an idle cluster free of operator writes.
 
-The queue has two levels: a job that has no Workload yet goes ahead of every other pass
+The queue has three levels: a job that has no Workload yet goes ahead of every other pass
 (its pass is small, and Kueue cannot admit what it has not seen), so a burst of new jobs is
-queued in Kueue before the operator spends its writes on children. A namespace the API
+queued in Kueue before the operator spends its writes on children; then a job Kueue has
+admitted that has no pod yet (its pass makes the gang); then everything else. A namespace the API
 server says is terminating is left alone: no pass, no retry, no write.
 """
 
@@ -105,14 +106,19 @@ class Controller:
         return await loop.run_in_executor(self.pool, functools.partial(fn, *args))
 
     # ------------------------------------------------------------------ queue
-    URGENT, NORMAL = 0, 1
+    URGENT, START, NORMAL = 0, 1, 2
 
     def priority(self, key: Key) -> int:
-        """URGENT: a job whose Workload does not exist yet (its pass creates it)."""
-        if key in self.cache.jobs and ("Workload", b.names(key[1])["workload"]) not in (
-            self.cache.objs.get(key) or {}
-        ):
-            return self.URGENT
+        """URGENT: a job whose Workload does not exist yet (its pass creates it). START: one
+        Kueue admitted that has no pod yet (its pass creates the gang). NORMAL: the rest
+        (status that follows pods, failures, suspensions), after those: in a burst of
+        admissions every gang is made before the status bookkeeping of the ones made."""
+        objs = self.cache.objs.get(key) or {}
+        wl = objs.get(("Workload", b.names(key[1])["workload"]))
+        if wl is None:
+            return self.URGENT if key in self.cache.jobs else self.NORMAL
+        if protocol.is_true(wl, "Admitted") and not any(kind == "Pod" for kind, _ in objs):
+            return self.START
         return self.NORMAL
 
     def enqueue(self, key: Key | None, delay: float = 0.0) -> None:
@@ -373,30 +379,36 @@ class Controller:
             self.namespace_deleting, key[0]
         ):
             raise NamespaceTerminating(key[0])  # the worker leaves the namespace
-        # Applies/creates of one pass are independent: issued together. Deletes and
-        # patches keep their order.
-        # Two waves: what pods reference (ServiceAccount, ConfigMaps, Secret) first.
-        parallel = [a for a in plan.actions if a.verb in ("apply", "create")]
-        refused: list[protocol.ChildError] = []
-        fresh = False
-        for wave in (False, True):
-            batch = [a for a in parallel if (a.kind in protocol.COMPUTE_KINDS) is wave]
-            if batch:
-                results = await asyncio.gather(
-                    *(self.execute_action(key, a) for a in batch), return_exceptions=True
-                )
-                got, new = self._record(key, batch, results)
-                refused += got
-                fresh = fresh or new
-        failure: BaseException | None = None
-        for action in plan.actions:
-            if action.verb not in ("apply", "create"):
-                try:
-                    await self.execute_action(key, action)
-                except ApiError as exc:
-                    failure = failure or exc
+        # A pass's writes in as few round trips as their order allows:
+        #   1. the children pods reference (ServiceAccount, ConfigMaps, Secret) and the
+        #      others, together, and the job's own label patch;
+        #   2. the pods together, the deletes and other patches (in their order), and the
+        #      pass's Events (named after the job's version once its label is written);
+        #   3. the status, after its Events (write_status).
         # The status is written even when a write failed: what the pass decided is true
         # (e.g. the Workload is admitted) and the refusal shows on the next pass.
+        creates = [a for a in plan.actions if a.verb in ("apply", "create")]
+        own = [a for a in plan.actions if a.verb == "patch" and a.kind == api.KIND]
+        ordered = [a for a in plan.actions if a not in creates and a not in own]
+        refused: list[protocol.ChildError] = []
+        fresh = False
+        failures: list[BaseException | None] = []
+        post = plan.events if plan.status_changed else []
+        for wave in (False, True):
+            batch = [a for a in creates if (a.kind in protocol.COMPUTE_KINDS) is wave]
+            results = await asyncio.gather(
+                *(self.execute_action(key, a) for a in batch),
+                self._in_order(key, ordered if wave else own),
+                *([self.post_events(key, obs.job, post)] if wave and post else []),
+                return_exceptions=True,
+            )
+            failures.append(results[len(batch)])
+            got, new = self._record(key, batch, results[: len(batch)])
+            refused += got
+            fresh = fresh or new
+            for extra in results[len(batch) + 1 :]:
+                if isinstance(extra, BaseException):
+                    raise extra
         if plan.status_changed:
             await self.write_status(key, obs.job, plan)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
@@ -418,8 +430,9 @@ class Controller:
             if fresh and not all(e.retryable for e in refused):
                 return 0.05  # the next pass fails the job with the API server's message
             raise ApiError(first.code, first.message)  # retried with backoff
-        if failure is not None:
-            raise failure
+        for failure in failures:
+            if isinstance(failure, BaseException):
+                raise failure
         if plan.actions or plan.status_changed:
             log.info(
                 "reconciled",
@@ -499,13 +512,24 @@ class Controller:
             else:
                 self.cache.put(a.kind, out)
 
-    async def write_status(self, key: Key, job: dict[str, Any], plan: protocol.Plan) -> None:
-        # Events first, named after the job version the transition was decided on: a crash
-        # between the Event and the status write makes the restarted operator decide the
-        # same transition on the same version and post the same name (409: one Event);
-        # after the status write there is no transition left to post. None is lost.
+    async def _in_order(self, key: Key, actions: list[protocol.Action]) -> ApiError | None:
+        """Deletes and patches, one after the other: the first refusal (the rest still go)."""
+        failure = None
+        for action in actions:
+            try:
+                await self.execute_action(key, action)
+            except ApiError as exc:
+                failure = failure or exc
+        return failure
+
+    async def post_events(self, key: Key, job: dict[str, Any], events: list) -> None:
+        """Events go before the status write that records their transition, named after the
+        job version the transition was decided on: a crash between the Event and the status
+        write makes the restarted operator decide the same transition on the same version
+        and post the same name (409: one Event); after the status write there is no
+        transition left to post. None is lost."""
         current = self.cache.jobs.get(key, job)
-        for etype, reason, message in plan.events:
+        for etype, reason, message in events:
             digest = hashlib.sha256(
                 f"{job['metadata'].get('uid')}/{current['metadata']['resourceVersion']}/"
                 f"{reason}".encode()
@@ -516,6 +540,11 @@ class Controller:
                 )
             except ApiError as exc:
                 log.warning("event not recorded", extra={"error": str(exc)[:200]})
+
+    async def write_status(self, key: Key, job: dict[str, Any], plan: protocol.Plan) -> None:
+        """The pass's status: `job` is what it was decided on (a key missing from the new
+        status is removed); the write is guarded by the version cached now."""
+        current = self.cache.jobs.get(key, job)
         old = job.get("status") or {}
         body = dict(plan.status)
         for k in old:

@@ -73,14 +73,12 @@ KUEUE_CONTAINER_FIELDS = ("name", "resources", "restartPolicy")
 def kueue_template(tmpl: dict[str, Any]) -> dict[str, Any]:
     """A pod template cut to what Kueue admits by (KUEUE_POD_FIELDS). The gang's pods are
     built from the whole template; the Workload carries a fifth of it, and every write and
-    watch event of it (Kueue's, the operator's, the API server's) handles that much less.    """
+    watch event of it (Kueue's, the operator's, the API server's) handles that much less."""
     pod = tmpl["spec"]
     spec: dict[str, Any] = {k: pod[k] for k in KUEUE_POD_FIELDS if k in pod}
     for key in ("initContainers", "containers"):
         if pod.get(key):
-            spec[key] = [
-                {k: c[k] for k in KUEUE_CONTAINER_FIELDS if k in c} for c in pod[key]
-            ]
+            spec[key] = [{k: c[k] for k in KUEUE_CONTAINER_FIELDS if k in c} for c in pod[key]]
     meta = tmpl.get("metadata") or {}
     # Kueue keeps only labels/annotations in a podSet template's metadata.
     return {"metadata": {k: meta[k] for k in ("labels", "annotations") if k in meta}, "spec": spec}
