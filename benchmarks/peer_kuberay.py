@@ -71,6 +71,7 @@ def parse(argv=None):
         "each: writes KubeRay's jobs, which keep no state, do not make), or one checkpoint "
         "PVC every job shares (checkpoint.pvc, each job in its own directory)",
     )
+    add("--ours-workers", type=int, default=8, help="our operator's --workers (default 8)")
     add("--sa-token", action="store_true", help="also run ours on the chart's SA token")
     add("--teardown", action="store_true", help="then delete the namespace with every job")
     add("--timeout", type=float, default=900, help="seconds for all jobs' pods")
@@ -92,7 +93,9 @@ def plan(a) -> list[tuple[int, str, object]]:
     for n in a.jobs or [200, 1000]:
         for lim in limits:
             if a.side in ("ours", "both"):
-                runs += [(n, lim, Ours(auth, st)) for st in states for auth in auths]
+                runs += [
+                    (n, lim, Ours(auth, st, a.ours_workers)) for st in states for auth in auths
+                ]
             if a.side in ("kuberay", "both"):
                 runs += [
                     (n, lim, KubeRay(c, a.kuberay_mode))

@@ -181,7 +181,12 @@ def queue_docs(ns: str, queue: str = QUEUE) -> list[dict]:
 
 
 def start_operator(
-    ns: str, port: int, kubeconfig: str | Path, log_path: Path, env: dict | None = None
+    ns: str,
+    port: int,
+    kubeconfig: str | Path,
+    log_path: Path,
+    env: dict | None = None,
+    workers: int = 8,
 ) -> subprocess.Popen:
     """`python -m rlpost_operator --namespace ns` as a process, its log in `log_path`."""
     log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it open
@@ -196,6 +201,8 @@ def start_operator(
             str(port),
             "--kubeconfig",
             str(kubeconfig),
+            "--workers",
+            str(workers),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

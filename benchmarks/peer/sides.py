@@ -106,18 +106,20 @@ class Ours(Side):
     name = "ours"
     job_api = ("rlpost.dev", "v1alpha1", "rlposttrainjobs")
 
-    def __init__(self, auth: str = "admin", state: str = "per-job"):
+    def __init__(self, auth: str = "admin", state: str = "per-job", workers: int = 8):
         self.auth = auth  # admin (system:masters) or sa (the Helm chart's ServiceAccount)
         self.state = state  # per-job `<job>-state` PVCs, or one shared checkpoint PVC
+        self.workers = workers  # --workers (the operator's default: 8)
         self.kubeconfig: Path | None = None
         self.port = 0
 
     def label(self) -> str:
         out = "ours" if self.auth == "admin" else "ours (chart SA token)"
-        return out if self.state == "per-job" else f"{out}, shared checkpoint PVC"
+        out = out if self.state == "per-job" else f"{out}, shared checkpoint PVC"
+        return out if self.workers == 8 else f"{out}, {self.workers} workers"
 
     def settings(self) -> dict:
-        return {"auth": self.auth, "workers": 8, "state": self.state}
+        return {"auth": self.auth, "workers": self.workers, "state": self.state}
 
     def doc(self, name: str, ns: str) -> dict:
         doc = job_doc(name, ns)
@@ -138,7 +140,9 @@ class Ours(Side):
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
         env["PYTHONUNBUFFERED"] = "1"
-        self.proc = start_operator(ns, self.port, self.kubeconfig, workdir / "ours.log", env)
+        self.proc = start_operator(
+            ns, self.port, self.kubeconfig, workdir / "ours.log", env, self.workers
+        )
 
     def ready(self) -> bool:
         self.alive()

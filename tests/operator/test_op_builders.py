@@ -33,6 +33,29 @@ def test_disaggregated_workload_podsets_counts_gpus():
     assert "priorityClassRef" not in wl["spec"]
 
 
+def test_workload_podsets_carry_what_kueue_reads_and_the_hash_the_whole_template():
+    s = spec()
+    wl = b.build_workload(REF, s, "team-a")
+    for ps in wl["spec"]["podSets"]:
+        full = b.pod_template(REF, s, ps["name"])
+        pod = ps["template"]["spec"]
+        assert set(pod) <= set(b.KUEUE_POD_FIELDS) | {"containers", "initContainers"}
+        assert [set(c) for c in pod["containers"]] == [{"name", "resources"}] * len(
+            pod["containers"]
+        )
+        assert [c["resources"] for c in pod["containers"]] == [
+            c["resources"] for c in full["spec"]["containers"]
+        ]
+        for key in ("nodeSelector", "tolerations", "affinity"):
+            assert pod.get(key) == full["spec"].get(key)
+        assert ps["template"]["metadata"]["labels"] == full["metadata"]["labels"]
+    # what Kueue does not read is not sent, but a change to it still replaces the Workload
+    changed = spec(trainer={"replicas": 2, "gpusPerPod": 4, "image": "example/trainer:2"})
+    other = b.build_workload(REF, changed, "team-a")
+    assert other["spec"]["podSets"] == wl["spec"]["podSets"]
+    assert other["metadata"]["annotations"] != wl["metadata"]["annotations"]
+
+
 def test_colocated_requests_gpus_once():
     s = spec(mode="colocated", trainer={"replicas": 2, "gpusPerPod": 8})
     wl = b.build_workload(REF, s, "q")

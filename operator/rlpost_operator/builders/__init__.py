@@ -34,7 +34,14 @@ from .compute import (
     build_training_pods,
     resume_step_of,
 )
-from .kueue import build_workload, job_queue_label, missing_flavors, podset_updates
+from .kueue import (
+    KUEUE_POD_FIELDS,
+    build_workload,
+    job_queue_label,
+    kueue_template,
+    missing_flavors,
+    podset_updates,
+)
 from .network import build_network_policy, build_service
 from .pods import apply_update, pod_spec, pod_template
 from .static import (
@@ -88,6 +95,8 @@ __all__ = [
     "expected_pods",
     "host",
     "job_queue_label",
+    "KUEUE_POD_FIELDS",
+    "kueue_template",
     "labels",
     "object_meta",
     "missing_flavors",
