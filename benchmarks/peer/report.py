@@ -17,8 +17,17 @@ ROWS = [
     ("… of which before the first job", lambda r: r["operator_cpu_seconds_at_start"], "num"),
     ("operator peak RSS (MiB)", lambda r: r["operator_peak_rss_mib"], "num"),
     ("operator writes in the idle minute", lambda r: r["idle"]["operator_writes"], "num"),
+    ("kube-apiserver CPU seconds (to settled)", lambda r: _cpu(r, "kube-apiserver"), "num"),
+    ("every process's CPU seconds (to settled)", lambda r: _cpu(r, None), "num"),
     ("load average (1 min) start → end", lambda r: _la(r), None),
 ]
+
+
+def _cpu(r: dict, name: str | None) -> float:
+    """A control-plane process's CPU seconds over the run (None: all of them and the
+    operator together)."""
+    cpu = r["cpu_seconds_by_component"]
+    return round(sum(cpu.values()), 1) if name is None else cpu[name]
 
 
 def _la(r: dict) -> str:
