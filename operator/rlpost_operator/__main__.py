@@ -18,8 +18,7 @@ import orjson
 from rlpost.logs import setup_logging
 
 from . import metrics
-from .constants import APP, INSTANCE_LABEL, NAME_LABEL
-from .controller import WATCHED_KINDS, Controller, register
+from .controller import Controller, filter_watches, register
 from .kube import Kube, load_config
 
 log = logging.getLogger("rlpost.operator")
@@ -136,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.scanning.disabled = not args.all_namespaces
         settings.watching.server_timeout = 600
         settings.watching.client_timeout = 660
-        # Only the operator's own children travel: the API server filters the watches by
-        # label (another team's pods in the namespace are never sent, nor decoded).
-        for group, version, plural in WATCHED_KINDS.values():
-            settings.watching.label_selectors[group, version, plural] = (
-                f"{NAME_LABEL}={APP},{INSTANCE_LABEL}"
-            )
+        filter_watches(settings)  # only the jobs' children travel
         task = asyncio.get_running_loop().create_task(ctl.run())
         task.add_done_callback(_fatal_if_failed)
         ctl.tasks.append(task)

@@ -54,6 +54,10 @@ WATCHED_KINDS = {
     "Pod": ("", "v1", "pods"),  # the kubelet and scheduler move them on
     "ConfigMap": ("", "v1", "configmaps"),  # the trainer reports progress
 }
+# The children of a job (the only objects the operator reads of the watched and listed
+# kinds): the API server filters the watches and lists by it, so another team's pods in the
+# namespace never travel.
+CHILD_SELECTOR = f"{NAME_LABEL}={APP},{INSTANCE_LABEL}"
 # Children only the operator writes, made once per job: listed (metadata only: a Secret's
 # data is never read) at start and every RESYNC_S, not watched. A watch would deliver each
 # one's creation back to the operator and its deletion at teardown: a third of the events
@@ -264,7 +268,7 @@ class Controller:
             for job in self.kube.list(api.KIND, ns):
                 self.cache.put_job(job, listed=True)
             for kind in WATCHED_KINDS:
-                for obj in self.kube.list(kind, ns, f"{NAME_LABEL}={APP}"):
+                for obj in self.kube.list(kind, ns, CHILD_SELECTOR):
                     self.cache.put(kind, obj, listed=True)
         self.resync_listed()
         self.refresh_flavors(force=True)
@@ -275,7 +279,7 @@ class Controller:
         changed: set[Key] = set()
         for ns in self.namespaces or [None]:
             for kind in LISTED_KINDS:
-                items, rv = self.kube.list_metadata(kind, ns, f"{NAME_LABEL}={APP}")
+                items, rv = self.kube.list_metadata(kind, ns, CHILD_SELECTOR)
                 changed |= self.cache.resync(kind, ns, items, rv)
         return changed
 
@@ -585,6 +589,12 @@ def namespace_terminating(exc: BaseException) -> bool:
 
 
 # ---------------------------------------------------------------------------- kopf wiring
+
+
+def filter_watches(settings: kopf.OperatorSettings) -> None:
+    """kopf's watches of the WATCHED_KINDS ask the API server for CHILD_SELECTOR only."""
+    for group, version, plural in WATCHED_KINDS.values():
+        settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
 
 
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
