@@ -5,6 +5,7 @@ from __future__ import annotations
 
 ROWS = [
     ("jobs with all pods", lambda r: f"{r['jobs_with_all_pods']} / {r['jobs']}", None),
+    ("jobs by status once settled", lambda r: _states(r), None),
     ("wall to the last job's pods (s)", lambda r: r["wall_seconds_to_last_jobs_pods"], "num"),
     ("create → Workload p50 (s)", lambda r: r["create_to_workload_s"]["p50"], "num"),
     ("create → Workload p99 (s)", lambda r: r["create_to_workload_s"]["p99"], "num"),
@@ -28,6 +29,11 @@ def _cpu(r: dict, name: str | None) -> float:
     operator together)."""
     cpu = r["cpu_seconds_by_component"]
     return round(sum(cpu.values()), 1) if name is None else cpu[name]
+
+
+def _states(r: dict) -> str:
+    states = r.get("job_status_at_settle")
+    return ", ".join(f"{k} {v}" for k, v in states.items()) if states else "–"
 
 
 def _la(r: dict) -> str:

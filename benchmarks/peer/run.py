@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,6 +118,16 @@ def component_cpu(cluster: LocalCluster) -> dict[str, float]:
     return out
 
 
+def job_states(api, side: Side) -> dict[str, int]:
+    """The jobs counted by what their status says (ours: phase; KubeRay:
+    jobDeploymentStatus), read once the run settled: the status caught up with the pods."""
+    group, version, plural = side.job_api
+    items = kubernetes.client.CustomObjectsApi(api).list_namespaced_custom_object(
+        group, version, NS, plural
+    )["items"]
+    return dict(sorted(Counter(side.job_state(j) for j in items).items()))
+
+
 def settle(side: Side, quiet_s: float, cap_s: float) -> float:
     """Wait until the operator has written nothing for `quiet_s` (the status writes and
     readiness that follow the last pods: every job settled), at most `cap_s`: the seconds
@@ -164,6 +175,7 @@ def run_one(side: Side, n: int, limits: str, opts, workdir: Path) -> dict:
         settle_s = settle(side, opts.settle, max(deadline - time.monotonic(), 60.0))
         op_w, api_w, kcm_w = side.writes(), apim.writes(), kcm_writes(cluster)
         cpu_settled = cpu_seconds(side.pid)
+        states = job_states(api, side)
         comp = delta(component_cpu(cluster), comp_start)
         comp["operator"] = cpu_settled - cpu_start
 
@@ -183,6 +195,7 @@ def run_one(side: Side, n: int, limits: str, opts, workdir: Path) -> dict:
             "pods_per_job": side.expected_pods,
             "jobs_admitted": tm["admitted"],
             "jobs_with_all_pods": tm["complete"],
+            "job_status_at_settle": states,
             "submit_seconds": r1(submit_s),
             "settle_seconds": r1(settle_s),
             "wall_seconds_to_last_jobs_pods": (

@@ -81,6 +81,10 @@ class Side:
     def workload_job(self, wl: dict) -> str | None:
         raise NotImplementedError
 
+    def job_state(self, job: dict) -> str:
+        """What the job's status says once the run settled (ours: its phase)."""
+        return (job.get("status") or {}).get("phase") or "none"
+
     def pod_keys(self, pod: dict) -> list[tuple[str, str]]:
         """("job", name) or ("cluster", RayCluster name) keys the pod counts towards."""
         raise NotImplementedError
@@ -166,6 +170,9 @@ class KubeRay(Side):
 
     name = "kuberay"
     job_api = ("ray.io", "v1", "rayjobs")
+
+    def job_state(self, job: dict) -> str:
+        return (job.get("status") or {}).get("jobDeploymentStatus") or "none"
 
     def __init__(self, concurrency: str = "default", mode: str = "sidecar"):
         self.concurrency = concurrency

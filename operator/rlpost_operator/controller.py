@@ -73,6 +73,9 @@ LISTED_KINDS = (
     "PersistentVolumeClaim",
 )
 RESYNC_S = 300.0
+# After a pass that made a gang: its follow-up pass (label, Events, status) is queued this
+# much later, at the NORMAL level (the job has pods now).
+GANG_FOLLOW_UP_S = 0.01
 
 
 class Controller:
@@ -394,10 +397,17 @@ class Controller:
         creates = [a for a in plan.actions if a.verb in ("apply", "create")]
         own = [a for a in plan.actions if a.verb == "patch" and a.kind == api.KIND]
         ordered = [a for a in plan.actions if a not in creates and a not in own]
+        # A pass that makes the gang (its first pods) writes what the pods need and the
+        # pods, nothing else: the job's label, Events and status follow in the next pass,
+        # at the NORMAL level. In a burst of admissions every gang is made first, and a
+        # gang's admission -> pods is two round trips, not three.
+        gang = self.makes_gang(key, plan)
+        if gang:
+            own = []
         refused: list[protocol.ChildError] = []
         fresh = False
         failures: list[BaseException | None] = []
-        post = plan.events if plan.status_changed else []
+        post = plan.events if plan.status_changed and not gang else []
         for wave in (False, True):
             batch = [a for a in creates if (a.kind in protocol.COMPUTE_KINDS) is wave]
             results = await asyncio.gather(
@@ -413,6 +423,14 @@ class Controller:
             for extra in results[len(batch) + 1 :]:
                 if isinstance(extra, BaseException):
                     raise extra
+        wrote_all = not refused and not any(isinstance(f, BaseException) for f in failures)
+        if gang and wrote_all:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
+            log.info(
+                "gang created",
+                extra={"job": f"{key[0]}/{key[1]}", "actions": [repr(a) for a in plan.actions]},
+            )
+            return GANG_FOLLOW_UP_S  # the label, Events and status: the next pass
         if plan.status_changed:
             await self.write_status(key, obs.job, plan)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
@@ -448,6 +466,13 @@ class Controller:
                 },
             )
         return plan.requeue_after
+
+    def makes_gang(self, key: Key, plan: protocol.Plan) -> bool:
+        """The pass creates pods of a job that has none (its START pass)."""
+        objs = self.cache.objs.get(key) or {}
+        if any(kind == "Pod" for kind, _ in objs):
+            return False
+        return any(a.kind == "Pod" and a.verb in ("apply", "create") for a in plan.actions)
 
     def _record(
         self, key: Key, actions: list[protocol.Action], results: list[Any]

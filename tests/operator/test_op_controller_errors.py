@@ -11,7 +11,7 @@ import pytest
 from operator_helpers import FLAVORS, admit, job, stored
 from rlpost_operator import builders as b
 from rlpost_operator import protocol as p
-from rlpost_operator.controller import Controller
+from rlpost_operator.controller import GANG_FOLLOW_UP_S, Controller
 from rlpost_operator.kube import ApiError
 
 from rlpost import api
@@ -160,3 +160,47 @@ async def test_a_child_the_cache_lacks_is_posted_one_it_has_is_applied_a_409_app
         ("apply", "Service", "j"),
     ]
     assert ctl.cache.objs[key][("Service", "j")]["metadata"]["resourceVersion"] == "2"
+
+
+@pytest.mark.asyncio
+async def test_the_pass_that_makes_the_gang_leaves_label_events_and_status_to_the_next():
+    """A START pass writes what the pods reference, then the pods, and nothing else; the
+    next pass (the job has pods now) writes the queue label, the Event and the status."""
+    kube = RecordingKube()
+    now = p.ts(p.datetime.now(p.UTC))
+
+    def create(obj, ns):  # made now (not at the helpers' fixed time: no pods-ready timeout)
+        out = RecordingKube.create(kube, obj, ns)
+        out["metadata"]["creationTimestamp"] = now
+        return out
+
+    kube.create = create
+    ctl = Controller(kube, ["ns"])
+    j = job(status={"phase": "Queued"})
+    del j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    ctl.cache.put_job(j)
+    wl = admit(
+        stored(b.build_workload(REF, api.RLPostTrainJobSpec.model_validate(j["spec"]), "team-a"))
+    )
+    wl["metadata"]["labels"] = b.labels("j")
+    ctl.cache.put("Workload", wl)
+    ctl.cache.flavors = FLAVORS
+    key = ("ns", "j")
+    assert ctl.priority(key) == ctl.START
+
+    assert await ctl.reconcile(key) == GANG_FOLLOW_UP_S
+    pods = [i for i, w in enumerate(kube.writes) if w[1] == "Pod"]
+    assert len(pods) == 7  # 2 trainers, 3 engines, router, buffer
+    before = {w[1] for w in kube.writes[: pods[0]]}
+    assert {"ServiceAccount", "ConfigMap", "Secret", "NetworkPolicy", "Role"} <= before
+    assert not [w for w in kube.writes if w[0] in ("event", "patch_status") or w[1] == api.KIND]
+    assert kube.status is None
+    assert ctl.priority(key) == ctl.NORMAL  # the follow-up waits behind other gangs
+
+    kube.writes.clear()
+    await ctl.reconcile(key)  # (requeued for the pods-ready timeout)
+    assert ("patch", api.KIND, "j") in kube.writes  # the queue label
+    assert ("event", "Admitted", "") in kube.writes
+    assert kube.writes[-1] == ("patch_status", api.KIND, "j")  # after its Event
+    assert kube.status["phase"] == "Admitted"
+    assert not [w for w in kube.writes if w[1] == "Pod"]
