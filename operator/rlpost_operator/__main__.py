@@ -18,8 +18,9 @@ import orjson
 from rlpost.logs import setup_logging
 
 from . import metrics
-from .controller import Controller, filter_watches, register
+from .controller import Controller
 from .kube import Kube, load_config
+from .watches import filter_watches, register
 
 log = logging.getLogger("rlpost.operator")
 

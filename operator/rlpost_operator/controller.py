@@ -1,84 +1,45 @@
-"""Work queue and plan executor; the kopf handlers only feed them.
+"""The work queue and the passes; the kopf handlers (watches.py) only feed them.
 
-kopf watches the job kind and every child kind (raw `on.event` handlers: no progress
-annotations, no finalizers, no posted events — nothing kopf writes). Each event updates the
-in-memory cache (cache.py) and enqueues the owning job; workers run `protocol.reconcile` on
-a cache snapshot and execute the Plan. A pass whose Plan is empty writes nothing, which is
-what keeps an idle cluster free of operator writes.
+kopf watches the job kind and the child kinds others change (raw `on.event` handlers: no
+progress annotations, no finalizers, no posted events — nothing kopf writes). Each event
+updates the in-memory cache (cache.py) and enqueues the owning job; workers run
+`protocol.reconcile` on a cache snapshot, with what it needs to read besides (the
+LocalQueue, priority class, flavors, nodes), and hand the Plan to writes.py. A pass whose
+Plan is empty writes nothing, which is what keeps an idle cluster free of operator writes.
 
 The queue has three levels: a job that has no Workload yet goes ahead of every other pass
 (its pass is small, and Kueue cannot admit what it has not seen), so a burst of new jobs is
 queued in Kueue before the operator spends its writes on children; then a job Kueue has
-admitted that has no pod yet (its pass makes the gang); then everything else. A namespace the API
-server says is terminating is left alone: no pass, no retry, no write.
+admitted that has no pod yet (its pass makes the gang); then everything else. A namespace
+the API server says is terminating is left alone: no pass, no retry, no write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import kopf
-
 from rlpost import api
 
 from . import builders as b
-from . import metrics, protocol, validation
+from . import protocol, validation
 from .cache import Cache, Key
-from .constants import (
-    APP,
-    HASH_ANNOTATION,
-    INSTANCE_LABEL,
-    NAME_LABEL,
-)
 from .kube import ApiError, Kube
+from .watches import CHILD_SELECTOR, LISTED_KINDS, RESYNC_S, WATCHED_KINDS
+from .writes import NamespaceTerminating, PlanWriter, namespace_terminating
 
 log = logging.getLogger("rlpost.operator")
 
 # How long a namespace's "not being deleted" answer is trusted before a pass writes.
 NAMESPACE_CHECK_S = 0.5
-# A status change of counts only (ready pods, the trainer's step) waits this long, so that
-# the next counts go in the same write (pods of a gang turn Ready within moments).
-PROGRESS_COALESCE_S = 2.0
-
-# Children whose changes the operator watches (kopf): what others change under it.
-WATCHED_KINDS = {
-    # kind: (group, version, plural)
-    "Workload": ("kueue.x-k8s.io", "v1beta2", "workloads"),  # Kueue admits, evicts
-    "Pod": ("", "v1", "pods"),  # the kubelet and scheduler move them on
-    "ConfigMap": ("", "v1", "configmaps"),  # the trainer reports progress
-}
-# The children of a job (the only objects the operator reads of the watched and listed
-# kinds): the API server filters the watches and lists by it, so another team's pods in the
-# namespace never travel.
-CHILD_SELECTOR = f"{NAME_LABEL}={APP},{INSTANCE_LABEL}"
-# Children only the operator writes, made once per job: listed (metadata only: a Secret's
-# data is never read) at start and every RESYNC_S, not watched. A watch would deliver each
-# one's creation back to the operator and its deletion at teardown: a third of the events
-# it parses at scale (docs/benchmarks-operator.md) for objects nobody else changes. One
-# deleted by hand comes back at the next resync.
-LISTED_KINDS = (
-    "Secret",
-    "Service",
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "NetworkPolicy",
-    "PersistentVolumeClaim",
-)
-RESYNC_S = 300.0
-# After a pass that made a gang: its follow-up pass (label, Events, status) is queued this
-# much later, at the NORMAL level (the job has pods now).
-GANG_FOLLOW_UP_S = 0.01
 
 
-class Controller:
+class Controller(PlanWriter):
     def __init__(self, kube: Kube, namespaces: list[str] | None, workers: int = 8):
         self.kube = kube
         # The kubernetes client is blocking: its calls run here, not in asyncio's small
@@ -223,23 +184,6 @@ class Controller:
         self._ns_checked[ns] = (time.monotonic(), deleting)
         return deleting
 
-    def hold_progress(self, key: Key, obs: protocol.Observed, plan: protocol.Plan) -> float | None:
-        """A pass whose only change is counts in the status (no write of a child, no Event,
-        no phase or condition change) holds its status write back up to PROGRESS_COALESCE_S
-        from the first such pass: the seconds to wait, or None to write now."""
-        if not plan.status_changed or plan.actions or plan.events:
-            self._held.pop(key, None)
-            return None
-        if not protocol.progress_only(obs.job.get("status") or {}, plan.status):
-            self._held.pop(key, None)
-            return None
-        since = self._held.setdefault(key, time.monotonic())
-        left = PROGRESS_COALESCE_S - (time.monotonic() - since)
-        if left <= 0:
-            del self._held[key]
-            return None
-        return left if plan.requeue_after is None else min(left, plan.requeue_after)
-
     def leave_namespace(self, ns: str) -> None:
         """The API server refused a write because the namespace is being deleted: stop
         working on it (no pass, no retry), until a job is created there again."""
@@ -382,278 +326,4 @@ class Controller:
         held = self.hold_progress(key, obs, plan)
         if held is not None:
             return held
-        if (plan.actions or plan.status_changed) and await self.call(
-            self.namespace_deleting, key[0]
-        ):
-            raise NamespaceTerminating(key[0])  # the worker leaves the namespace
-        # A pass's writes in as few round trips as their order allows:
-        #   1. the children pods reference (ServiceAccount, ConfigMaps, Secret) and the
-        #      others, together, and the job's own label patch;
-        #   2. the pods together, the deletes and other patches (in their order), and the
-        #      pass's Events (named after the job's version once its label is written);
-        #   3. the status, after its Events (write_status).
-        # The status is written even when a write failed: what the pass decided is true
-        # (e.g. the Workload is admitted) and the refusal shows on the next pass.
-        creates = [a for a in plan.actions if a.verb in ("apply", "create")]
-        own = [a for a in plan.actions if a.verb == "patch" and a.kind == api.KIND]
-        ordered = [a for a in plan.actions if a not in creates and a not in own]
-        # A pass that makes the gang (its first pods) writes what the pods need and the
-        # pods, nothing else: the job's label, Events and status follow in the next pass,
-        # at the NORMAL level. In a burst of admissions every gang is made first, and a
-        # gang's admission -> pods is two round trips, not three.
-        gang = self.makes_gang(key, plan)
-        if gang:
-            own = []
-        refused: list[protocol.ChildError] = []
-        fresh = False
-        failures: list[BaseException | None] = []
-        post = plan.events if plan.status_changed and not gang else []
-        for wave in (False, True):
-            batch = [a for a in creates if (a.kind in protocol.COMPUTE_KINDS) is wave]
-            results = await asyncio.gather(
-                *(self.execute_action(key, a) for a in batch),
-                self._in_order(key, ordered if wave else own),
-                *([self.post_events(key, obs.job, post)] if wave and post else []),
-                return_exceptions=True,
-            )
-            failures.append(results[len(batch)])
-            got, new = self._record(key, batch, results[: len(batch)])
-            refused += got
-            fresh = fresh or new
-            for extra in results[len(batch) + 1 :]:
-                if isinstance(extra, BaseException):
-                    raise extra
-        wrote_all = not refused and not any(isinstance(f, BaseException) for f in failures)
-        if gang and wrote_all:
-            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
-            log.info(
-                "gang created",
-                extra={"job": f"{key[0]}/{key[1]}", "actions": [repr(a) for a in plan.actions]},
-            )
-            return GANG_FOLLOW_UP_S  # the label, Events and status: the next pass
-        if plan.status_changed:
-            await self.write_status(key, obs.job, plan)
-        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
-        for err in (ApiError(e.code, e.message) for e in refused):
-            if namespace_terminating(err):
-                raise err  # the worker leaves the namespace
-        if refused:
-            first = refused[0]
-            log.warning(
-                "child refused",
-                extra={
-                    "job": f"{key[0]}/{key[1]}",
-                    "child": f"{first.kind}/{first.name}",
-                    "code": first.code,
-                    "retryable": first.retryable,
-                    "error": first.message[:300],
-                },
-            )
-            if fresh and not all(e.retryable for e in refused):
-                return 0.05  # the next pass fails the job with the API server's message
-            raise ApiError(first.code, first.message)  # retried with backoff
-        for failure in failures:
-            if isinstance(failure, BaseException):
-                raise failure
-        if plan.actions or plan.status_changed:
-            log.info(
-                "reconciled",
-                extra={
-                    "job": f"{key[0]}/{key[1]}",
-                    "step": plan.step,
-                    "phase": plan.status.get("phase"),
-                    "actions": [repr(a) for a in plan.actions],
-                },
-            )
-        return plan.requeue_after
-
-    def makes_gang(self, key: Key, plan: protocol.Plan) -> bool:
-        """The pass creates pods of a job that has none (its START pass)."""
-        objs = self.cache.objs.get(key) or {}
-        if any(kind == "Pod" for kind, _ in objs):
-            return False
-        return any(a.kind == "Pod" and a.verb in ("apply", "create") for a in plan.actions)
-
-    def _record(
-        self, key: Key, actions: list[protocol.Action], results: list[Any]
-    ) -> tuple[list[protocol.ChildError], bool]:
-        """Remember refused child writes (the protocol reads them next pass); forget those
-        that went through."""
-        errors = self.child_errors[key]
-        refused = []
-        fresh = False
-        for a, res in zip(actions, results, strict=True):
-            if isinstance(res, ApiError):
-                body = a.body or {}
-                e = protocol.ChildError(
-                    a.kind,
-                    a.name,
-                    res.status,
-                    protocol.api_message(res.body),
-                    protocol._annotation(body, HASH_ANNOTATION),
-                )
-                if errors.get((a.kind, a.name)) != e:
-                    fresh = True
-                errors[(a.kind, a.name)] = e
-                refused.append(e)
-                metrics.CHILD_REFUSALS.labels(kind=a.kind, retryable=str(e.retryable)).inc()
-            elif isinstance(res, BaseException):
-                raise res
-            else:
-                errors.pop((a.kind, a.name), None)
-        if not errors:
-            self.child_errors.pop(key, None)
-        return refused, fresh
-
-    async def execute_action(self, key: Key, a: protocol.Action) -> None:
-        ns = key[0]
-        if a.verb == "apply":
-            out = None
-            if a.kind != api.KIND and (a.kind, a.name) not in self.cache.objs.get(key, {}):
-                # New to the cache: created with a POST, which costs the API server a
-                # fraction of a server-side apply of the same object; one that exists
-                # after all (409) is applied.
-                out = await self.call(self.kube.create, a.body, ns)
-            if out is None:
-                out = await self.call(self.kube.apply, a.body, ns)
-        elif a.verb == "create":
-            out = await self.call(self.kube.create, a.body, ns)
-        elif a.verb == "delete":
-            await self.call(self.kube.delete, a.kind, ns, a.name)
-            if a.kind in LISTED_KINDS:  # no watch tells when it is gone: gone now
-                self.cache.objs.get(key, {}).pop((a.kind, a.name), None)
-                return
-            cur = self.cache.objs.get(key, {}).get((a.kind, a.name))
-            if cur is not None:  # marked, so the next pass does not delete it again
-                cur["metadata"]["deletionTimestamp"] = protocol.ts(
-                    protocol.datetime.now(protocol.UTC)
-                )
-            return
-        elif a.verb in ("patch", "patch_status"):
-            out = await self.call(
-                self.kube.merge_patch, a.kind, ns, a.name, a.body, a.verb == "patch_status"
-            )
-        else:
-            raise ValueError(a.verb)
-        if out:
-            if a.kind == api.KIND:
-                self.cache.put_job(out)
-            else:
-                self.cache.put(a.kind, out)
-
-    async def _in_order(self, key: Key, actions: list[protocol.Action]) -> ApiError | None:
-        """Deletes and patches, one after the other: the first refusal (the rest still go)."""
-        failure = None
-        for action in actions:
-            try:
-                await self.execute_action(key, action)
-            except ApiError as exc:
-                failure = failure or exc
-        return failure
-
-    async def post_events(self, key: Key, job: dict[str, Any], events: list) -> None:
-        """Events go before the status write that records their transition, named after the
-        job version the transition was decided on: a crash between the Event and the status
-        write makes the restarted operator decide the same transition on the same version
-        and post the same name (409: one Event); after the status write there is no
-        transition left to post. None is lost."""
-        current = self.cache.jobs.get(key, job)
-        for etype, reason, message in events:
-            digest = hashlib.sha256(
-                f"{job['metadata'].get('uid')}/{current['metadata']['resourceVersion']}/"
-                f"{reason}".encode()
-            ).hexdigest()[:16]
-            try:
-                await self.call(
-                    self.kube.event, current, etype, reason, message, f"{key[1]}.{digest}"
-                )
-            except ApiError as exc:
-                log.warning("event not recorded", extra={"error": str(exc)[:200]})
-
-    async def write_status(self, key: Key, job: dict[str, Any], plan: protocol.Plan) -> None:
-        """The pass's status: `job` is what it was decided on (a key missing from the new
-        status is removed); the write is guarded by the version cached now."""
-        current = self.cache.jobs.get(key, job)
-        old = job.get("status") or {}
-        body = dict(plan.status)
-        for k in old:
-            if k not in body:
-                body[k] = None
-        # Our own writes earlier in this pass (the queue label) moved the version on.
-        patch = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}}
-        patch["status"] = body
-        out = await self.call(self.kube.merge_patch, api.KIND, key[0], key[1], patch, True)
-        if out:
-            self.cache.put_job(out)
-        if plan.evicted:
-            metrics.EVICTIONS.inc()
-        if plan.restarted:
-            metrics.RESTARTS.inc()
-        if plan.step == "pods_ready_timeout":
-            metrics.PODS_READY_TIMEOUTS.inc()
-        if plan.admission_wait is not None and plan.status.get("phase") in ("Admitted", "Running"):
-            metrics.ADMISSION_WAIT.observe(max(plan.admission_wait, 0.0))
-
-
-class NamespaceTerminating(Exception):
-    """The namespace of a pass is being deleted: the pass writes nothing."""
-
-
-def namespace_terminating(exc: BaseException) -> bool:
-    """The namespace is being deleted: seen before a write (NamespaceTerminating), or a write
-    refused for it (403 "... because it is being terminated", 404 "namespaces ... not
-    found")."""
-    if isinstance(exc, NamespaceTerminating):
-        return True
-    if not isinstance(exc, ApiError):
-        return False
-    body = exc.body or ""
-    return (exc.status == 403 and "being terminated" in body) or (
-        exc.status == 404 and 'namespaces "' in body and "not found" in body
-    )
-
-
-# ---------------------------------------------------------------------------- kopf wiring
-
-
-def filter_watches(settings: kopf.OperatorSettings) -> None:
-    """kopf's watches of the WATCHED_KINDS ask the API server for CHILD_SELECTOR only."""
-    for group, version, plural in WATCHED_KINDS.values():
-        settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
-
-
-def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
-    """Raw event handlers: cache + enqueue. They never write."""
-
-    # async: kopf runs a sync handler on a thread of its executor, one hop per event.
-    @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
-    async def job_event(event, **_):
-        obj = event["object"]
-        if event.get("type") == "DELETED":
-            ctl.cache.drop_job(obj, LISTED_KINDS)
-        elif not ctl.cache.put_job(obj):
-            return  # nothing new (the echo of the operator's own status write)
-        elif ctl.terminating:
-            ctl.job_created(obj)
-        if ctl.ready:
-            ctl.enqueue((obj["metadata"]["namespace"], obj["metadata"]["name"]))
-
-    for kind, (group, version, plural) in WATCHED_KINDS.items():
-
-        async def child_event(event, _kind=kind, **_):
-            obj = event["object"]
-            if event.get("type") == "DELETED":
-                key = ctl.cache.drop(_kind, obj)
-            else:
-                key = ctl.cache.put(_kind, obj)
-            if ctl.ready:
-                ctl.enqueue(key)
-
-        kopf.on.event(
-            group,
-            version,
-            plural,
-            labels={NAME_LABEL: APP, INSTANCE_LABEL: kopf.PRESENT},
-            registry=registry,
-            id=f"cache-{plural}",
-        )(child_event)
+        return await self.write_plan(key, obs, plan, t0)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from rlpost_operator import controller as ctl_mod
 from rlpost_operator import protocol as p
+from rlpost_operator import writes as writes_mod
 from rlpost_operator.controller import Controller
 
 OLD = {
@@ -56,7 +56,7 @@ def test_counts_are_held_then_written_and_transitions_never_wait(monkeypatch):
     key = ("ns", "j")
     obs = p.Observed(job={"metadata": {"name": "j"}, "status": OLD})
     clock = [100.0]
-    monkeypatch.setattr(ctl_mod.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(writes_mod.time, "monotonic", lambda: clock[0])
     # the first counts-only change waits the whole window, the next ones what is left
     assert ctl.hold_progress(key, obs, plan(counts("2/4"))) == pytest.approx(2.0)
     clock[0] += 1.5

@@ -11,8 +11,9 @@ import pytest
 from operator_helpers import FLAVORS, admit, job, stored
 from rlpost_operator import builders as b
 from rlpost_operator import protocol as p
-from rlpost_operator.controller import GANG_FOLLOW_UP_S, Controller
+from rlpost_operator.controller import Controller
 from rlpost_operator.kube import ApiError
+from rlpost_operator.writes import GANG_FOLLOW_UP_S
 
 from rlpost import api
 
