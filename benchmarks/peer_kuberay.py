@@ -71,6 +71,13 @@ def parse(argv=None):
         "each: writes KubeRay's jobs, which keep no state, do not make), or one checkpoint "
         "PVC every job shares (checkpoint.pvc, each job in its own directory)",
     )
+    add(
+        "--kuberay-state",
+        choices=["none", "per-job", "both"],
+        default="none",
+        help="KubeRay's jobs: no volume, or a PVC like ours' `<job>-state` that the user "
+        "creates with each RayJob and the head pod mounts (the like-for-like of our default)",
+    )
     add("--ours-workers", type=int, default=8, help="our operator's --workers (default 8)")
     add("--sa-token", action="store_true", help="also run ours on the chart's SA token")
     add("--teardown", action="store_true", help="then delete the namespace with every job")
@@ -97,9 +104,11 @@ def plan(a) -> list[tuple[int, str, object]]:
                     (n, lim, Ours(auth, st, a.ours_workers)) for st in states for auth in auths
                 ]
             if a.side in ("kuberay", "both"):
+                kstates = ["none", "per-job"] if a.kuberay_state == "both" else [a.kuberay_state]
                 runs += [
-                    (n, lim, KubeRay(c, a.kuberay_mode))
+                    (n, lim, KubeRay(c, a.kuberay_mode, ks))
                     for c in (a.kuberay_concurrency or ["default"])
+                    for ks in kstates
                 ]
     return runs
 

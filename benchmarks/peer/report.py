@@ -54,6 +54,21 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}"
 
 
+def _state(r: dict) -> str:
+    """What a run's jobs keep: a volume per job ("per-job") or not (ours with the shared
+    checkpoint PVC, KubeRay without a volume)."""
+    st = r["settings"].get("state", "none")
+    return "per-job" if st == "per-job" else "none"
+
+
+def _pairs(ours: list[dict], theirs: list[dict]) -> list[tuple[dict, dict]]:
+    """The ratio columns: ours (admin credentials) against KubeRay with the same storage
+    (per-job volume or none); every pair when no run matches that way."""
+    admin = [o for o in ours if o["settings"].get("auth") == "admin"] or ours[:1]
+    like = [(o, k) for o in admin for k in theirs if _state(o) == _state(k)]
+    return like or [(o, k) for o in admin[:1] for k in theirs]
+
+
 def table(runs: list[dict]) -> str:
     groups: dict[tuple[int, str], list[dict]] = {}
     for r in (r for r in runs if "error" not in r):
@@ -62,18 +77,16 @@ def table(runs: list[dict]) -> str:
     for (n, limits), rs in groups.items():
         ours = [r for r in rs if r["side"] == "ours"]
         theirs = [r for r in rs if r["side"] == "kuberay"]
-        base = next((r for r in ours if r["settings"].get("auth") == "admin"), None)
-        base = base or (ours[0] if ours else None)
+        pairs = _pairs(ours, theirs)
         cols = [r["label"] for r in rs]
-        cols += [f"{base['label']} / {k['label']}" for k in theirs] if base else []
+        cols += [f"{o['label']} / {k['label']}" for o, k in pairs]
         kcm = "default client limits" if limits == "default" else "raised limits"
         out.append(f"\n### {n} jobs, kube-controller-manager {kcm}\n")
         out.append("| | " + " | ".join(cols) + " |")
         out.append("| --- |" + " ---: |" * len(cols))
         for title, get, kind in ROWS:
             cells = [_fmt(_get(get, r)) for r in rs]
-            if base:
-                cells += [_ratio(_get(get, base), _get(get, k)) if kind else "" for k in theirs]
+            cells += [_ratio(_get(get, o), _get(get, k)) if kind else "" for o, k in pairs]
             out.append(f"| {title} | " + " | ".join(cells) + " |")
     for r in runs:
         if "error" in r:

@@ -101,7 +101,11 @@ def create_jobs(api, side: Side, names: list[str]) -> None:
     custom = kubernetes.client.CustomObjectsApi(api)
     group, version, plural = side.job_api
 
+    core = kubernetes.client.CoreV1Api(api)
+
     def create(name: str) -> None:
+        for obj in side.user_objects(name, NS):  # only PVCs so far
+            core.create_namespaced_persistent_volume_claim(NS, obj)
         custom.create_namespaced_custom_object(group, version, NS, plural, side.doc(name, NS))
 
     with ThreadPoolExecutor(max_workers=16) as pool:

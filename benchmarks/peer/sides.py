@@ -23,6 +23,7 @@ from scale_common import (
 )
 
 from e2e.cluster.paths import cache_dir
+from rlpost import api as rlpost_api
 from rlpost.ports import free_port
 
 INSTANCE = "app.kubernetes.io/instance"
@@ -80,6 +81,10 @@ class Side:
 
     def workload_job(self, wl: dict) -> str | None:
         raise NotImplementedError
+
+    def user_objects(self, name: str, ns: str) -> list[dict]:
+        """Core objects a user creates with each job, just before it (none by default)."""
+        return []
 
     def job_state(self, job: dict) -> str:
         """What the job's status says once the run settled (ours: its phase)."""
@@ -174,20 +179,47 @@ class KubeRay(Side):
     def job_state(self, job: dict) -> str:
         return (job.get("status") or {}).get("jobDeploymentStatus") or "none"
 
-    def __init__(self, concurrency: str = "default", mode: str = "sidecar"):
+    def __init__(self, concurrency: str = "default", mode: str = "sidecar", state: str = "none"):
         self.concurrency = concurrency
         self.mode = mode
+        # none: no volume (a RayJob keeps no state); per-job: the user creates a PVC like
+        # ours' `<job>-state` with each RayJob, and the head pod mounts it.
+        self.state = state
         self.port = 0
 
     def label(self) -> str:
-        return f"KubeRay c={'1 (default)' if self.concurrency == 'default' else self.concurrency}"
+        c = "1 (default)" if self.concurrency == "default" else self.concurrency
+        return f"KubeRay c={c}" + (", a state PVC per job" if self.state == "per-job" else "")
 
     def settings(self) -> dict:
         return {
             "version": KUBERAY_VERSION,
             "reconcile_concurrency": self.concurrency,
             "submission_mode": {"sidecar": "SidecarMode", "k8sjob": "K8sJobMode"}[self.mode],
+            "state": self.state,
         }
+
+    def prepare(self, cluster, api, ns: str, n: int, workdir: Path) -> None:
+        if self.state == "per-job":
+            pv_pool(api, ns, n)
+
+    def user_objects(self, name: str, ns: str) -> list[dict]:
+        if self.state != "per-job":
+            return []
+        ours = rlpost_api.RLPostTrainJobSpec.model_validate(
+            job_doc(name, ns)["spec"]
+        ).checkpoint  # the same claim as ours' default
+        return [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": f"{name}-state", "namespace": ns},
+                "spec": {
+                    "accessModes": [str(ours.access_mode)],
+                    "resources": {"requests": {"storage": ours.size}},
+                },
+            }
+        ]
 
     def doc(self, name: str, ns: str) -> dict:
         res = {"requests": dict(SMALL)}
@@ -236,6 +268,12 @@ class KubeRay(Side):
                     ],
                 }
             }
+        if self.state == "per-job":
+            head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+            head["volumes"] = [
+                {"name": "state", "persistentVolumeClaim": {"claimName": f"{name}-state"}}
+            ]
+            head["containers"][0]["volumeMounts"] = [{"name": "state", "mountPath": "/state"}]
         return {
             "apiVersion": "ray.io/v1",
             "kind": "RayJob",
