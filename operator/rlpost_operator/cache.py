@@ -204,6 +204,10 @@ class Cache:
             del self.objs[key][(kind, obj["metadata"]["name"])]
         return key
 
+    def has_pods(self, key: Key) -> bool:
+        """Whether any pod of the job is cached (its gang was made)."""
+        return any(kind == "Pod" for kind, _ in self.objs.get(key) or {})
+
     def observed(self, key: Key) -> protocol.Observed:
         job = copy.deepcopy(self.jobs[key])
         objs = self.objs.get(key, {})

@@ -85,7 +85,7 @@ class Controller(PlanWriter):
         wl = objs.get(("Workload", b.names(key[1])["workload"]))
         if wl is None:
             return self.URGENT if key in self.cache.jobs else self.NORMAL
-        if protocol.is_true(wl, "Admitted") and not any(kind == "Pod" for kind, _ in objs):
+        if protocol.is_true(wl, "Admitted") and not self.cache.has_pods(key):
             return self.START
         return self.NORMAL
 

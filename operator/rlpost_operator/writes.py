@@ -157,8 +157,7 @@ class PlanWriter:
 
     def makes_gang(self, key: Key, plan: protocol.Plan) -> bool:
         """The pass creates pods of a job that has none (its START pass)."""
-        objs = self.cache.objs.get(key) or {}
-        if any(kind == "Pod" for kind, _ in objs):
+        if self.cache.has_pods(key):
             return False
         return any(a.kind == "Pod" and a.verb in ("apply", "create") for a in plan.actions)
 

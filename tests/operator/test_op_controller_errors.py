@@ -65,10 +65,8 @@ class FakeKube:
         return []
 
 
-def controller(code):
-    kube = FakeKube(code)
-    ctl = Controller(kube, ["ns"])
-    j = job(status={"phase": "Queued"})
+def admitted(ctl, j):
+    """Cache the job and its Workload, admitted."""
     ctl.cache.put_job(j)
     wl = admit(
         stored(b.build_workload(REF, api.RLPostTrainJobSpec.model_validate(j["spec"]), "team-a"))
@@ -76,6 +74,12 @@ def controller(code):
     wl["metadata"]["labels"] = b.labels("j")
     ctl.cache.put("Workload", wl)
     ctl.cache.flavors = FLAVORS
+
+
+def controller(code):
+    kube = FakeKube(code)
+    ctl = Controller(kube, ["ns"])
+    admitted(ctl, job(status={"phase": "Queued"}))
     return ctl, kube
 
 
@@ -179,13 +183,7 @@ async def test_the_pass_that_makes_the_gang_leaves_label_events_and_status_to_th
     ctl = Controller(kube, ["ns"])
     j = job(status={"phase": "Queued"})
     del j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
-    ctl.cache.put_job(j)
-    wl = admit(
-        stored(b.build_workload(REF, api.RLPostTrainJobSpec.model_validate(j["spec"]), "team-a"))
-    )
-    wl["metadata"]["labels"] = b.labels("j")
-    ctl.cache.put("Workload", wl)
-    ctl.cache.flavors = FLAVORS
+    admitted(ctl, j)
     key = ("ns", "j")
     assert ctl.priority(key) == ctl.START
 
