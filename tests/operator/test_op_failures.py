@@ -220,6 +220,37 @@ def test_unschedulable_pod_reaches_the_condition_and_an_event_then_times_out():
     assert plan.actions[0].body == {"spec": {"active": True}}
 
 
+UNBOUND = (
+    "0/4 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: "
+    "0/4 nodes are available: 4 Preemption is not helpful for scheduling."
+)
+
+
+def test_a_pod_waiting_for_its_claim_to_bind_is_not_reported_unschedulable():
+    j, wl, children = admitted_world()
+    pods = gang_pods()
+    pods[1] = pending("j-trainer-1", "trainer", UNBOUND)
+    now = T0 + timedelta(seconds=30)
+    plan, j, children = settle(j, wl, children, pods, now=now)
+    run = conds(plan.status)["Running"]
+    # the state PVC binding after a burst is transient: no Warning, the reason stays
+    # PodsNotReady, and the message says what the pod waits for
+    assert run["reason"] == "PodsNotReady", run
+    assert "6/7 pods Ready; pod j-trainer-1 cannot be scheduled: 0/4 nodes" in run["message"]
+    assert "unbound immediate PersistentVolumeClaims" in run["message"]
+    assert not [e for e in plan.events if e[0] == "Warning"], plan.events
+    # the claim bound and the pod Ready: Running, and no Unschedulable Event was ever posted
+    plan, j, children = settle(j, wl, children, gang_pods(unschedulable=False), now=now)
+    assert plan.status["phase"] == "Running" and plan.events[-1][:2] != ("Warning", "Unschedulable")
+    # a claim that never binds still ends at the pods-ready timeout, with the scheduler's why
+    plan, j, children = settle(j, wl, children, pods, now=T0 + timedelta(seconds=601))
+    assert plan.step != "pods_ready_timeout"  # the gang was Ready once: no start timeout now
+    j2, wl2, children2 = admitted_world()
+    plan, *_ = settle(j2, wl2, children2, pods, now=T0 + timedelta(seconds=601))
+    assert plan.step == "pods_ready_timeout"
+    assert UNBOUND in conds(plan.status)["Suspended"]["message"]
+
+
 def test_pods_ready_timeout_past_the_requeue_limit_fails():
     j = job(
         status={"phase": "Queued", "podsReadyRequeues": 1},

@@ -161,6 +161,16 @@ def _cond_reason(status: dict[str, Any], ctype: str, true_only: bool = False) ->
     return None
 
 
+# kube-scheduler's VolumeBinding PreFilter, for a pod whose Immediate-mode claim is not bound
+# yet: it fails before any node is filtered, so the message carries no other reason.
+UNBOUND_CLAIM = "unbound immediate PersistentVolumeClaims"
+
+
+def waits_on_volume_binding(unschedulable_message: str) -> bool:
+    """The scheduler cannot place the pod only because a claim it mounts is not bound yet."""
+    return UNBOUND_CLAIM in unschedulable_message
+
+
 def invalid_spec_exit(pod: dict[str, Any]) -> str | None:
     """A container that exited with validation.INVALID_SPEC_EXIT_CODE: its termination
     message says what in the spec is wrong."""

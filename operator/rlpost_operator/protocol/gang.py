@@ -34,6 +34,7 @@ from .facts import (
     pod_ready,
     set_condition,
     ts,
+    waits_on_volume_binding,
 )
 from .model import (
     CHILD_INVALID_SPEC,
@@ -399,7 +400,14 @@ class GangSteps(PassBase):
                 self.pods_ready_timeout(wl, why or "no pod reports why")
                 return self.finish()
             self.plan.requeue_after = max(limit - waited, 1.0)
-        if why:
+        if why and waits_on_volume_binding(why):
+            # Transient while the state PVC binds (created with the Workload, it may still be
+            # in the PV controller's queue after a burst of admissions): the reason stays
+            # PodsNotReady, with no Warning, and the message says what the pods wait for.
+            # A claim that never binds still ends at podsReadyTimeoutSeconds, with this why.
+            msg = f"{ready}/{expected} pods Ready; {why}"
+            self.condition("Running", False, "PodsNotReady", msg)
+        elif why:
             msg = f"{ready}/{expected} pods Ready; {why}"
             if _cond_reason(self.old_status, "Running") != "Unschedulable":
                 self.plan.events.append(("Warning", "Unschedulable", msg))
