@@ -12,6 +12,11 @@ ROWS = [
     ("admission → all pods p50 (s)", lambda r: r["admission_to_all_pods_s"]["p50"], "num"),
     ("admission → all pods p99 (s)", lambda r: r["admission_to_all_pods_s"]["p99"], "num"),
     ("operator writes per job", lambda r: r["operator_writes_per_job"], "num"),
+    (
+        "operator reconcile passes per job",
+        lambda r: r.get("operator_passes_per_job"),
+        "num",
+    ),
     ("all API writes per job (every component)", lambda r: r["api_writes_per_job"], "num"),
     ("controller-manager writes per job", lambda r: r["kcm_writes_per_job"], "num"),
     ("operator CPU seconds (process, at the end)", lambda r: r["operator_cpu_seconds"], "num"),

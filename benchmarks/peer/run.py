@@ -161,6 +161,7 @@ def run_one(side: Side, n: int, limits: str, opts, workdir: Path) -> dict:
         time.sleep(3)  # the watches' initial lists
         apim = ApiserverMetrics(cluster)
         base_api, base_kcm, base_op = apim.writes(), kcm_writes(cluster), side.writes()
+        base_passes = side.passes()
         cpu_start = cpu_seconds(side.pid)  # its start-up (imports, informers' lists)
         comp_start = component_cpu(cluster)
         la_start = loadavg()
@@ -178,6 +179,7 @@ def run_one(side: Side, n: int, limits: str, opts, workdir: Path) -> dict:
         tm = rec.timings(names)
         settle_s = settle(side, opts.settle, max(deadline - time.monotonic(), 60.0))
         op_w, api_w, kcm_w = side.writes(), apim.writes(), kcm_writes(cluster)
+        passes = side.passes() - base_passes
         cpu_settled = cpu_seconds(side.pid)
         states = job_states(api, side)
         comp = delta(component_cpu(cluster), comp_start)
@@ -211,6 +213,7 @@ def run_one(side: Side, n: int, limits: str, opts, workdir: Path) -> dict:
                 "p99": r1(pct(tm["a2p"], 99)),
             },
             "operator_writes_per_job": round((op_w - base_op) / n, 2),
+            "operator_passes_per_job": round(passes / n, 2),
             "api_writes_per_job": round(api_d.get("total", 0.0) / n, 2),
             "kcm_writes_per_job": (
                 round((kcm_w - base_kcm) / n, 2) if None not in (kcm_w, base_kcm) else None

@@ -79,6 +79,10 @@ class Side:
         """The operator's own write requests so far (every response code)."""
         raise NotImplementedError
 
+    def passes(self) -> float:
+        """The operator's reconcile passes so far (every controller of it)."""
+        raise NotImplementedError
+
     def workload_job(self, wl: dict) -> str | None:
         raise NotImplementedError
 
@@ -159,6 +163,9 @@ class Ours(Side):
 
     def writes(self) -> float:
         return metric_sum(self.port, "rlpost_api_requests_total", OUR_WRITE_VERBS)
+
+    def passes(self) -> float:
+        return metric_sum(self.port, "rlpost_reconcile_duration_seconds_count")
 
     def workload_job(self, wl: dict) -> str | None:
         return (wl["metadata"].get("labels") or {}).get(INSTANCE)
@@ -305,6 +312,10 @@ class KubeRay(Side):
     def writes(self) -> float:
         text = scrape(f"http://127.0.0.1:{self.port}/metrics")
         return label_sum(text, "rest_client_requests_total", "method", GO_WRITE_METHODS)
+
+    def passes(self) -> float:
+        text = scrape(f"http://127.0.0.1:{self.port}/metrics")
+        return label_sum(text, "controller_runtime_reconcile_total", "controller")
 
     def workload_job(self, wl: dict) -> str | None:
         for ref in wl["metadata"].get("ownerReferences") or []:
