@@ -59,8 +59,9 @@ INTERVAL = SPEC["spec"]["checkpoint"]["intervalSteps"]
 # unseeded run can settle at 7/8: one letter answered wrong with probability ~1, every group
 # of it all 0, and GRPO learns nothing from such groups (CI once ended at 0.85, 'b' answered
 # 'e' from step ~40 on). A little KL to the initial policy brings the other answers back into
-# the samples (examples/README.md, the qwen3 example). Same learning curve otherwise: 5-step
-# mean >= 0.9 at step 58 and 64 for seeds 1 and 2, with and without it (250-step local runs).
+# the samples (examples/README.md, the qwen3 example). The curve is otherwise the same: in
+# local 250-step runs of seeds 1-4 the 5-step mean reached 0.9 at the same step with and
+# without it, and ended at 0.978-0.997 with it.
 SPEC["spec"]["algorithm"]["klCoef"] = 0.005
 # The example's reward (exact_match) as a custom function, so that it runs on the job's Ray
 # pool: one worker (one task CPU) of 100m CPU requested, the head the same, so the job
@@ -295,12 +296,12 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
         return s if s.get("phase") == "Succeeded" else None
 
     st = c.wait_for("job Succeeded", finished, timeout=2400, interval=5)
-    (tmp_path / "buffer-final.jsonl").write_bytes(log.read_bytes())  # kept for a post-mortem
+    final = log.read_bytes()
+    after = _replay(final, tmp_path / "after")  # which keeps a copy for a post-mortem
     assert st["restarts"] == restarts + 1, st
-    assert st["rewardMean"] >= 0.9, (st, _reward_curve(log.read_bytes()))
+    assert st["rewardMean"] >= 0.9, (st, _reward_curve(final))
     assert st["step"] == SPEC["spec"]["steps"], st
 
-    after = _replay(log.read_bytes(), tmp_path / "after")
     served_after = [
         g for step, b in after.batches.items() if step >= before.next_step for g in b.group_ids
     ]
@@ -308,9 +309,7 @@ def test_preemption_and_failures_cost_at_most_one_checkpoint_interval(
     lost = [g for g in before.ready if g not in served_after and g not in stale_after]
     assert not lost, f"{len(lost)} accepted groups ready at the deletion never served"
     # Every accepted sample has one score, and no sample id was accepted twice.
-    samples = [
-        x for e in _events(log.read_bytes()) if e["t"] == "accept" for x in e["group"]["samples"]
-    ]
+    samples = [x for e in _events(final) if e["t"] == "accept" for x in e["group"]["samples"]]
     ids = [x["sample_id"] for x in samples]
     assert len(ids) == len(set(ids)), "a sample accepted twice"
     assert all(isinstance(x.get("reward"), float) for x in samples)

@@ -400,18 +400,18 @@ class GangSteps(PassBase):
                 self.pods_ready_timeout(wl, why or "no pod reports why")
                 return self.finish()
             self.plan.requeue_after = max(limit - waited, 1.0)
-        if why and waits_on_volume_binding(why):
-            # Transient while the state PVC binds (created with the Workload, it may still be
-            # in the PV controller's queue after a burst of admissions): the reason stays
-            # PodsNotReady, with no Warning, and the message says what the pods wait for.
-            # A claim that never binds still ends at podsReadyTimeoutSeconds, with this why.
+        if why:
             msg = f"{ready}/{expected} pods Ready; {why}"
-            self.condition("Running", False, "PodsNotReady", msg)
-        elif why:
-            msg = f"{ready}/{expected} pods Ready; {why}"
-            if _cond_reason(self.old_status, "Running") != "Unschedulable":
-                self.plan.events.append(("Warning", "Unschedulable", msg))
-            self.condition("Running", False, "Unschedulable", msg)
+            if waits_on_volume_binding(why):
+                # Transient while the state PVC binds (created with the Workload, it may
+                # still be in the PV controller's queue after a burst of admissions): the
+                # reason stays PodsNotReady, with no Warning; the message says what the pods
+                # wait for. A claim that never binds still ends at the pods-ready timeout.
+                self.condition("Running", False, "PodsNotReady", msg)
+            else:
+                if _cond_reason(self.old_status, "Running") != "Unschedulable":
+                    self.plan.events.append(("Warning", "Unschedulable", msg))
+                self.condition("Running", False, "Unschedulable", msg)
         else:
             self.condition("Running", False, "PodsNotReady", f"{ready}/{expected} pods Ready")
         self.phase(api.Phase.ADMITTED, "Admitted", f"ClusterQueue {cq}; flavors {flv}")
