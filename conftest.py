@@ -95,8 +95,35 @@ def namespace(cluster):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """`item.rep_call_failed`: fixtures that print diagnostics on failure read it."""
+    """`item.rep_call_failed`: fixtures that print diagnostics on failure read it. A test
+    (or its fixture) that failed with the session's cluster up keeps the tails of the
+    cluster's component logs (kubelet, containerd, API server, ...) in the run's tmp
+    directory, which outlives the cluster: CI's post-mortem reads them there."""
     outcome = yield
     rep = outcome.get_result()
     if rep.when == "call":
         item.rep_call_failed = rep.failed
+    if rep.failed and "cluster" in getattr(item, "fixturenames", ()):
+        kept = _keep_cluster_logs(item)
+        if kept:
+            rep.sections.append(("cluster logs", f"tails of the cluster's logs kept in {kept}"))
+
+
+KEPT_LOG_BYTES = 2 << 20  # the last 2 MiB of each component's log
+KEPT_LOG_FAILURES = 5  # the first failures only: later ones usually share a cause
+
+
+def _keep_cluster_logs(item) -> Path | None:
+    config = item.config
+    n = getattr(config, "_rlpost_kept_logs", 0)
+    cluster = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+    logs = getattr(cluster, "state", None)
+    if n >= KEPT_LOG_FAILURES or logs is None or not (logs / "logs").is_dir():
+        return None
+    config._rlpost_kept_logs = n + 1
+    out = config._tmp_path_factory.mktemp(f"cluster-logs-{item.name[:40]}")
+    for f in sorted((logs / "logs").glob("*.log")):
+        with open(f, "rb") as src:
+            src.seek(max(0, f.stat().st_size - KEPT_LOG_BYTES))
+            (out / f.name).write_bytes(src.read())
+    return out

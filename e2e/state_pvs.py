@@ -56,6 +56,7 @@ class StaticPVBinder:
         self.cluster = cluster
         self.interval_s = interval_s
         self.made: set[str] = set()
+        self.held: set[tuple[str, str]] = set()  # (namespace, claim) left Pending for now
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="static-pvs")
 
@@ -67,6 +68,8 @@ class StaticPVBinder:
                 continue
             if pvc["metadata"]["namespace"].startswith(REAL_NS_PREFIX):
                 continue
+            if (pvc["metadata"]["namespace"], pvc["metadata"]["name"]) in self.held:
+                continue
             pv = pv_for(pvc)
             if pv["metadata"]["name"] in self.made:
                 continue
@@ -74,6 +77,13 @@ class StaticPVBinder:
             self.made.add(pv["metadata"]["name"])
             made += 1
         return made
+
+    def hold(self, namespace: str, claim: str) -> None:
+        """Leave this claim Pending (a PV controller that has not bound it yet)."""
+        self.held.add((namespace, claim))
+
+    def release(self, namespace: str, claim: str) -> None:
+        self.held.discard((namespace, claim))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -110,9 +110,42 @@ def other_real_node() -> Path | None:
 
 def import_image(archive_path: str | Path, state: Path | None = None) -> str:
     """Import an OCI/Docker image archive into the real node's containerd (namespace k8s.io,
-    where the kubelet's CRI looks). Returns ctr's output (the imported names)."""
+    where the kubelet's CRI looks). Returns ctr's output (the imported names).
+
+    Only the unpacked snapshots are kept: the compressed layers are dropped from the content
+    store once unpacked (containerd's discard_unpacked_layers; the archive in the image
+    cache is the copy). For our three images that is 6.7 GiB less disk on the node: with
+    them, containerd holds 17 GiB of snapshots."""
     state = state or running_node_state()
-    return ctr(state, "images", "import", str(archive_path), timeout=600).stdout
+    out = ctr(
+        state,
+        "images",
+        "import",
+        "--local",
+        "--discard-unpacked-layers",
+        str(archive_path),
+        timeout=600,
+    ).stdout
+    # the discarded layers go at containerd's next garbage collection; now, not later
+    ctr(state, "content", "prune", "references", timeout=300)
+    return out
+
+
+def free_bytes(state: Path) -> int:
+    """Free space on the filesystem that holds the node's containerd (and the kubelet)."""
+    st = os.statvfs(node_dir(state))
+    return st.f_bavail * st.f_frsize
+
+
+def pressure(cluster: LocalCluster) -> list[str]:
+    """The node's pressure conditions that are True (DiskPressure: the kubelet admits no new
+    pod and evicts), with the kubelet's message."""
+    node = cluster.get_json("node", NODE_NAME)
+    return [
+        f"{c['type']}: {c.get('message', '')}"
+        for c in node["status"].get("conditions", [])
+        if c["type"].endswith("Pressure") and c.get("status") == "True"
+    ]
 
 
 class RealNode:

@@ -46,16 +46,53 @@ def images(real_cluster) -> dict[str, str]:
     containerd (never pulled: imagePullPolicy IfNotPresent finds them)."""
     archives = ensure_images()
     refs = tags()
-    for name, archive in archives.items():
-        if _digests(real_cluster).get(refs[name]) == archive_digest(archive):
-            continue  # this very image is imported already
+    have = _digests(real_cluster)
+    todo = {n: a for n, a in archives.items() if have.get(refs[n]) != archive_digest(a)}
+    _enough_disk_for(real_cluster, list(todo.values()))
+    for name, archive in todo.items():
         t0 = time.monotonic()
         real_node.import_image(archive, state=real_cluster.state)
         print(f"[images] {name}: imported into containerd in {time.monotonic() - t0:.0f} s")
     digests = _digests(real_cluster)
     wrong = {refs[n] for n, a in archives.items() if digests.get(refs[n]) != archive_digest(a)}
     assert not wrong, f"images not in containerd as built after import: {wrong}"
+    # the kubelet admits no pod under DiskPressure: say so here, not as pods that never start
+    on_node = real_node.pressure(real_cluster)
+    assert not on_node, f"the real node reports {on_node}; {_disk_words(real_cluster)}"
     return {n: refs[n] for n in archives}
+
+
+# What an image takes in containerd, unpacked, per byte of its zstd archive (measured: 7.2
+# GB of archives unpack to 17 GiB), and what the kubelet keeps free (evictionHard
+# nodefs/imagefs.available: 1 %, e2e/cluster/node.py).
+UNPACKED_PER_ARCHIVE_BYTE = 2.5
+GIB = 1 << 30
+
+
+def _disk_words(cluster) -> str:
+    free = real_node.free_bytes(cluster.state)
+    return f"{free / GIB:.1f} GiB free on the filesystem of {cluster.state}"
+
+
+def _enough_disk_for(cluster, archives) -> None:
+    """Fail at once, saying how much disk is missing, when the images cannot fit: without
+    room the kubelet reports DiskPressure and no pod of the suite would start."""
+    if not archives:
+        return
+    sizes = [a.stat().st_size for a in archives]
+    st = os.statvfs(real_node.node_dir(cluster.state))
+    reserve = 0.01 * st.f_blocks * st.f_frsize + 2 * GIB
+    need = UNPACKED_PER_ARCHIVE_BYTE * sum(sizes) + max(sizes) + reserve
+    free = real_node.free_bytes(cluster.state)
+    if free < need:
+        pytest.fail(
+            f"not enough disk for the real node's images: {[a.name for a in archives]} need "
+            f"about {need / GIB:.1f} GiB free (unpacked, plus the import's copy and the "
+            f"kubelet's reserve), {_disk_words(cluster)}; free some space (old clusters: "
+            "python -m e2e.cluster down --state DIR; stale image archives in "
+            "~/.cache/rlpost/images) and run again",
+            pytrace=False,
+        )
 
 
 def _digests(cluster) -> dict[str, str]:

@@ -3,7 +3,8 @@ fields the protocol reads, fed by the watches (controller.py) and by the operato
 write results.
 
 Trimmed: a pod keeps its metadata and status (no spec), a Workload its `active` flag and
-status (no podSets), the progress ConfigMap its data, everything else its metadata only. A
+status (no podSets), the progress ConfigMap its data, the state PVC its class and phase,
+everything else its metadata only. A
 Secret's token never sits here. At 1000 jobs this is what keeps the operator's memory flat
 (docs/benchmarks-operator.md).
 """
@@ -71,6 +72,9 @@ def _strip(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
                 for cs in status["containerStatuses"]
             ]
         out["status"] = status
+    elif kind == "PersistentVolumeClaim":  # whether it is bound, and by which class
+        out["spec"] = {"storageClassName": (obj.get("spec") or {}).get("storageClassName")}
+        out["status"] = {"phase": (obj.get("status") or {}).get("phase")}
     elif kind == "ConfigMap" and "data" in obj:
         job = protocol.job_of(obj)
         if job and meta.get("name") == b.names(job)["progress"]:
@@ -84,6 +88,8 @@ class Cache:
         self.objs: dict[Key, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
         self.failed: dict[Key, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.flavors: dict[str, dict[str, Any]] = {}
+        # StorageClass name -> volumeBindingMode; None until listed (or when not readable).
+        self.binding_modes: dict[str, str] | None = None
         # Deleted uids never come back (a LIST answered before a DELETED event was handled
         # must not resurrect the object), and entries only the startup LIST has seen are
         # dropped unless a watch confirms them (deleted between that LIST and the watch's).
@@ -233,6 +239,7 @@ class Cache:
             pods=pods,
             failed_pods=failed_pods,
             flavors=self.flavors,
+            binding_modes=self.binding_modes,
         )
 
     def phases(self):

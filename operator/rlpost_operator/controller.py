@@ -64,6 +64,7 @@ class Controller(PlanWriter):
         self.tasks: list[asyncio.Task] = []
         self._lookups: dict[tuple[str, str, str], tuple[float, dict | None]] = {}
         self._flavors_listed = 0.0
+        self._classes_listed = 0.0
         self._nodes: tuple[float, list[dict[str, Any]]] = (0.0, [])
         # Writes the API server refused, per job, until a write of that object succeeds.
         self.child_errors: dict[Key, dict[tuple[str, str], protocol.ChildError]] = defaultdict(dict)
@@ -219,6 +220,7 @@ class Controller(PlanWriter):
                     self.cache.put(kind, obj, listed=True)
         self.resync_listed()
         self.refresh_flavors(force=True)
+        self.refresh_binding_modes(force=True)
 
     def resync_listed(self) -> set[Key]:
         """List the LISTED_KINDS (metadata only) into the cache; the jobs whose set of them
@@ -234,6 +236,7 @@ class Controller(PlanWriter):
         while True:
             await asyncio.sleep(RESYNC_S)
             try:
+                await self.call(self.refresh_binding_modes, True)
                 keys = await self.call(self.resync_listed)
             except Exception as exc:  # the next round tries again
                 log.warning("resync failed", extra={"error": str(exc)[:300]})
@@ -247,6 +250,37 @@ class Controller(PlanWriter):
             return
         self._flavors_listed = time.monotonic()
         self.cache.flavors = {f["metadata"]["name"]: f for f in self.kube.list("ResourceFlavor")}
+
+    def refresh_binding_modes(self, force: bool = False) -> None:
+        """StorageClass name -> volumeBindingMode: which claims the PV controller binds
+        before any pod mounts them (protocol.claim_to_bind). Listed at start, every
+        RESYNC_S, and at most every 10 s while a claim names a class not listed yet. Not
+        readable (a ClusterRole without storageclasses): None, and no pod waits for its
+        claim, as before."""
+        if not force and time.monotonic() - self._classes_listed < 10.0:
+            return
+        self._classes_listed = time.monotonic()
+        try:
+            classes = self.kube.list("StorageClass")
+        except ApiError as exc:
+            if self.cache.binding_modes is not None or force:
+                log.warning("StorageClasses not readable", extra={"error": str(exc)[:200]})
+            self.cache.binding_modes = None
+            return
+        self.cache.binding_modes = {
+            c["metadata"]["name"]: c.get("volumeBindingMode") or "Immediate" for c in classes
+        }
+
+    def _class_unknown(self, obs: protocol.Observed) -> bool:
+        """A claim of the job that is not bound names a StorageClass not listed yet."""
+        modes = obs.binding_modes
+        return modes is not None and any(
+            c.get("kind") == "PersistentVolumeClaim"
+            and (c.get("status") or {}).get("phase") != "Bound"
+            and (cls := (c.get("spec") or {}).get("storageClassName"))
+            and cls not in modes
+            for c in obs.children
+        )
 
     def _lookup(self, kind: str, ns: str | None, name: str) -> dict | None:
         """A LocalQueue / WorkloadPriorityClass, cached 10 s (reads only)."""
@@ -317,6 +351,9 @@ class Controller(PlanWriter):
         if obs.workload and b.missing_flavors(obs.workload, obs.flavors):
             await self.call(self.refresh_flavors)
             obs.flavors = self.cache.flavors
+        if self._class_unknown(obs):
+            await self.call(self.refresh_binding_modes)
+            obs.binding_modes = self.cache.binding_modes
         queue = spec.get("queueName") or "default"
         if self._before_admission(obs) and isinstance(queue, str):
             obs.capacity = await self.call(self.queue_capacity, key[0], queue)

@@ -55,6 +55,7 @@ KINDS: dict[str, Kind] = {
     "LocalQueue": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "localqueues"),
     "ClusterQueue": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "clusterqueues", False),
     "Node": Kind("v1", "nodes", False),
+    "StorageClass": Kind("storage.k8s.io/v1", "storageclasses", False),
     "Namespace": Kind("v1", "namespaces", False),
     "ResourceFlavor": Kind(f"{KUEUE_GROUP}/{KUEUE_VERSION}", "resourceflavors", False),
     "WorkloadPriorityClass": Kind(

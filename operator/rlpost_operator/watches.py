@@ -20,6 +20,8 @@ WATCHED_KINDS = {
     "Workload": ("kueue.x-k8s.io", "v1beta2", "workloads"),  # Kueue admits, evicts
     "Pod": ("", "v1", "pods"),  # the kubelet and scheduler move them on
     "ConfigMap": ("", "v1", "configmaps"),  # the trainer reports progress
+    # the PV controller binds `<job>-state`: the pods that mount it wait for that
+    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
 }
 # The children of a job (the only objects the operator reads of the watched and listed
 # kinds): the API server filters the watches and lists by it, so another team's pods in the
@@ -37,7 +39,6 @@ LISTED_KINDS = (
     "Role",
     "RoleBinding",
     "NetworkPolicy",
-    "PersistentVolumeClaim",
 )
 RESYNC_S = 300.0
 

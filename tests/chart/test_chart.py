@@ -112,7 +112,10 @@ def test_namespace_scope_roles_in_each_watched_namespace_only():
         assert set(rule["verbs"]) <= READ, rule
         assert "secrets" not in rule["resources"] and "pods" not in rule["resources"]
     groups = {g for r in cr["rules"] for g in r["apiGroups"]}
-    assert groups == {"kueue.x-k8s.io", "apiextensions.k8s.io", ""}
+    assert groups == {"kueue.x-k8s.io", "apiextensions.k8s.io", "storage.k8s.io", ""}
+    # StorageClasses, read to know which claims bind before a pod mounts them
+    (sc,) = [r for r in cr["rules"] if r["apiGroups"] == ["storage.k8s.io"]]
+    assert sc["resources"] == ["storageclasses"] and set(sc["verbs"]) == {"get", "list"}
     # Core resources: nodes, read to check a job's per-pod GPUs before admission; the
     # watched namespaces themselves (by name, `get` only), read before a pass writes there
     # so that a namespace being deleted is left alone.

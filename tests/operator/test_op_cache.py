@@ -104,3 +104,22 @@ def test_a_deleted_job_takes_its_unwatched_children_out_of_the_cache():
     c.drop_job(job, ("Service",))
     assert ("Service", "j") not in c.objs[("ns", "j")]  # a new job of that name makes its own
     assert ("Pod", "j-buffer") in c.objs[("ns", "j")]  # watched: its own DELETED event says
+
+
+def test_a_claim_keeps_its_class_and_phase_and_the_pass_sees_them():
+    # the PV controller binds `<job>-state` (a watched kind): the pass reads its phase and
+    # class, and the binding modes the controller listed
+    c = Cache()
+    c.put_job(obj("RLPostTrainJob", "j", "uj", 1))
+    pvc = obj("PersistentVolumeClaim", "j-state", "uc", 2)
+    pvc["spec"] = {"storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}}
+    pvc["status"] = {"phase": "Pending", "capacity": {}}
+    assert c.put("PersistentVolumeClaim", pvc) == ("ns", "j")
+    pvc = {**pvc, "status": {"phase": "Bound"}}
+    pvc["metadata"] = {**pvc["metadata"], "resourceVersion": "3"}
+    assert c.put("PersistentVolumeClaim", pvc) == ("ns", "j")  # the binding: a new pass
+    c.binding_modes = {"fast": "Immediate"}
+    obs = c.observed(("ns", "j"))
+    (kept,) = [o for o in obs.children if o["kind"] == "PersistentVolumeClaim"]
+    assert kept["spec"] == {"storageClassName": "fast"} and kept["status"] == {"phase": "Bound"}
+    assert "data" not in kept and obs.binding_modes == {"fast": "Immediate"}

@@ -373,3 +373,73 @@ def test_a_failed_container_says_its_last_log_line():
     assert pod_failure(failed).endswith(": ..." + "x" * 300)
     failed["status"]["containerStatuses"][0]["lastState"]["terminated"].pop("message")
     assert pod_failure(failed).endswith("exited with code 1 (Error)")
+
+
+def made_pods(plan):
+    return {a.name for a in plan.actions if a.verb in ("apply", "create") and a.kind == "Pod"}
+
+
+STATE_PODS = {"j-trainer-0", "j-trainer-1", "j-buffer"}  # the pods that mount j-state
+MODES = {"fast": "Immediate", "local": "WaitForFirstConsumer"}
+
+
+def queued_with_claim(checkpoint):
+    """Queued with its Workload and `j-state` (made together, before admission; the API
+    server gives a claim without a class none when the cluster has no default), then
+    admitted."""
+    j = job(status={"phase": "Queued"}, checkpoint=checkpoint)
+    _, _, children = settle(j, now=T0)
+    pvc = next(c for c in children if c["kind"] == "PersistentVolumeClaim")
+    pvc["spec"]["storageClassName"] = checkpoint.get("storageClassName")
+    pvc["status"] = {"phase": "Pending"}
+    return j, admit(wl_for(j)), children
+
+
+def test_pods_that_mount_the_state_claim_are_made_once_it_is_bound():
+    # No class (static PVs) or an Immediate one: the PV controller binds the claim on its
+    # own, and the pods that mount it are made after that (made earlier, the scheduler
+    # fails them until then: a status write and a FailedScheduling Event each try).
+    for ckpt in ({}, {"storageClassName": "fast"}):
+        j, wl, children = queued_with_claim(ckpt)
+        plan, j, children = settle(j, wl, children, now=T0, binding_modes=MODES)
+        assert made_pods(plan) == {"j-rollout-0", "j-rollout-1", "j-rollout-2", "j-router"}
+        run = conds(plan.status)["Running"]
+        assert run["reason"] == "PodsNotReady", run
+        assert (
+            "0/7 pods Ready; pods j-trainer-0, j-trainer-1, j-buffer wait for "
+            "PersistentVolumeClaim j-state to bind"
+        ) in run["message"]
+        assert not [e for e in plan.events if e[0] == "Warning"], plan.events
+        # still Pending: nothing more is made
+        plan, j, children = settle(j, wl, children, now=T0, binding_modes=MODES)
+        assert made_pods(plan) == set()
+        # bound: the rest of the gang is made
+        pvc = next(c for c in children if c["kind"] == "PersistentVolumeClaim")
+        pvc["status"] = {"phase": "Bound"}
+        plan, j, children = settle(j, wl, children, now=T0, binding_modes=MODES)
+        assert made_pods(plan) == STATE_PODS
+        assert "wait for PersistentVolumeClaim" not in conds(plan.status)["Running"]["message"]
+
+
+def test_a_claim_that_binds_with_its_first_pod_or_of_an_unknown_class_is_not_waited_for():
+    # WaitForFirstConsumer binds only once a pod mounting it is scheduled; a class not
+    # listed, or StorageClasses not readable (binding_modes None): every pod at once
+    for ckpt, modes in (
+        ({"storageClassName": "local"}, MODES),
+        ({"storageClassName": "other"}, MODES),
+        ({}, None),
+    ):
+        j, wl, children = queued_with_claim(ckpt)
+        plan, *_ = settle(j, wl, children, now=T0, binding_modes=modes)
+        assert made_pods(plan) > STATE_PODS, (ckpt, modes)
+
+
+def test_a_claim_that_never_binds_ends_at_the_pods_ready_timeout_saying_so():
+    j, wl, children = queued_with_claim({})
+    plan, j, children = settle(j, wl, children, now=T0, binding_modes=MODES)
+    plan, j, children = settle(
+        j, wl, children, now=T0 + timedelta(seconds=601), binding_modes=MODES
+    )
+    assert plan.step == "pods_ready_timeout"
+    msg = conds(plan.status)["Suspended"]["message"]
+    assert "wait for PersistentVolumeClaim j-state to bind" in msg, msg

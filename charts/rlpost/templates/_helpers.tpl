@@ -105,6 +105,11 @@ ClusterRole in cluster-wide mode). Keep in step with operator/ (docs/CONTRACTS.m
 - apiGroups: [""]
   resources: [nodes]
   verbs: [get, list]
+# StorageClasses: a claim the PV controller binds on its own (Immediate) is bound before
+# the pods that mount it are made; one WaitForFirstConsumer binds with its first pod.
+- apiGroups: [storage.k8s.io]
+  resources: [storageclasses]
+  verbs: [get, list]
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [get, list, watch]

@@ -1,5 +1,5 @@
 """One reconcile pass: the snapshot plus the plan being built, and the small tools every
-step uses (act, condition, phase, ensure, stop_gang, finish)."""
+step uses (act, condition, phase, ensure, stop_gang, fail, finish)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .facts import (
     job_ref,
     needs_write,
     set_condition,
+    ts,
 )
 from .model import (
     COMPUTE_KINDS,
@@ -91,6 +92,15 @@ class PassBase:
             if not deleting(obj):
                 self.act("delete", obj["kind"], obj["metadata"]["name"], why=why)
         return not self.compute_pods()
+
+    def fail(self, reason: str, msg: str) -> None:
+        """The job is Failed: say why (a Warning Event), stop the gang."""
+        self.condition("Failed", True, reason, msg)
+        self.condition("Running", False, "Failed", msg)
+        self.st["completionTime"] = self.st.get("completionTime") or ts(self.obs.now)
+        self.st["readyPods"] = None
+        self.phase(api.Phase.FAILED, reason, msg, warning=True)
+        self.stop_gang("job failed")
 
     def ensure(self, desired: dict[str, Any], why: str) -> None:
         name = desired["metadata"]["name"]

@@ -171,6 +171,34 @@ def waits_on_volume_binding(unschedulable_message: str) -> bool:
     return UNBOUND_CLAIM in unschedulable_message
 
 
+# StorageClass.volumeBindingMode that binds a claim only once a pod mounting it is scheduled.
+WAIT_FOR_FIRST_CONSUMER = "WaitForFirstConsumer"
+
+
+def unbound_immediate_claim(
+    pvc: dict[str, Any] | None, binding_modes: dict[str, str] | None
+) -> bool:
+    """The PV controller has yet to bind this claim, and binds it without any pod: its class
+    binds Immediate, or it has none (static PVs). False when the class is unknown (not
+    listed, or StorageClasses not readable): the pods are then made at once, as always."""
+    if pvc is None or binding_modes is None or deleting(pvc):
+        return False
+    if (pvc.get("status") or {}).get("phase") == "Bound":
+        return False
+    cls = (pvc.get("spec") or {}).get("storageClassName")
+    if not cls:
+        return True
+    mode = binding_modes.get(cls)
+    return mode is not None and mode != WAIT_FOR_FIRST_CONSUMER
+
+
+def mounts_claim(pod: dict[str, Any], claim: str) -> bool:
+    return any(
+        (v.get("persistentVolumeClaim") or {}).get("claimName") == claim
+        for v in (pod.get("spec") or {}).get("volumes") or []
+    )
+
+
 def invalid_spec_exit(pod: dict[str, Any]) -> str | None:
     """A container that exited with validation.INVALID_SPEC_EXIT_CODE: its termination
     message says what in the spec is wrong."""

@@ -1,11 +1,10 @@
 """Steps of the running gang: failures (gang restarts, serving-role restarts, a Failed
-buffer pod), start (children, resume step, readiness, the pods-ready timeout)."""
+buffer pod), start (children, resume step, readiness; what the gang waits for and the
+pods-ready timeout are in readiness.py)."""
 
 from __future__ import annotations
 
-import copy
 import secrets
-from datetime import datetime, timedelta
 from typing import Any
 
 from rlpost import api
@@ -19,37 +18,31 @@ from ..constants import (
     ROLE_LABEL,
     TRAINING_ROLES,
 )
-from .base import PassBase
 from .facts import (
     _admission_wait,
     _annotation,
     _cond_reason,
     _label,
-    cond,
     deleting,
     invalid_spec_exit,
     is_true,
-    parse_ts,
     pod_failure,
     pod_ready,
-    set_condition,
     ts,
     waits_on_volume_binding,
 )
 from .model import (
     CHILD_INVALID_SPEC,
     CHILD_REJECTED,
-    PODS_READY_TIMEOUT,
-    REQUEUE_BACKOFF_MAX_S,
-    REQUEUE_BACKOFF_S,
     SERVING_ROLES,
     WAS_ADMITTED,
     ChildError,
     Plan,
 )
+from .readiness import ReadinessSteps
 
 
-class GangSteps(PassBase):
+class GangSteps(ReadinessSteps):
     def failures(self) -> bool:
         assert self.spec is not None
         attempt = str(self.st.get("restarts") or 0)
@@ -185,14 +178,6 @@ class GangSteps(PassBase):
             return True
         return False
 
-    def fail(self, reason: str, msg: str) -> None:
-        self.condition("Failed", True, reason, msg)
-        self.condition("Running", False, "Failed", msg)
-        self.st["completionTime"] = self.st.get("completionTime") or ts(self.obs.now)
-        self.st["readyPods"] = None
-        self.phase(api.Phase.FAILED, reason, msg, warning=True)
-        self.stop_gang("job failed")
-
     def child_errors(self, desired: list[dict[str, Any]]) -> tuple[list[ChildError], list]:
         """The refusals of the API server that still apply to what this pass would write."""
         want = {
@@ -205,96 +190,6 @@ class GangSteps(PassBase):
                 continue
             (transient if e.retryable else fatal).append(e)
         return fatal, transient
-
-    def unschedulable(self, attempt: int) -> str | None:
-        """The scheduler's reason for the first pod of the gang it cannot place."""
-        for p in sorted(self.compute_pods(), key=lambda p: p["metadata"]["name"]):
-            if _label(p, ATTEMPT_LABEL) != str(attempt) or deleting(p):
-                continue
-            sched = cond(p, "PodScheduled")
-            if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
-                return (
-                    f"pod {p['metadata']['name']} cannot be scheduled: {sched.get('message', '')}"
-                )
-        return None
-
-    def was_ready_since(self, started: datetime) -> bool:
-        """The gang of this attempt was all Ready once (the start timeout no longer applies;
-        a pod lost later is a failure or an eviction, not a start that never happened)."""
-        running = cond({"status": self.old_status}, "Running")
-        if not running:
-            return False
-        if running.get("status") == "True":
-            return True
-        flipped = parse_ts(running.get("lastTransitionTime"))
-        return flipped is not None and flipped > started
-
-    def gang_started(self, attempt: int) -> datetime | None:
-        times = [
-            parse_ts(o["metadata"].get("creationTimestamp"))
-            for o in self.compute_objects()
-            if _label(o, ATTEMPT_LABEL) == str(attempt) and not deleting(o)
-        ]
-        times = [t for t in times if t is not None]
-        return min(times) if times else None
-
-    def pods_ready_timeout(self, wl: dict[str, Any], why: str) -> None:
-        """Kueue's waitForPodsReady, per job: give the quota back (deactivate the Workload,
-        requeue after a backoff), or Fail past failurePolicy.podsReadyRequeueLimit."""
-        assert self.spec is not None
-        fp = self.spec.failure_policy
-        count = int(self.st.get("podsReadyRequeues") or 0)
-        base = (
-            f"the gang's pods were not all Ready {fp.pods_ready_timeout_seconds} s after it "
-            f"started ({self.st.get('readyPods')} Ready); {why}"
-        )
-        self.plan.step = "pods_ready_timeout"
-        if count >= fp.pods_ready_requeue_limit:
-            self.fail(
-                PODS_READY_TIMEOUT,
-                f"{base}; requeued {count} times, failurePolicy.podsReadyRequeueLimit is "
-                f"{fp.pods_ready_requeue_limit}",
-            )
-            return
-        delay = min(REQUEUE_BACKOFF_S * 2**count, REQUEUE_BACKOFF_MAX_S)
-        at = self.obs.now + timedelta(seconds=delay)
-        self.st["podsReadyRequeues"] = count + 1
-        self.st["requeueAt"] = ts(at)
-        msg = (
-            f"{base}; quota given back, queued again at {ts(at)} "
-            f"(requeue {count + 1} of {fp.pods_ready_requeue_limit})"
-        )
-        self.act(
-            "patch", "Workload", wl["metadata"]["name"], {"spec": {"active": False}}, why=msg[:80]
-        )
-        self.stop_gang("pods not ready in time")
-        self.condition("Suspended", True, PODS_READY_TIMEOUT, msg)
-        self.condition("Running", False, PODS_READY_TIMEOUT, msg)
-        self.st["readyPods"] = None
-        self.st["admission"] = None
-        self.plan.evicted = True
-        self.plan.requeue_after = delay
-        self.phase(api.Phase.SUSPENDED, PODS_READY_TIMEOUT, msg, warning=True)
-
-    def workload_pods_ready(self, wl: dict[str, Any], ready: bool, message: str) -> None:
-        """The Workload's PodsReady condition, as Kueue's jobframework keeps it (what Kueue's
-        own waitForPodsReady reads). Written only when its status flips."""
-        current = cond(wl, "PodsReady")
-        value = "True" if ready else "False"
-        if current is not None and current.get("status") == value:
-            return
-        conds = copy.deepcopy((wl.get("status") or {}).get("conditions") or [])
-        reason = "PodsReady" if ready else "WaitForStart"
-        set_condition(
-            conds,
-            "PodsReady",
-            ready,
-            reason,
-            message,
-            self.obs.now,
-            wl["metadata"].get("generation"),
-        )
-        self.patch_workload_status(wl, {"conditions": conds}, why=f"PodsReady {value}")
 
     def start(self) -> Plan:
         assert self.spec is not None and self.wl is not None
@@ -356,8 +251,11 @@ class GangSteps(PassBase):
         if state_pvc is not None:  # kept across restarts and suspensions; goes with the job
             self.ensure_once(state_pvc, "state volume")
         self.replace_ended_pods()
+        claim = self.claim_to_bind()
+        held = [o["metadata"]["name"] for o in compute if self.held_for_claim(o, claim)]
         for obj in compute:
-            self.ensure(obj, "gang")
+            if obj["metadata"]["name"] not in held:
+                self.ensure(obj, "gang")
         if self.role_restarts(attempt):
             return self.finish()
 
@@ -392,6 +290,13 @@ class GangSteps(PassBase):
             self.workload_pods_ready(wl, True, f"{ready}/{expected} pods Ready")
             return self.finish()
         why = self.unschedulable(attempt)
+        binding = why is not None and waits_on_volume_binding(why)
+        if why is None and held:
+            why = (
+                f"pods {', '.join(held)} wait for PersistentVolumeClaim {claim} to bind "
+                "(they are created once it is Bound)"
+            )
+            binding = True
         started = self.gang_started(attempt)
         limit = self.spec.failure_policy.pods_ready_timeout_seconds
         if started is not None and not self.was_ready_since(started):
@@ -402,11 +307,12 @@ class GangSteps(PassBase):
             self.plan.requeue_after = max(limit - waited, 1.0)
         if why:
             msg = f"{ready}/{expected} pods Ready; {why}"
-            if waits_on_volume_binding(why):
+            if binding:
                 # Transient while the state PVC binds (created with the Workload, it may
                 # still be in the PV controller's queue after a burst of admissions): the
                 # reason stays PodsNotReady, with no Warning; the message says what the pods
-                # wait for. A claim that never binds still ends at the pods-ready timeout.
+                # wait for. A claim that never binds still ends at the pods-ready timeout
+                # (the router pod, which mounts no state, starts its clock).
                 self.condition("Running", False, "PodsNotReady", msg)
             else:
                 if _cond_reason(self.old_status, "Running") != "Unschedulable":

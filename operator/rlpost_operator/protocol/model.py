@@ -53,6 +53,8 @@ class Observed:
     # Failed gang pods seen by the watch but already deleted (by the operator or a user).
     failed_pods: list[dict[str, Any]] = field(default_factory=list)
     flavors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # StorageClass name -> volumeBindingMode (None: unknown; no pod then waits for a claim).
+    binding_modes: dict[str, str] | None = None
     default_queue_exists: bool = False
     priority_class_exists: bool = True
     priority: int | None = None  # the WorkloadPriorityClass's value
