@@ -22,6 +22,8 @@ class Recorder:
         self.workload: dict[str, float] = {}
         self.admitted: dict[str, float] = {}
         self.pods: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        # ... and when each was first seen Running (scheduled, bound, started: kwok)
+        self.running: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
         self.job_clusters: dict[str, set[str]] = defaultdict(set)  # RayJob -> RayClusters
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -60,9 +62,12 @@ class Recorder:
     def _pod(self, typ: str, obj: dict) -> None:
         t = time.monotonic()
         name = obj["metadata"]["name"]
+        up = (obj.get("status") or {}).get("phase") == "Running"
         with self.lock:
             for key in self.side.pod_keys(obj):
                 self.pods[key].setdefault(name, t)
+                if up:
+                    self.running[key].setdefault(name, t)
 
     def _raycluster(self, typ: str, obj: dict) -> None:
         meta = obj["metadata"]
@@ -75,23 +80,26 @@ class Recorder:
                 self.job_clusters[job].add(meta["name"])
 
     # ------------------------------------------------------------------ per job (hold lock)
-    def pods_of(self, job: str) -> dict[str, float]:
-        out = dict(self.pods.get(("job", job), {}))
+    def pods_of(self, job: str, seen: dict | None = None) -> dict[str, float]:
+        seen = self.pods if seen is None else seen
+        out = dict(seen.get(("job", job), {}))
         for c in self.job_clusters.get(job, ()):
-            out.update(self.pods.get(("cluster", c), {}))
+            out.update(seen.get(("cluster", c), {}))
         return out
 
-    def complete(self, job: str) -> float | None:
-        """When the job's expected-th pod was first seen (None: not yet)."""
-        ts = sorted(self.pods_of(job).values())
+    def complete(self, job: str, running: bool = False) -> float | None:
+        """When the job's expected-th pod was first seen (running: first seen Running;
+        None: not yet)."""
+        ts = sorted(self.pods_of(job, self.running if running else None).values())
         n = self.side.expected_pods
         return ts[n - 1] if len(ts) >= n else None
 
     def timings(self, names: list[str]) -> dict:
-        """Per-job seconds: creation -> Workload, admission -> all pods; the last job's
-        pods (monotonic time)."""
+        """Per-job seconds: creation -> Workload, admission -> all pods (made, and
+        Running); the last job's pods (monotonic time)."""
         with self.lock:
             done = {j: self.complete(j) for j in names}
+            up = {j: self.complete(j, running=True) for j in names}
             c2w = [  # two watches race: a Workload seen before its job counts as 0
                 max(0.0, self.workload[j] - self.created[j])
                 for j in names
@@ -102,10 +110,17 @@ class Recorder:
                 for j in names
                 if done[j] is not None and j in self.admitted
             ]
+            a2r = [
+                up[j] - self.admitted[j] for j in names if up[j] is not None and j in self.admitted
+            ]
             finished = [t for t in done.values() if t is not None]
+            running = [t for t in up.values() if t is not None]
         return {
             "complete": len(finished),
             "last": max(finished) if finished else None,
+            "running": len(running),
+            "last_running": max(running) if running else None,
+            "a2r": a2r,
             "c2w": c2w,
             "a2p": a2p,
             "admitted": sum(1 for j in names if j in self.admitted),

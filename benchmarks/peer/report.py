@@ -11,6 +11,21 @@ ROWS = [
     ("create → Workload p99 (s)", lambda r: r["create_to_workload_s"]["p99"], "num"),
     ("admission → all pods p50 (s)", lambda r: r["admission_to_all_pods_s"]["p50"], "num"),
     ("admission → all pods p99 (s)", lambda r: r["admission_to_all_pods_s"]["p99"], "num"),
+    (
+        "wall to the last job's pods Running (s)",
+        lambda r: r.get("wall_seconds_to_last_jobs_pods_running"),
+        "num",
+    ),
+    (
+        "admission → all pods Running p50 (s)",
+        lambda r: (r.get("admission_to_all_pods_running_s") or {}).get("p50"),
+        "num",
+    ),
+    (
+        "admission → all pods Running p99 (s)",
+        lambda r: (r.get("admission_to_all_pods_running_s") or {}).get("p99"),
+        "num",
+    ),
     ("operator writes per job", lambda r: r["operator_writes_per_job"], "num"),
     (
         "operator reconcile passes per job",

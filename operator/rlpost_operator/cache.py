@@ -19,7 +19,7 @@ from rlpost import api
 
 from . import builders as b
 from . import protocol
-from .constants import ROLE_LABEL
+from .constants import ROLE_BUFFER, ROLE_LABEL
 
 Key = tuple[str, str]  # (namespace, job name)
 
@@ -210,9 +210,18 @@ class Cache:
             del self.objs[key][(kind, obj["metadata"]["name"])]
         return key
 
-    def has_pods(self, key: Key) -> bool:
-        """Whether any pod of the job is cached (its gang was made)."""
-        return any(kind == "Pod" for kind, _ in self.objs.get(key) or {})
+    def gang_to_make(self, key: Key) -> bool:
+        """Whether a pass would make pods of the job's gang: none is cached, or the pods
+        held until its state claim bound (the buffer mounts it) can be made now, the claim
+        being Bound and no buffer pod cached."""
+        objs = self.objs.get(key) or {}
+        pods = [o for (kind, _), o in objs.items() if kind == "Pod"]
+        if not pods:
+            return True
+        if any(o["metadata"].get("labels", {}).get(ROLE_LABEL) == ROLE_BUFFER for o in pods):
+            return False
+        pvc = objs.get(("PersistentVolumeClaim", b.names(key[1])["state"]))
+        return pvc is not None and (pvc.get("status") or {}).get("phase") == "Bound"
 
     def observed(self, key: Key) -> protocol.Observed:
         job = copy.deepcopy(self.jobs[key])

@@ -79,14 +79,15 @@ class Controller(PlanWriter):
 
     def priority(self, key: Key) -> int:
         """URGENT: a job whose Workload does not exist yet (its pass creates it). START: one
-        Kueue admitted that has no pod yet (its pass creates the gang). NORMAL: the rest
+        Kueue admitted that has no pod yet, or whose pods held for its state claim can be
+        made now that it is bound (its pass creates the gang). NORMAL: the rest
         (status that follows pods, failures, suspensions), after those: in a burst of
         admissions every gang is made before the status bookkeeping of the ones made."""
         objs = self.cache.objs.get(key) or {}
         wl = objs.get(("Workload", b.names(key[1])["workload"]))
         if wl is None:
             return self.URGENT if key in self.cache.jobs else self.NORMAL
-        if protocol.is_true(wl, "Admitted") and not self.cache.has_pods(key):
+        if protocol.is_true(wl, "Admitted") and self.cache.gang_to_make(key):
             return self.START
         return self.NORMAL
 

@@ -156,8 +156,8 @@ class PlanWriter:
         return plan.requeue_after
 
     def makes_gang(self, key: Key, plan: protocol.Plan) -> bool:
-        """The pass creates pods of a job that has none (its START pass)."""
-        if self.cache.has_pods(key):
+        """The pass creates pods of a job's gang (its START pass)."""
+        if not self.cache.gang_to_make(key):
             return False
         return any(a.kind == "Pod" and a.verb in ("apply", "create") for a in plan.actions)
 

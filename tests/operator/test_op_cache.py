@@ -123,3 +123,26 @@ def test_a_claim_keeps_its_class_and_phase_and_the_pass_sees_them():
     (kept,) = [o for o in obs.children if o["kind"] == "PersistentVolumeClaim"]
     assert kept["spec"] == {"storageClassName": "fast"} and kept["status"] == {"phase": "Bound"}
     assert "data" not in kept and obs.binding_modes == {"fast": "Immediate"}
+
+
+def test_a_gang_is_to_make_until_its_pods_are_out_or_held_for_a_pending_claim():
+    # what puts a job's pass at the queue's START level (and defers its status write)
+    c = Cache()
+    key = ("ns", "j")
+    assert c.gang_to_make(key)  # no pod yet
+    router = obj("Pod", "j-router", "ur", 2)
+    router["metadata"]["labels"]["rlpost.dev/role"] = "router"
+    c.put("Pod", router)
+    assert c.gang_to_make(key) is False  # made, except what mounts the state claim
+    pvc = obj("PersistentVolumeClaim", "j-state", "uc", 3)
+    pvc["status"] = {"phase": "Pending"}
+    c.put("PersistentVolumeClaim", pvc)
+    assert c.gang_to_make(key) is False  # held: the claim is not bound yet
+    pvc["status"] = {"phase": "Bound"}
+    pvc["metadata"]["resourceVersion"] = "4"
+    c.put("PersistentVolumeClaim", pvc)
+    assert c.gang_to_make(key)  # bound: the held pods can be made now
+    buffer = obj("Pod", "j-buffer", "ub", 5)
+    buffer["metadata"]["labels"]["rlpost.dev/role"] = "buffer"
+    c.put("Pod", buffer)
+    assert c.gang_to_make(key) is False
