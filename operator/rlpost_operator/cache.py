@@ -4,9 +4,8 @@ write results.
 
 Trimmed: a pod keeps its metadata and status (no spec), a Workload its `active` flag and
 status (no podSets), the progress ConfigMap its data, the state PVC its class and phase,
-everything else its metadata only. A
-Secret's token never sits here. At 1000 jobs this is what keeps the operator's memory flat
-(docs/benchmarks-operator.md).
+everything else its metadata only. A Secret's token never sits here. At 1000 jobs this is
+what keeps the operator's memory flat (docs/benchmarks-operator.md).
 """
 
 from __future__ import annotations
