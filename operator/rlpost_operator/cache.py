@@ -220,7 +220,7 @@ class Cache:
         if any(o["metadata"].get("labels", {}).get(ROLE_LABEL) == ROLE_BUFFER for o in pods):
             return False
         pvc = objs.get(("PersistentVolumeClaim", b.names(key[1])["state"]))
-        return pvc is not None and (pvc.get("status") or {}).get("phase") == "Bound"
+        return pvc is not None and protocol.claim_bound(pvc)
 
     def observed(self, key: Key) -> protocol.Observed:
         job = copy.deepcopy(self.jobs[key])

@@ -277,7 +277,7 @@ class Controller(PlanWriter):
         modes = obs.binding_modes
         return modes is not None and any(
             c.get("kind") == "PersistentVolumeClaim"
-            and (c.get("status") or {}).get("phase") != "Bound"
+            and not protocol.claim_bound(c)
             and (cls := (c.get("spec") or {}).get("storageClassName"))
             and cls not in modes
             for c in obs.children

@@ -39,6 +39,7 @@ from .facts import (
     _cond_reason,
     _label,
     _normal,
+    claim_bound,
     cond,
     deleting,
     has_quota_reservation,
@@ -125,6 +126,7 @@ def job_of(obj: dict[str, Any]) -> str | None:
 
 
 __all__ = [
+    "claim_bound",
     "CHILD_INVALID_SPEC",
     "CHILD_REJECTED",
     "COMPUTE_KINDS",

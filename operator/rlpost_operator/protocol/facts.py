@@ -175,6 +175,10 @@ def waits_on_volume_binding(unschedulable_message: str) -> bool:
 WAIT_FOR_FIRST_CONSUMER = "WaitForFirstConsumer"
 
 
+def claim_bound(pvc: dict[str, Any]) -> bool:
+    return (pvc.get("status") or {}).get("phase") == "Bound"
+
+
 def unbound_immediate_claim(
     pvc: dict[str, Any] | None, binding_modes: dict[str, str] | None
 ) -> bool:
@@ -183,7 +187,7 @@ def unbound_immediate_claim(
     listed, or StorageClasses not readable): the pods are then made at once, as always."""
     if pvc is None or binding_modes is None or deleting(pvc):
         return False
-    if (pvc.get("status") or {}).get("phase") == "Bound":
+    if claim_bound(pvc):
         return False
     cls = (pvc.get("spec") or {}).get("storageClassName")
     if not cls:
